@@ -1,0 +1,159 @@
+"""Decode 16-bit registers into typed values and encode them back.
+
+Pure functions over :class:`~protocol.regmap.Point`: the gateway decodes what a
+meter sent, the simulator encodes what it serves. Bad registers raise
+:class:`~protocol.errors.DecodeError` carrying the raw input; a value that does not
+fit its point raises :class:`~protocol.errors.EncodeError`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+from protocol.errors import DecodeError, EncodeError
+from protocol.regmap import Point, RegisterMap, Table, ValueType, WordOrder
+
+#: A decoded value: integers for integer types and bits, float for f32,
+#: str for ascii and digit groups, bool for coils.
+Value = int | float | str | bool
+
+_INT_FORMATS: dict[ValueType, str] = {
+    ValueType.U16: ">H",
+    ValueType.I16: ">h",
+    ValueType.BITS16: ">H",
+    ValueType.U32: ">I",
+    ValueType.I32: ">i",
+    ValueType.U64: ">Q",
+    ValueType.I64: ">q",
+}
+
+
+def _check_registers(point: Point, regs: Sequence[int]) -> None:
+    if len(regs) != point.count:
+        raise DecodeError(f"{point.name}: expected {point.count} registers, got {len(regs)}", regs)
+    for r in regs:
+        if not 0 <= r <= 0xFFFF:
+            raise DecodeError(f"{point.name}: register value {r} is not 16-bit", regs)
+
+
+def _words_to_bytes(point: Point, regs: Sequence[int]) -> bytes:
+    ordered = regs if point.word_order is WordOrder.HIGH_FIRST else list(reversed(regs))
+    return b"".join(r.to_bytes(2, "big") for r in ordered)
+
+
+def _bytes_to_words(point: Point, data: bytes) -> list[int]:
+    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    return words if point.word_order is WordOrder.HIGH_FIRST else list(reversed(words))
+
+
+def decode(point: Point, regs: Sequence[int]) -> Value:
+    """Decode the registers of one point (``len(regs) == point.count``)."""
+    if point.type is ValueType.BOOL:
+        if len(regs) != 1 or regs[0] not in (0, 1):
+            raise DecodeError(f"{point.name}: a bit must be one value 0 or 1", regs)
+        return bool(regs[0])
+    _check_registers(point, regs)
+    if point.type in _INT_FORMATS:
+        (value,) = struct.unpack(_INT_FORMATS[point.type], _words_to_bytes(point, regs))
+        return int(value)
+    if point.type is ValueType.F32:
+        (fvalue,) = struct.unpack(">f", _words_to_bytes(point, regs))
+        if not math.isfinite(fvalue):
+            raise DecodeError(f"{point.name}: float is not finite ({fvalue})", regs)
+        return float(fvalue)
+    if point.type is ValueType.ASCII:
+        raw = b"".join(r.to_bytes(2, "big") for r in regs)
+        text = raw.rstrip(b"\x00")
+        if b"\x00" in text or any(b < 0x20 or b > 0x7E for b in text):
+            raise DecodeError(f"{point.name}: not printable zero-padded ASCII", regs)
+        return text.decode("ascii")
+    if point.type is ValueType.DIGITS4:
+        if any(r > 9999 for r in regs):
+            raise DecodeError(f"{point.name}: a digit group is above 9999", regs)
+        return "".join(f"{r:04d}" for r in regs)
+    raise DecodeError(f"{point.name}: unsupported type {point.type}", regs)  # pragma: no cover
+
+
+def encode(point: Point, value: Value) -> list[int]:
+    """Encode one value into the point's registers (or a single 0/1 for a bit)."""
+    if point.type is ValueType.BOOL:
+        if not isinstance(value, bool):
+            raise EncodeError(f"{point.name}: a bit takes a bool, not {value!r}")
+        return [int(value)]
+    if point.type in _INT_FORMATS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EncodeError(f"{point.name}: {point.type} takes an int, not {value!r}")
+        try:
+            data = struct.pack(_INT_FORMATS[point.type], value)
+        except struct.error:
+            raise EncodeError(f"{point.name}: {value} does not fit {point.type}") from None
+        return _bytes_to_words(point, data)
+    if point.type is ValueType.F32:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EncodeError(f"{point.name}: f32 takes a number, not {value!r}")
+        if not math.isfinite(value):
+            raise EncodeError(f"{point.name}: f32 takes a finite number, not {value!r}")
+        try:
+            data = struct.pack(">f", value)
+        except OverflowError:
+            raise EncodeError(f"{point.name}: {value} overflows f32") from None
+        return _bytes_to_words(point, data)
+    if point.type is ValueType.ASCII:
+        if not isinstance(value, str):
+            raise EncodeError(f"{point.name}: ascii takes a str, not {value!r}")
+        if any(not 0x20 <= ord(c) <= 0x7E for c in value) or len(value) > 2 * point.count:
+            raise EncodeError(
+                f"{point.name}: needs printable ASCII of at most {2 * point.count} chars"
+            )
+        raw = value.encode("ascii").ljust(2 * point.count, b"\x00")
+        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    if point.type is ValueType.DIGITS4:
+        width = 4 * point.count
+        if not isinstance(value, str) or len(value) != width or not value.isdigit():
+            raise EncodeError(f"{point.name}: needs exactly {width} decimal digits")
+        if not value.isascii():
+            raise EncodeError(f"{point.name}: needs ASCII decimal digits")
+        return [int(value[i : i + 4]) for i in range(0, width, 4)]
+    raise EncodeError(f"{point.name}: unsupported type {point.type}")  # pragma: no cover
+
+
+def physical(point: Point, value: Value) -> Decimal:
+    """A numeric value in the point's unit: raw times scale, exact for integer types."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{point.name}: {value!r} is not numeric")
+    raw = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    return raw * point.scale
+
+
+def bit(point: Point, value: int, flag: str) -> bool:
+    """One named flag of a bits16 value."""
+    return bool(value >> point.bits.index(flag) & 1)
+
+
+def decode_block(
+    regmap: RegisterMap, table: Table, start: int, regs: Sequence[int]
+) -> dict[str, Value]:
+    """Decode every point of ``table`` that lies wholly inside ``regs`` read from ``start``."""
+    out: dict[str, Value] = {}
+    for p in regmap.points_in(table):
+        if p.address >= start and p.end <= start + len(regs):
+            out[p.name] = decode(p, regs[p.address - start : p.end - start])
+    return out
+
+
+def encode_block(
+    regmap: RegisterMap, table: Table, values: Mapping[str, Value]
+) -> tuple[int, list[int]]:
+    """Encode named values into one contiguous image of ``table``: (start, registers).
+
+    Points without a value are zero; the image spans every point of the table.
+    """
+    start, count = regmap.span(table)
+    image = [0] * count
+    for p in regmap.points_in(table):
+        if p.name in values:
+            image[p.address - start : p.end - start] = encode(p, values[p.name])
+    return start, image

@@ -1,0 +1,1 @@
+"""The field engineer's CLI: gateway identity, bus scan, meter enrolment, commissioning."""
