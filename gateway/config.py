@@ -1,0 +1,199 @@
+"""The gateway's configuration: one TOML file validated by pydantic.
+
+Secrets can come from the environment instead of the file: any key can be set as
+``PREPAID_EDGE__SECTION__KEY`` (double underscores between levels, e.g.
+``PREPAID_EDGE__MQTT__PASSWORD``). An error names the file, the key and the problem,
+and the process exits before touching anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "PREPAID_EDGE__"
+_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class ConfigError(Exception):
+    """The configuration is wrong: which file, which key, what problem."""
+
+    def __init__(self, path: str, key: str | None, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RtuBus(_Strict):
+    """An RS-485 line: one master, one request on the wire at a time."""
+
+    name: str = Field(pattern=_ID_PATTERN)
+    kind: Literal["rtu"]
+    device: str = Field(description="serial device (/dev/ttyUSB0) or socket://host:port")
+    baud: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(default=0.5, gt=0, le=30)
+    retries: int = Field(default=1, ge=0, le=5)
+    guard_s: float | None = Field(
+        default=None, ge=0, description="bus silence after a failure; default from the baud"
+    )
+
+
+class TcpBus(_Strict):
+    """A Modbus TCP endpoint (a meter or a serial device server) with unit ids behind it."""
+
+    name: str = Field(pattern=_ID_PATTERN)
+    kind: Literal["tcp"]
+    host: str
+    port: int = Field(default=502, gt=0, lt=65536)
+    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+Bus = Annotated[RtuBus | TcpBus, Field(discriminator="kind")]
+
+
+class Broker(_Strict):
+    host: str
+    port: int = Field(default=8883, gt=0, lt=65536)
+    tls: bool = True
+
+
+class MqttSettings(_Strict):
+    brokers: list[Broker] = Field(min_length=1)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    max_inflight: int = Field(default=64, ge=1, le=1000)
+    retention_s: int = Field(
+        default=7 * 24 * 3600, ge=0, description="how long acknowledged messages stay for resend"
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+
+
+class PollingSettings(_Strict):
+    interval_s: float = Field(default=60.0, gt=0, description="normal poll interval")
+    min_interval_s: float = Field(default=5.0, gt=0, description="for meters near exhaustion")
+    max_interval_s: float = Field(
+        default=900.0, gt=0, description="for meters with weeks of credit"
+    )
+    backoff_max_s: float = Field(default=300.0, gt=0, description="longest wait for a dead meter")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PollingSettings:
+        if not self.min_interval_s <= self.interval_s <= self.max_interval_s:
+            raise ValueError("needs min_interval_s <= interval_s <= max_interval_s")
+        return self
+
+
+def _b64_key(value: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise ValueError("not base64url") from None
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return value
+
+
+class TokenSettings(_Strict):
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    online_public_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="key id -> base64url Ed25519 public key of the vending service",
+    )
+    headend_public_keys: dict[str, str] = Field(
+        default_factory=dict, description="key id -> base64url Ed25519 public key signing commands"
+    )
+
+    @field_validator("online_public_keys", "headend_public_keys")
+    @classmethod
+    def _keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key_id, key in v.items():
+            try:
+                _b64_key(key)
+            except ValueError as exc:
+                raise ValueError(f"key {key_id!r}: {exc}") from None
+        return v
+
+
+class GatewayConfig(_Strict):
+    gateway_id: str = Field(pattern=_ID_PATTERN)
+    store: Path
+    buses: list[Bus] = Field(default_factory=list)
+    mqtt: MqttSettings
+    polling: PollingSettings = PollingSettings()
+    tokens: TokenSettings = TokenSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_buses(self) -> GatewayConfig:
+        names = [b.name for b in self.buses]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"bus names must be unique: {', '.join(dupes)}")
+        return self
+
+    def bus(self, name: str) -> RtuBus | TcpBus:
+        for b in self.buses:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(name, ".".join(path), "environment override of a non-table")
+        if path:
+            node[path[-1]] = value
+    return data
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate TOML text (``source`` names it in errors), with environment overrides."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+    data = _apply_env(data, os.environ if env is None else env)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or None
+        raise ConfigError(source, key, err["msg"]) from None
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), None, f"cannot read: {exc}") from None
+    return parse_config(text, str(path), env)

@@ -1,0 +1,401 @@
+"""The gateway's Modbus ports: Modbus TCP and Modbus RTU (serial device or ``socket://``).
+
+We drive the wire ourselves, with the pure frame codec of :mod:`protocol.modbus`,
+because the gateway must never attribute a value to the wrong meter:
+
+- TCP: requests are pipelined on one connection up to a bound, matched to replies by
+  transaction id and unit id; a timeout fails that request only (a late reply is
+  dropped by its unknown transaction id), so one dead unit behind a serial device
+  server never closes the connection the healthy ones use.
+- RTU: one request on the wire at a time, with the 3.5-character silence before each
+  request; after any failure the bus stays silent for a guard time and stray bytes are
+  discarded before the next request, so a late reply is never taken as the answer to
+  the next one (RTU has no transaction id).
+
+Every failure is one typed :class:`MeterIOError` (timeouts, exception replies, bad
+frames, lost connections alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from enum import StrEnum
+from typing import Protocol
+
+import serial
+
+from protocol.errors import DecodeError
+from protocol.modbus import (
+    ExceptionReplyError,
+    Request,
+    mbap_frame,
+    parse_mbap_header,
+    parse_reply_pdu,
+    parse_rtu_reply,
+    rtu_char_time,
+    rtu_frame,
+    rtu_reply_length,
+    rtu_silence,
+)
+
+log = logging.getLogger(__name__)
+
+
+class IOFailure(StrEnum):
+    TIMEOUT = "timeout"
+    EXCEPTION = "exception"
+    GARBLED = "garbled"
+    CONNECTION = "connection"
+
+
+class MeterIOError(Exception):
+    """A request to one unit failed; ``kind`` says how, ``cause`` says what was seen."""
+
+    def __init__(self, unit: int, kind: IOFailure, cause: str) -> None:
+        self.unit = unit
+        self.kind = kind
+        self.cause = cause
+        super().__init__(f"unit {unit}: {kind}: {cause}")
+
+
+class ModbusPort(Protocol):
+    """What a poller needs from a bus."""
+
+    name: str
+
+    async def request(self, request: Request) -> tuple[int, ...]: ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------- TCP
+
+
+class TcpPort:
+    """Modbus TCP to one endpoint, pipelined up to ``concurrency`` requests."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        concurrency: int = 4,
+        timeout: float = 1.0,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._window = asyncio.Semaphore(concurrency)
+        self._connect_lock = asyncio.Lock()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, tuple[Request, asyncio.Future[bytes]]] = {}
+        self._next_tid = 1
+        self.stray_replies = 0
+
+    async def _ensure_connected(self, unit: int) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                raise MeterIOError(
+                    unit, IOFailure.CONNECTION, f"cannot connect to {self.host}:{self.port}: {exc}"
+                ) from exc
+            self._writer = writer
+            self._reader_task = asyncio.create_task(
+                self._read_replies(reader, writer), name=f"modbus-tcp-rx:{self.name}"
+            )
+            return writer
+
+    async def _read_replies(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        reason = "connection closed by peer"
+        try:
+            while True:
+                header = await reader.readexactly(7)
+                tid, length, unit = parse_mbap_header(header)
+                pdu = await reader.readexactly(length)
+                entry = self._pending.pop(tid, None)
+                if entry is None or entry[0].unit != unit:
+                    self.stray_replies += 1
+                    if entry is not None:  # right tid, wrong unit: fail it, never misattribute
+                        entry[1].set_exception(
+                            MeterIOError(
+                                entry[0].unit, IOFailure.GARBLED, f"reply from unit {unit}"
+                            )
+                        )
+                    continue
+                if not entry[1].done():
+                    entry[1].set_result(pdu)
+        except asyncio.IncompleteReadError:
+            pass
+        except (OSError, DecodeError) as exc:
+            reason = str(exc)
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            for req, fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(MeterIOError(req.unit, IOFailure.CONNECTION, reason))
+            self._pending.clear()
+
+    async def request(self, request: Request) -> tuple[int, ...]:
+        async with self._window:
+            writer = await self._ensure_connected(request.unit)
+            tid = self._next_tid
+            self._next_tid = (tid % 0xFFFF) + 1
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._pending[tid] = (request, fut)
+            writer.write(mbap_frame(tid, request.unit, request.pdu()))
+            try:
+                pdu = await asyncio.wait_for(fut, self.timeout)
+            except TimeoutError:
+                raise MeterIOError(
+                    request.unit, IOFailure.TIMEOUT, f"no reply within {self.timeout}s"
+                ) from None
+            finally:
+                self._pending.pop(tid, None)
+        try:
+            return parse_reply_pdu(request, pdu)
+        except ExceptionReplyError as exc:
+            raise MeterIOError(request.unit, IOFailure.EXCEPTION, str(exc)) from exc
+        except DecodeError as exc:
+            raise MeterIOError(request.unit, IOFailure.GARBLED, str(exc)) from exc
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        self._writer = None
+
+
+# ---------------------------------------------------------------------------- RTU
+
+
+class _ByteLine:
+    """Bytes arriving from a serial line or a TCP socket, buffered, with deadlines."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self._arrived = asyncio.Event()
+        self.last_activity = 0.0
+        self.closed_reason: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        self.last_activity = time.monotonic()
+        self._arrived.set()
+
+    def lost(self, reason: str) -> None:
+        self.closed_reason = reason
+        self._arrived.set()
+
+    async def read_exact(self, n: int, deadline: float) -> bytes | None:
+        """``n`` bytes, or ``None`` at the deadline."""
+        while len(self.buffer) < n:
+            if self.closed_reason is not None:
+                raise ConnectionError(self.closed_reason)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    def discard(self) -> int:
+        n = len(self.buffer)
+        self.buffer.clear()
+        return n
+
+
+class RtuPort:
+    """Modbus RTU master on one line: a serial device path or ``socket://host:port``."""
+
+    def __init__(
+        self,
+        name: str,
+        device: str,
+        *,
+        baud: int = 9600,
+        timeout: float = 0.5,
+        guard: float | None = None,
+        parity: str = "N",
+        stopbits: int = 1,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.baud = baud
+        self.timeout = timeout
+        self.parity = parity
+        self.stopbits = stopbits
+        self.char_time = rtu_char_time(baud)
+        self.silence = rtu_silence(baud)
+        # Long enough for the longest reply a slow meter could still be sending.
+        self.guard = guard if guard is not None else max(0.05, 260 * self.char_time)
+        self._lock = asyncio.Lock()
+        self._line: _ByteLine | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._serial: object | None = None
+        self._fd: int | None = None
+        self.discarded_bytes = 0
+
+    async def _open(self, unit: int) -> _ByteLine:
+        if self._line is not None and self._line.closed_reason is None:
+            return self._line
+        await self._close_transport()
+        line = _ByteLine()
+        loop = asyncio.get_running_loop()
+        try:
+            if self.device.startswith("socket://"):
+                host, _, port = self.device.removeprefix("socket://").rpartition(":")
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port)), 3.0
+                )
+                self._writer = writer
+                asyncio.get_running_loop().create_task(
+                    self._pump(reader, line), name=f"modbus-rtu-rx:{self.name}"
+                )
+            else:
+                ser = serial.Serial(
+                    self.device,
+                    baudrate=self.baud,
+                    parity=self.parity,
+                    stopbits=self.stopbits,
+                    bytesize=8,
+                    timeout=0,
+                    write_timeout=0,
+                )
+                self._serial = ser
+                fd = ser.fileno()
+                self._fd = fd
+
+                def readable() -> None:
+                    try:
+                        data = os.read(fd, 4096)
+                    except BlockingIOError:
+                        return
+                    except OSError as exc:
+                        loop.remove_reader(fd)
+                        line.lost(str(exc))
+                        return
+                    if data:
+                        line.feed(data)
+
+                loop.add_reader(fd, readable)
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise MeterIOError(
+                unit, IOFailure.CONNECTION, f"cannot open {self.device}: {exc}"
+            ) from exc
+        self._line = line
+        return line
+
+    async def _pump(self, reader: asyncio.StreamReader, line: _ByteLine) -> None:
+        try:
+            while data := await reader.read(4096):
+                line.feed(data)
+            line.lost("connection closed by peer")
+        except OSError as exc:
+            line.lost(str(exc))
+
+    def _write(self, frame: bytes) -> None:
+        if self._writer is not None:
+            self._writer.write(frame)
+        elif self._fd is not None:
+            view = memoryview(frame)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+
+    async def request(self, request: Request) -> tuple[int, ...]:
+        async with self._lock:
+            line = await self._open(request.unit)
+            quiet_until = line.last_activity + self.silence
+            if (wait := quiet_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            self.discarded_bytes += line.discard()
+            frame = rtu_frame(request.unit, request.pdu())
+            try:
+                self._write(frame)
+            except OSError as exc:
+                line.lost(str(exc))
+                raise MeterIOError(request.unit, IOFailure.CONNECTION, str(exc)) from exc
+            line.last_activity = time.monotonic()
+            # Time for our request and the longest normal reply on the wire, plus the timeout.
+            wire = (len(frame) + 1 + request.reply_pdu_length() + 2) * self.char_time
+            deadline = time.monotonic() + wire + self.timeout
+            try:
+                return await self._read_reply(line, request, deadline)
+            except MeterIOError:
+                await self._after_failure(line)
+                raise
+
+    async def _read_reply(
+        self, line: _ByteLine, request: Request, deadline: float
+    ) -> tuple[int, ...]:
+        unit = request.unit
+        try:
+            head = await line.read_exact(2, deadline)
+            if head is None:
+                raise MeterIOError(unit, IOFailure.TIMEOUT, f"no reply within {self.timeout}s")
+            total = rtu_reply_length(request, head)
+            rest = await line.read_exact(total - 2, deadline + total * self.char_time)
+            if rest is None:
+                raise MeterIOError(unit, IOFailure.GARBLED, "reply truncated")
+        except ConnectionError as exc:
+            raise MeterIOError(unit, IOFailure.CONNECTION, str(exc)) from exc
+        frame = head + rest
+        try:
+            values = parse_rtu_reply(request, frame)
+        except ExceptionReplyError as exc:
+            raise MeterIOError(unit, IOFailure.EXCEPTION, str(exc)) from exc
+        except DecodeError as exc:
+            raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
+        if line.buffer:  # bytes after a complete frame: garbage, not ours to trust
+            await asyncio.sleep(self.silence)
+            self.discarded_bytes += line.discard()
+        return values
+
+    async def _after_failure(self, line: _ByteLine) -> None:
+        """Keep the bus silent for the guard time, then drop whatever arrived late."""
+        await asyncio.sleep(self.guard)
+        self.discarded_bytes += line.discard()
+
+    async def _close_transport(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+            self._writer = None
+        if self._fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = None
+        if self._serial is not None:
+            close = getattr(self._serial, "close", None)
+            if close is not None:
+                close()
+            self._serial = None
+
+    async def close(self) -> None:
+        await self._close_transport()
+        self._line = None

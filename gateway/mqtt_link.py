@@ -1,0 +1,331 @@
+"""The gateway's MQTT link: paho-mqtt 2.x driven from asyncio (the only paho import).
+
+As aiomqtt does it: paho's socket is registered with the event loop
+(``add_reader``/``add_writer``), paho's callbacks complete futures tracked by message
+id, and the connection is an ``async with``. One session is one connection: when it
+drops, :attr:`MqttLink.closed` completes and every pending publish fails with
+:class:`MqttError`; reconnection is a loop the caller writes (``gateway.sync``).
+The in-flight window is bounded here and paho's own queue is capped, so nothing
+piles up in RAM while disconnected: undelivered messages stay in the store's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+ProtocolChoice = Literal["5", "3.1.1", "auto"]
+
+
+class MqttError(Exception):
+    """The broker connection failed or dropped; carries paho's reason when there is one."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message if reason is None else f"{message}: {reason}")
+
+
+class PublishRefusedError(MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code (MQTT 5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass
+class _Pending:
+    futures: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+
+class MqttLink:
+    """One MQTT session with one broker. Use ``async with``."""
+
+    def __init__(
+        self,
+        broker: BrokerEndpoint,
+        *,
+        client_id: str,
+        protocol: Literal["5", "3.1.1"] = "5",
+        will: Will | None = None,
+        keepalive: int = 30,
+        max_inflight: int = 64,
+        connect_timeout: float = 10.0,
+        incoming_limit: int = 1000,
+    ) -> None:
+        self.broker = broker
+        self.protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._keepalive = keepalive
+        self._connect_timeout = connect_timeout
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,
+            clean_session=None if protocol == "5" else True,
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        # paho queues without bound while disconnected: cap it at the window we keep.
+        self._client.max_queued_messages_set(max_inflight)
+        self.max_inflight = max_inflight
+        self._window = asyncio.Semaphore(max_inflight)
+        if broker.tls is not None:
+            self._client.tls_set_context(broker.tls)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        self._connack: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._publishes: dict[int, asyncio.Future[None]] = {}
+        self._subscribes: dict[int, asyncio.Future[None]] = {}
+        self.incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue(incoming_limit)
+        self._misc_task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        c = self._client
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
+
+    # -- paho callbacks (all run on the event loop thread, except socket_open during
+    #    the executor connect, which is marshalled with call_soon_threadsafe)
+
+    def _threadsafe(self, fn: Callable[[], None]) -> None:
+        self._loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: paho.Client, _u: object, sock: Any) -> None:
+        self._sock = sock
+        self._threadsafe(lambda: self._loop.add_reader(sock, self._readable))
+
+    def _on_socket_close(self, client: paho.Client, _u: object, sock: Any) -> None:
+        def remove() -> None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+        self._threadsafe(remove)
+
+    def _on_socket_register_write(self, client: paho.Client, _u: object, sock: Any) -> None:
+        def register() -> None:
+            self._loop.add_writer(sock, self._writable)
+
+        self._threadsafe(register)
+
+    def _on_socket_unregister_write(self, client: paho.Client, _u: object, sock: Any) -> None:
+        def unregister() -> None:
+            self._loop.remove_writer(sock)
+
+        self._threadsafe(unregister)
+
+    def _readable(self) -> None:
+        self._client.loop_read(max_packets=100)
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _on_connect(
+        self, _c: paho.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if self._connack.done():
+            return
+        if rc.is_failure:
+            self._connack.set_exception(MqttError("connection refused", str(rc)))
+        else:
+            self._connack.set_result(None)
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        error = MqttError("disconnected", str(rc))
+        if not self._connack.done():
+            self._connack.set_exception(error)
+        for fut in [*self._publishes.values(), *self._subscribes.values()]:
+            if not fut.done():
+                fut.set_exception(error)
+        self._publishes.clear()
+        self._subscribes.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _on_publish(
+        self, _c: paho.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        fut = self._publishes.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        if rc.is_failure:
+            fut.set_exception(PublishRefusedError("publish refused", str(rc)))
+        else:
+            fut.set_result(None)
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        fut = self._subscribes.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        failed = [str(rc) for rc in rcs if rc.is_failure]
+        if failed:
+            fut.set_exception(MqttError("subscribe refused", ", ".join(failed)))
+        else:
+            fut.set_result(None)
+
+    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        item = IncomingMessage(msg.topic, bytes(msg.payload), response_topic, correlation)
+        try:
+            self.incoming.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("incoming MQTT queue full: dropped message on %s", msg.topic)
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+
+    # -- the async API
+
+    async def __aenter__(self) -> MqttLink:
+        try:
+            await asyncio.wait_for(
+                self._loop.run_in_executor(
+                    None,
+                    lambda: self._client.connect(
+                        self.broker.host, self.broker.port, keepalive=self._keepalive
+                    ),
+                ),
+                self._connect_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self._drop()
+            raise MqttError(
+                f"cannot connect to {self.broker}", str(exc) or type(exc).__name__
+            ) from exc
+        self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc:{self.broker}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connack), self._connect_timeout)
+        except TimeoutError as exc:
+            await self._teardown()
+            raise MqttError(f"no CONNACK from {self.broker}") from exc
+        except MqttError:
+            await self._teardown()
+            raise
+        log.info("MQTT connected to %s (protocol %s)", self.broker, self.protocol)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._teardown()
+
+    def _drop(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+
+    async def _teardown(self) -> None:
+        if not self.closed.done():
+            self._client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.closed), 2.0)
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._misc_task
+        # paho closes the socket in disconnect; make sure nothing stays registered.
+        self._drop()
+        if not self.closed.done():
+            self._on_disconnect(self._client, None, None, ReasonCode(PacketTypes.DISCONNECT), None)
+        if not self._connack.done():
+            self._connack.cancel()
+        elif not self._connack.cancelled():
+            self._connack.exception()  # mark retrieved
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connack.done() and not self.closed.done()
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement (PUBACK at QoS 1).
+
+        At most ``max_inflight`` publishes wait at once; more callers queue here, in
+        asyncio, never in paho.
+        """
+        async with self._window:
+            if self.closed.done():
+                raise MqttError("not connected")
+            props = None
+            if correlation_data is not None and self.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.CorrelationData = correlation_data
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise MqttError("publish failed", paho.error_string(info.rc))
+            if qos == 0:
+                return
+            fut = self._publishes.get(info.mid)
+            if fut is None:
+                fut = self._loop.create_future()
+                self._publishes[info.mid] = fut
+            await fut
+
+    async def subscribe(self, *topics: str, qos: int = 1) -> None:
+        for topic in topics:
+            rc, mid = self._client.subscribe(topic, qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise MqttError(f"subscribe to {topic} failed", paho.error_string(rc))
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._subscribes[mid] = fut
+            await fut

@@ -1,0 +1,278 @@
+"""The MQTT contract with the headend: the topic tree and every payload, as pydantic models.
+
+Topic root ``prepaid/v1/{gateway_id}/``. Every message the gateway sends about a meter
+carries ``v`` (schema version), ``gateway``, ``meter``, ``seq`` (per meter, gap-free,
+survives restarts) and ``ts`` (UTC, ISO 8601). The JSON Schemas in ``docs/schemas/`` are
+exported from these models (``python scripts/export_schemas.py``), so the docs and
+the code cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    TypeAdapter,
+)
+
+SCHEMA_VERSION: Literal[1] = 1
+TOPIC_ROOT = "prepaid/v1"
+#: Largest command payload the gateway parses; anything bigger is refused unread.
+MAX_COMMAND_BYTES = 16 * 1024
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+UtcTime = Annotated[AwareDatetime, PlainSerializer(_utc_iso, return_type=str)]
+Identifier = Annotated[str, Field(pattern=_ID.pattern)]
+
+
+class Topics:
+    """The topic tree of one gateway."""
+
+    def __init__(self, gateway_id: str) -> None:
+        if not _ID.match(gateway_id):
+            raise ValueError(f"gateway id {gateway_id!r} must match {_ID.pattern}")
+        self.gateway_id = gateway_id
+        self.root = f"{TOPIC_ROOT}/{gateway_id}"
+
+    @property
+    def status(self) -> str:
+        """Retained: birth (online + health) on connect, Last Will ``offline``."""
+        return f"{self.root}/status"
+
+    def meter(self, meter_id: str, kind: str) -> str:
+        """``reading``, ``balance`` (retained latest) or ``event`` of one meter."""
+        return f"{self.root}/meters/{meter_id}/{kind}"
+
+    def meter_command(self, meter_id: str) -> str:
+        return f"{self.root}/meters/{meter_id}/cmd"
+
+    @property
+    def gateway_command(self) -> str:
+        return f"{self.root}/cmd"
+
+    @property
+    def command_subscriptions(self) -> tuple[str, str]:
+        return self.gateway_command, f"{self.root}/meters/+/cmd"
+
+    @property
+    def fallback_result(self) -> str:
+        """Where results go for MQTT 3.1.1 clients (no response topic property)."""
+        return f"{self.root}/cmd/result"
+
+    def meter_of_command_topic(self, topic: str) -> str | None:
+        """The meter a command topic names, ``None`` for the gateway-wide topic.
+
+        Raises ValueError for a topic that is not one of ours.
+        """
+        if topic == self.gateway_command:
+            return None
+        prefix = f"{self.root}/meters/"
+        if topic.startswith(prefix) and topic.endswith("/cmd"):
+            meter = topic[len(prefix) : -len("/cmd")]
+            if _ID.match(meter):
+                return meter
+        raise ValueError(f"not a command topic of {self.gateway_id}: {topic!r}")
+
+
+# ---------------------------------------------------------------- gateway -> headend
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Identifier
+    meter: Identifier
+    seq: int = Field(ge=1, description="per meter, gap-free, survives restarts")
+    ts: UtcTime
+
+
+class ReadingMessage(_Message):
+    """A good reading of a meter's registers (``meters/{id}/reading``)."""
+
+    kind: Literal["reading"] = "reading"
+    energy_import_wh: int = Field(ge=0)
+    power_w: int | None = None
+    voltage_v: float | None = None
+    relay_closed: bool | None = None
+    charged: int = Field(description="minor units charged for the energy since the last reading")
+
+
+class BalanceMessage(_Message):
+    """The meter's credit after a change (``meters/{id}/balance``, retained)."""
+
+    kind: Literal["balance"] = "balance"
+    balance: int = Field(description="minor units; below zero while emergency credit is used")
+    currency: str
+    credit_state: str
+    debt: int = 0
+    relay: Literal["closed", "open", "armed"]
+    forecast_exhaustion: UtcTime | None = None
+
+
+class EventMessage(_Message):
+    """Something happened, with its reason (``meters/{id}/event``)."""
+
+    kind: Literal["event"] = "event"
+    event: str = Field(description="e.g. relay_opened, token_accepted, token_rejected, tamper")
+    reason: str
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+MeterMessage = Annotated[
+    ReadingMessage | BalanceMessage | EventMessage, Field(discriminator="kind")
+]
+METER_MESSAGE = TypeAdapter(MeterMessage)
+
+
+class HealthSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    buses: dict[str, str] = Field(default_factory=dict, description="bus name -> ok/degraded/down")
+    meters_total: int = 0
+    meters_online: int = 0
+    outbox_depth: int = 0
+    last_sync: UtcTime | None = None
+
+
+class StatusMessage(BaseModel):
+    """Retained gateway status: birth message, health updates and the Last Will."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Identifier
+    state: Literal["online", "offline"]
+    ts: UtcTime | None = None
+    health: HealthSummary | None = None
+
+
+# ---------------------------------------------------------------- headend -> gateway
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: Identifier = Field(description="request id, echoed in the result")
+    correlation: str | None = Field(
+        default=None,
+        max_length=128,
+        description="MQTT 3.1.1 fallback: echoed in the result on cmd/result",
+    )
+
+
+class TopUpCommand(_Command):
+    """An online top-up: the vending service's Ed25519-signed token is its own proof."""
+
+    cmd: Literal["topup"]
+    token: str = Field(min_length=1, max_length=1024)
+
+
+class SignedCommand(_Command):
+    """A command that moves money or switches supply: signed by the headend's key.
+
+    ``sig`` is base64url Ed25519 over :func:`signing_bytes` of the command without ``sig``.
+    """
+
+    key_id: Identifier
+    expires: UtcTime
+    sig: str = Field(min_length=1, max_length=200)
+
+
+class RelayCommand(SignedCommand):
+    cmd: Literal["disconnect", "reconnect", "protect_on", "protect_off"]
+    meter: Identifier
+    reason: str = Field(default="remote", max_length=200)
+
+
+class TariffCommand(SignedCommand):
+    cmd: Literal["tariff_update"]
+    meter: Identifier
+    tariff: dict[str, JsonValue]
+
+
+class RereadCommand(_Command):
+    cmd: Literal["reread"]
+    meter: Identifier
+
+
+class ResendCommand(_Command):
+    """Resend a meter's messages from ``from_seq`` after the headend saw a gap."""
+
+    cmd: Literal["resend"]
+    meter: Identifier
+    from_seq: int = Field(ge=1)
+
+
+Command = Annotated[
+    TopUpCommand | RelayCommand | TariffCommand | RereadCommand | ResendCommand,
+    Field(discriminator="cmd"),
+]
+COMMAND = TypeAdapter(Command)
+
+
+class CommandResult(BaseModel):
+    """The answer to one command, on the request's response topic (or cmd/result)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Identifier
+    id: str | None = Field(description="the command's id, null when it could not be read")
+    ok: bool
+    error: str | None = Field(default=None, description="machine-readable reason when not ok")
+    message: str = ""
+    correlation: str | None = None
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+    ts: UtcTime
+
+
+def signing_bytes(command: dict[str, Any]) -> bytes:
+    """Canonical bytes a headend signs: the command's JSON without ``sig``, keys sorted,
+    no whitespace, UTF-8."""
+    body = {k: v for k, v in command.items() if k != "sig"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dump(model: BaseModel) -> bytes:
+    """Serialise a payload the way the gateway publishes it."""
+    return model.model_dump_json(exclude_none=False).encode()
+
+
+SCHEMAS: dict[str, Any] = {
+    "reading": ReadingMessage,
+    "balance": BalanceMessage,
+    "event": EventMessage,
+    "status": StatusMessage,
+    "command": COMMAND,
+    "command-result": CommandResult,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Every payload's JSON Schema by name."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in SCHEMAS.items():
+        if isinstance(model, TypeAdapter):
+            schema = model.json_schema(mode="validation")
+        else:
+            schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://prepaid-edge.invalid/schemas/{name}.json"
+        schema.setdefault("title", name)
+        out[name] = schema
+    return out

@@ -1,0 +1,110 @@
+"""The MQTT contract: topics are built and parsed exactly, payload models validate, commands reject garbage with a typed error, and docs/schemas is current."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from protocol.mqtt import (
+    COMMAND,
+    METER_MESSAGE,
+    BalanceMessage,
+    RelayCommand,
+    ResendCommand,
+    Topics,
+    TopUpCommand,
+    dump,
+    signing_bytes,
+)
+from scripts.export_schemas import render
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def test_topic_tree() -> None:
+    t = Topics("gw-1")
+    assert t.status == "prepaid/v1/gw-1/status"
+    assert t.meter("m7", "balance") == "prepaid/v1/gw-1/meters/m7/balance"
+    assert t.meter_of_command_topic("prepaid/v1/gw-1/meters/m7/cmd") == "m7"
+    assert t.meter_of_command_topic("prepaid/v1/gw-1/cmd") is None
+    for bad in ("prepaid/v1/gw-2/cmd", "prepaid/v1/gw-1/meters/a/b/cmd", "x"):
+        with pytest.raises(ValueError, match="not a command topic"):
+            t.meter_of_command_topic(bad)
+    with pytest.raises(ValueError, match="gateway id"):
+        Topics("gw/1")
+
+
+def test_message_serialises_with_envelope_and_utc_time() -> None:
+    msg = BalanceMessage(
+        gateway="gw-1",
+        meter="m1",
+        seq=5,
+        ts=T0,
+        balance=-120,
+        currency="KES",
+        credit_state="emergency",
+        relay="closed",
+    )
+    data = json.loads(dump(msg))
+    assert data["v"] == 1
+    assert data["seq"] == 5
+    assert data["ts"] == "2026-11-28T12:00:00.000Z"
+    assert METER_MESSAGE.validate_json(dump(msg)) == msg
+
+
+def test_commands_parse_by_kind() -> None:
+    cmd = COMMAND.validate_json(b'{"v":1,"id":"r1","cmd":"topup","token":"abc"}')
+    assert isinstance(cmd, TopUpCommand)
+    cmd = COMMAND.validate_json(b'{"v":1,"id":"r2","cmd":"resend","meter":"m1","from_seq":4}')
+    assert isinstance(cmd, ResendCommand)
+    raw = {
+        "v": 1,
+        "id": "r3",
+        "cmd": "disconnect",
+        "meter": "m1",
+        "key_id": "hq1",
+        "expires": "2026-11-28T13:00:00Z",
+        "sig": "AAAA",
+    }
+    cmd = COMMAND.validate_python(raw)
+    assert isinstance(cmd, RelayCommand)
+    assert b'"sig"' not in signing_bytes(raw)
+    assert signing_bytes(raw) == signing_bytes(dict(reversed(list(raw.items()))))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"not json",
+        b'{"v":1,"id":"r1","cmd":"melt"}',
+        b'{"v":2,"id":"r1","cmd":"topup","token":"x"}',
+        b'{"v":1,"id":"r1","cmd":"disconnect","meter":"m1"}',
+        b'{"v":1,"id":"r 1","cmd":"reread","meter":"m1"}',
+        b'{"v":1,"id":"r1","cmd":"resend","meter":"m1","from_seq":0}',
+        b'{"v":1,"id":"r1","cmd":"topup","token":"x","extra":1}',
+    ],
+)
+def test_broken_commands_are_rejected(payload: bytes) -> None:
+    with pytest.raises(ValidationError):
+        COMMAND.validate_json(payload)
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_parse_or_raise_validation_error(payload: bytes) -> None:
+    with contextlib.suppress(ValidationError):
+        COMMAND.validate_json(payload)
+
+
+def test_exported_schemas_are_current() -> None:
+    for name, text in render().items():
+        path = ROOT / "docs" / "schemas" / name
+        assert path.read_text() == text, f"{path} is stale: run python scripts/export_schemas.py"
