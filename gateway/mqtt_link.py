@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -92,6 +93,7 @@ class MqttLink:
         self.broker = broker
         self.protocol = protocol
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._client = paho.Client(
@@ -116,6 +118,7 @@ class MqttLink:
         self.incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue(incoming_limit)
         self._misc_task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
+        self._fd: int | None = None
         c = self._client
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -131,28 +134,32 @@ class MqttLink:
     #    the executor connect, which is marshalled with call_soon_threadsafe)
 
     def _threadsafe(self, fn: Callable[[], None]) -> None:
-        self._loop.call_soon_threadsafe(fn)
+        """Run now on the loop's thread (while the socket still exists), else marshal it."""
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
 
     def _on_socket_open(self, client: paho.Client, _u: object, sock: Any) -> None:
         self._sock = sock
-        self._threadsafe(lambda: self._loop.add_reader(sock, self._readable))
+        fd = sock.fileno()
+        self._fd = fd
+        self._threadsafe(lambda: self._loop.add_reader(fd, self._readable))
 
     def _on_socket_close(self, client: paho.Client, _u: object, sock: Any) -> None:
-        def remove() -> None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-
-        self._threadsafe(remove)
+        self._threadsafe(self._drop)
 
     def _on_socket_register_write(self, client: paho.Client, _u: object, sock: Any) -> None:
         def register() -> None:
-            self._loop.add_writer(sock, self._writable)
+            if self._fd is not None:
+                self._loop.add_writer(self._fd, self._writable)
 
         self._threadsafe(register)
 
     def _on_socket_unregister_write(self, client: paho.Client, _u: object, sock: Any) -> None:
         def unregister() -> None:
-            self._loop.remove_writer(sock)
+            if self._fd is not None:
+                self._loop.remove_writer(self._fd)
 
         self._threadsafe(unregister)
 
@@ -261,11 +268,11 @@ class MqttLink:
         await self._teardown()
 
     def _drop(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(sock)
-                self._loop.remove_writer(sock)
+        """Unregister the socket from the loop (once: paho may report the close twice)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
 
     async def _teardown(self) -> None:
         if not self.closed.done():
