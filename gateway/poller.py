@@ -1,0 +1,157 @@
+"""One poller per bus: reads each meter when it is due and reports what it saw.
+
+RTU buses are polled strictly one request at a time (the port serialises the wire);
+TCP endpoints with up to ``concurrency`` meters in flight. A meter that fails is
+retried a bounded number of times within the poll, then backed off, so one dead meter
+never stalls the others. A snapshot is reported only from a wholly successful read:
+a value is never attributed to the wrong meter, and nothing is charged from a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.meter_io import MeterIO, MeterSnapshot
+from gateway.modbus_port import MeterIOError, ModbusPort
+from gateway.poll_schedule import backoff_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolledMeter:
+    """A meter on this bus and its polling state."""
+
+    meter_id: str
+    unit: int
+    io: MeterIO
+    interval: float
+    next_due: float = 0.0
+    consecutive_failures: int = 0
+    last_ok: float | None = None
+    polls: int = 0
+    failures: int = 0
+
+
+OnReading = Callable[[PolledMeter, MeterSnapshot], Awaitable[None]]
+OnFailure = Callable[[PolledMeter, MeterIOError], Awaitable[None]]
+
+
+@dataclass
+class BusPoller:
+    name: str
+    port: ModbusPort
+    on_reading: OnReading
+    on_failure: OnFailure
+    concurrency: int = 1
+    retries: int = 1
+    backoff_cap: float = 300.0
+    monotonic: Callable[[], float] = time.monotonic
+    meters: dict[str, PolledMeter] = field(default_factory=dict)
+    _heap: list[tuple[float, int, str]] = field(default_factory=list)
+    _counter: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, meter: PolledMeter) -> None:
+        self.meters[meter.meter_id] = meter
+        self._schedule(meter, meter.next_due or self.monotonic())
+
+    def _schedule(self, meter: PolledMeter, due: float) -> None:
+        meter.next_due = due
+        self._counter += 1
+        heapq.heappush(self._heap, (due, self._counter, meter.meter_id))
+        self._wake.set()
+
+    def poll_now(self, meter_id: str) -> None:
+        """Re-read a meter as soon as the bus is free (after a command, a top-up, ...)."""
+        self._schedule(self.meters[meter_id], self.monotonic())
+
+    def set_interval(self, meter_id: str, seconds: float) -> None:
+        """Change a healthy meter's interval (from the forecast); takes effect at once if
+        the new interval brings its next poll forward."""
+        meter = self.meters[meter_id]
+        meter.interval = seconds
+        if meter.consecutive_failures == 0 and meter.last_ok is not None:
+            due = meter.last_ok + seconds
+            if due < meter.next_due:
+                self._schedule(meter, due)
+
+    async def poll_once(self, meter: PolledMeter) -> bool:
+        """Read one meter with bounded retries; report the reading or the failure."""
+        meter.polls += 1
+        error: MeterIOError | None = None
+        for _attempt in range(self.retries + 1):
+            try:
+                snapshot = await meter.io.read(self.port, meter.unit)
+            except MeterIOError as exc:
+                error = exc
+                continue
+            meter.consecutive_failures = 0
+            meter.last_ok = self.monotonic()
+            await self.on_reading(meter, snapshot)
+            return True
+        assert error is not None
+        meter.failures += 1
+        meter.consecutive_failures += 1
+        await self.on_failure(meter, error)
+        return False
+
+    def _next_due_for(self, meter: PolledMeter, ok: bool) -> float:
+        now = self.monotonic()
+        if ok:
+            return now + meter.interval
+        return now + backoff_for(
+            meter.consecutive_failures, interval=meter.interval, cap=self.backoff_cap
+        )
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled)."""
+        slots = asyncio.Semaphore(self.concurrency)
+        busy: set[str] = set()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(meter: PolledMeter) -> None:
+            try:
+                ok = await self.poll_once(meter)
+            except Exception:
+                log.exception("poll of %s on %s crashed", meter.meter_id, self.name)
+                ok = False
+            finally:
+                busy.discard(meter.meter_id)
+                slots.release()
+            self._schedule(meter, self._next_due_for(meter, ok))
+
+        try:
+            while True:
+                if not self._heap:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                due, _, meter_id = self._heap[0]
+                meter = self.meters.get(meter_id)
+                if meter is None or due != meter.next_due or meter_id in busy:
+                    heapq.heappop(self._heap)  # stale entry
+                    continue
+                delay = due - self.monotonic()
+                if delay > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    continue
+                heapq.heappop(self._heap)
+                await slots.acquire()
+                busy.add(meter_id)
+                task = asyncio.create_task(one(meter), name=f"poll:{self.name}:{meter_id}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
