@@ -1,23 +1,259 @@
-"""`meter-sim` / `python -m meter_sim`: the simulator's command line."""
+"""`meter-sim` / `python -m meter_sim`: serve simulated meters, or control a running simulator.
+
+Bad input ends with one line on stderr (``meter-sim: error: ...``) and a non-zero exit:
+2 for a malformed command line, 1 for a simulator that cannot start or a refused control.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-NOT_BUILT = "The simulator is not built yet (issue 3): this command only prints its help."
+from pydantic import ValidationError
+
+from meter_sim.clock import ScaledClock
+from meter_sim.errors import SimError
+from meter_sim.faults import FaultPlan, FaultSpec, load_fault_plan
+from meter_sim.simulator import Simulator
+from protocol.regmap import shipped_map_names
+
+PROG = "meter-sim"
+
+
+class CliError(SimError):
+    """A command line that asks for something impossible (the user's fault)."""
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def fault_flag(text: str) -> FaultSpec:
+    """``UNIT:KIND[:PROBABILITY[:key=value...]]``, e.g. ``3:timeout:0.5``, ``all:slow:1:delay=0.2``."""
+    parts = text.split(":")
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not UNIT:KIND[:PROBABILITY[:key=value]]")
+    data: dict[str, Any] = {"unit": parts[0], "kind": parts[1]}
+    if len(parts) > 2:
+        data["probability"] = parts[2]
+    for opt in parts[3:]:
+        key, eq, value = opt.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"fault option {opt!r} is not key=value")
+        data[key] = value
+    if data["unit"] != "all":
+        data["unit"] = _int(data["unit"], "unit")
+    try:
+        return FaultSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise argparse.ArgumentTypeError(f"fault {text!r}: {where}: {err['msg']}") from None
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a whole number") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="meter-sim",
-        description="prepaid-edge meter simulator. " + NOT_BUILT,
+        prog=PROG,
+        description="prepaid-edge meter simulator: prepaid meters over Modbus TCP and RTU.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("serve", help="serve simulated meters (not built yet)")
-    run.add_argument("--map", default="pe1")
+    serve = sub.add_parser("serve", help="serve simulated meters until interrupted")
+    serve.add_argument("--map", default="pe1", help="register map (default pe1)")
+    serve.add_argument("--meters", type=int, default=20, help="number of meters (default 20)")
+    serve.add_argument(
+        "--tcp",
+        type=host_port,
+        default=("127.0.0.1", 5020),
+        metavar="HOST:PORT",
+        help="Modbus TCP; more than 247 meters take consecutive ports (default 127.0.0.1:5020)",
+    )
+    serve.add_argument("--no-tcp", action="store_true", help="serve no Modbus TCP")
+    serve.add_argument("--control", type=host_port, metavar="HOST:PORT", help="control port")
+    serve.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    serve.add_argument("--start", help="simulated start time, ISO 8601 with offset (default: now)")
+    serve.add_argument("--seed", type=int, default=0, help="seed of loads and faults")
+    serve.add_argument("--rtu-pty", action="store_true", help="RTU on a pseudo-terminal")
+    serve.add_argument("--rtu-tcp", type=host_port, metavar="HOST:PORT", help="RTU over TCP")
+    serve.add_argument("--baud", type=int, help="emulate RTU wire time at this baud rate")
+    serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (.json, .toml)")
+    serve.add_argument(
+        "--fault",
+        type=fault_flag,
+        action="append",
+        default=[],
+        metavar="UNIT:KIND[:P[:k=v]]",
+        help="a fault, e.g. 3:timeout:0.5 or all:exception:0.1:code=6 (repeatable)",
+    )
+
+    ctl = sub.add_parser("ctl", help="control a running simulator")
+    ctl.add_argument("--control", type=host_port, default=("127.0.0.1", 5021), metavar="HOST:PORT")
+    csub = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
+    keypad = csub.add_parser("keypad", help="type a 20-digit entry: keypad UNIT DIGITS")
+    keypad.add_argument("unit", type=int)
+    keypad.add_argument("digits")
+    button = csub.add_parser("button", help="press the reconnect button: button UNIT")
+    button.add_argument("unit", type=int)
+    tamper = csub.add_parser("tamper", help="tamper UNIT cover|magnet|bypass|reverse on|off")
+    tamper.add_argument("unit", type=int)
+    tamper.add_argument("tamper")
+    tamper.add_argument("switch", choices=("on", "off"))
+    load = csub.add_parser("load", help="load UNIT WATTS|auto")
+    load.add_argument("unit", type=int)
+    load.add_argument("watts")
+    fault = csub.add_parser(
+        "fault", help="fault UNIT|all KIND [PROBABILITY] [key=value...] | fault UNIT clear"
+    )
+    fault.add_argument("unit")
+    fault.add_argument("kind")
+    fault.add_argument("probability", nargs="?", type=float, default=1.0)
+    fault.add_argument("options", nargs="*", metavar="key=value")
+    state = csub.add_parser("state", help="dump one meter's whole state as JSON: state UNIT")
+    state.add_argument("unit", type=int)
     return parser
+
+
+def ctl_payload(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request for a ``ctl`` command line."""
+    match args.action:
+        case "keypad":
+            return {"cmd": "keypad", "unit": args.unit, "digits": args.digits}
+        case "button":
+            return {"cmd": "button", "unit": args.unit}
+        case "tamper":
+            return {
+                "cmd": "tamper",
+                "unit": args.unit,
+                "tamper": args.tamper,
+                "on": args.switch == "on",
+            }
+        case "load":
+            watts = None if args.watts == "auto" else _int_or_fail(args.watts, "watts")
+            return {"cmd": "load", "unit": args.unit, "watts": watts}
+        case "fault":
+            unit: int | str = args.unit if args.unit == "all" else _int_or_fail(args.unit, "unit")
+            options: dict[str, float] = {}
+            for opt in args.options:
+                key, eq, value = opt.partition("=")
+                if not eq:
+                    raise CliError(f"fault option {opt!r} is not key=value")
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    raise CliError(f"fault option {opt!r}: value is not a number") from None
+            return {
+                "cmd": "fault",
+                "unit": unit,
+                "kind": args.kind,
+                "probability": args.probability,
+                "options": options,
+            }
+        case "state":
+            return {"cmd": "state", "unit": args.unit}
+    raise CliError(f"unknown action {args.action!r}")  # pragma: no cover
+
+
+def _int_or_fail(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"{what} {text!r} is not a whole number") from None
+
+
+async def _ctl(args: argparse.Namespace) -> int:
+    from meter_sim.control import request  # noqa: PLC0415 - only ctl needs it
+
+    payload = ctl_payload(args)
+    host, port = args.control
+    try:
+        reply = await request(host, port, payload)
+    except OSError as exc:
+        raise CliError(f"no simulator at {host}:{port} ({exc.strerror or exc})") from None
+    if not reply.get("ok"):
+        raise CliError(str(reply.get("error")))
+    print(json.dumps(reply["result"], indent=2, sort_keys=True))
+    return 0
+
+
+def _start_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--start {text!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise CliError(f"--start {text!r} needs a UTC offset (e.g. +00:00 or Z)")
+    return when.timestamp()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if args.map not in shipped_map_names():
+        raise CliError(f"unknown map {args.map!r}; shipped maps: {', '.join(shipped_map_names())}")
+    if args.meters < 1:
+        raise CliError("--meters must be at least 1")
+    if args.speed <= 0:
+        raise CliError("--speed must be positive")
+    plan = load_fault_plan(args.faults) if args.faults else FaultPlan()
+    rtu_tcp = args.rtu_tcp
+    control = args.control
+    tcp_host, tcp_port = args.tcp
+    hosts = {tcp_host} | ({rtu_tcp[0]} if rtu_tcp else set())
+    if len(hosts) > 1 or (control and control[0] != tcp_host):
+        raise CliError("--tcp, --rtu-tcp and --control must use the same host")
+    clock = ScaledClock(args.speed, _start_time(args.start))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Simulator.start(
+        meters=args.meters,
+        map_name=args.map,
+        host=tcp_host,
+        tcp_port=None if args.no_tcp else tcp_port,
+        rtu_pty=args.rtu_pty,
+        rtu_tcp_port=rtu_tcp[1] if rtu_tcp else None,
+        baud=args.baud,
+        clock=clock,
+        seed=args.seed,
+        faults=[*plan.faults, *args.fault],
+        control_port=control[1] if control else None,
+    ) as sim:
+        n = len(sim.meters)
+        for k, (host, port) in enumerate(sim.tcp_addresses):
+            first = k * 247 + 1
+            print(f"modbus-tcp {host}:{port} meters {first}..{min(n, first + 246)} as units 1..")
+        if sim.rtu_tcp_address:
+            host, port = sim.rtu_tcp_address
+            print(f"rtu-tcp {host}:{port} meters 1..{n}")
+        if sim.rtu_pty_path:
+            print(f"rtu-pty {sim.rtu_pty_path} meters 1..{n}")
+        if sim.control_address:
+            host, port = sim.control_address
+            print(f"control {host}:{port}")
+        print(f"ready: map {sim.regmap.name}, {n} meters, speed {args.speed}, seed {args.seed}")
+        sys.stdout.flush()
+        await stop.wait()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,9 +262,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    print(f"meter-sim {args.command}: {NOT_BUILT}", file=sys.stderr)
-    return 2
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        return asyncio.run(_ctl(args))
+    except SimError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,348 @@
+"""Meter physics, pure: load, voltage, energy, relay, tamper, load limit, keypad and button.
+
+A :class:`MeterModel` is stepped by :meth:`MeterModel.advance` with the simulated time;
+it never reads a clock. Demand is a deterministic function of (seed, unit, minute):
+constant within each minute, so energy integrated over any sequence of advances is the
+same exact integer (Wh plus a W*ms remainder, no float drift) whoever polls when. That
+is what makes "same seed, same readings" hold, and idle meters cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from meter_sim.errors import ControlError
+
+MS_PER_MINUTE = 60_000
+WMS_PER_WH = 3_600_000  # watt-milliseconds in one watt-hour
+LOAD_LIMIT_DELAY_MS = 10_000  # PE-1: above the limit for 10 s opens the relay
+KEYPAD_DIGITS = 20
+
+
+class CustomerClass(StrEnum):
+    RESIDENTIAL = "residential"
+    SHOP = "shop"
+    WORKSHOP = "workshop"
+
+
+class Tamper(StrEnum):
+    """Tampers a test or an operator can set on a meter."""
+
+    COVER = "cover"  # terminal cover opened: status bit 1
+    MAGNET = "magnet"  # magnetic field on the meter: status bit 2
+    BYPASS = "bypass"  # load wired around the relay: consumption goes on with it open
+    REVERSE = "reverse"  # meter wired backwards: energy counts as export, status bit 6
+
+
+#: Mean demand in W at each hour of the day (linear in between), weekdays.
+# fmt: off
+DAILY_SHAPE: dict[CustomerClass, tuple[int, ...]] = {
+    CustomerClass.RESIDENTIAL: (
+        180, 150, 140, 140, 150, 220, 480, 850, 700, 420, 350, 360,
+        420, 380, 340, 360, 480, 820, 1250, 1400, 1200, 900, 520, 260,
+    ),
+    CustomerClass.SHOP: (
+        220, 200, 200, 200, 200, 220, 300, 900, 1500, 1700, 1800, 1900,
+        1900, 1800, 1800, 1850, 1900, 1800, 1600, 1300, 800, 300, 240, 220,
+    ),
+    CustomerClass.WORKSHOP: (
+        300, 300, 300, 300, 300, 350, 900, 3200, 4200, 4600, 4800, 4500,
+        3000, 4300, 4700, 4600, 4000, 2500, 800, 400, 350, 300, 300, 300,
+    ),
+}
+# fmt: on
+#: Weekend shape for the workshop (closed); the other classes keep their weekday shape.
+WORKSHOP_WEEKEND = (300,) * 24
+#: Typical power factor in thousandths by class.
+BASE_POWER_FACTOR: dict[CustomerClass, int] = {
+    CustomerClass.RESIDENTIAL: 960,
+    CustomerClass.SHOP: 910,
+    CustomerClass.WORKSHOP: 830,
+}
+
+_MASK64 = (1 << 64) - 1
+
+
+def round_div(numerator: int, denominator: int) -> int:
+    """The simulator's one rounding: ``numerator / denominator`` rounded half up."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def mix64(*parts: int) -> int:
+    """A deterministic 64-bit hash of integers (splitmix64 steps): seeded noise, no state."""
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        h = (h ^ (part & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h
+
+
+def customer_class_for(seed: int, unit: int) -> CustomerClass:
+    """The default class of a meter: 70% residential, 20% shops, 10% workshops, by seed."""
+    pick = mix64(seed, unit, 7) % 10
+    if pick < 7:
+        return CustomerClass.RESIDENTIAL
+    return CustomerClass.SHOP if pick < 9 else CustomerClass.WORKSHOP
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """What the meter measures at one moment, in integer register-friendly units."""
+
+    power_w: int  # signed: negative under reverse tamper
+    voltage_dv: int  # 0.1 V
+    current_ma: int
+    power_factor_milli: int
+    frequency_chz: int  # 0.01 Hz
+
+
+class MeterModel:
+    """One simulated meter's whole state; every mutator takes ``now`` and advances first."""
+
+    __slots__ = (
+        "_export_rem",
+        "_import_rem",
+        "_key",
+        "_over_since_ms",
+        "_scale_permille",
+        "button_latched",
+        "bypass",
+        "cover_open",
+        "customer_class",
+        "energy_export_wh",
+        "energy_import_wh",
+        "keypad_ack",
+        "keypad_digits",
+        "keypad_pending",
+        "keypad_seq",
+        "load_limit_tripped",
+        "load_limit_w",
+        "load_override_w",
+        "magnetic",
+        "relay_closed",
+        "reverse",
+        "t_ms",
+        "unit",
+    )
+
+    def __init__(
+        self,
+        unit: int,
+        seed: int,
+        now: float,
+        customer_class: CustomerClass | None = None,
+        energy_import_wh: int | None = None,
+    ) -> None:
+        self.unit = unit
+        self.customer_class = customer_class or customer_class_for(seed, unit)
+        self._key = mix64(seed, unit)
+        self._scale_permille = 600 + self._key % 801  # this household: 0.6x .. 1.4x the class
+        self.t_ms = _ms(now)
+        start = mix64(self._key, 1) % 5_000_000 if energy_import_wh is None else energy_import_wh
+        self.energy_import_wh = start
+        self.energy_export_wh = 0
+        self._import_rem = 0
+        self._export_rem = 0
+        self.relay_closed = True
+        self.cover_open = False
+        self.magnetic = False
+        self.bypass = False
+        self.reverse = False
+        self.load_override_w: int | None = None
+        self.load_limit_w = 0
+        self._over_since_ms: int | None = None
+        self.load_limit_tripped = False
+        self.keypad_seq = 0
+        self.keypad_digits = "0" * KEYPAD_DIGITS
+        self.keypad_pending = False
+        self.keypad_ack = 0
+        self.button_latched = False
+
+    # ------------------------------------------------------------------ demand
+
+    def demand_w(self, minute: int) -> int:
+        """What the premises draw in this minute if supplied (the load, not the meter)."""
+        if self.load_override_w is not None:
+            return self.load_override_w
+        day, minute_of_day = divmod(minute, 1440)
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+        shape = DAILY_SHAPE[self.customer_class]
+        if self.customer_class is CustomerClass.WORKSHOP and weekday >= 5:
+            shape = WORKSHOP_WEEKEND
+        hour, into = divmod(minute_of_day, 60)
+        a, b = shape[hour], shape[(hour + 1) % 24]
+        base60 = a * 60 + (b - a) * into
+        noise = 700 + mix64(self._key, minute, 2) % 601  # 0.7x .. 1.3x, per minute
+        return round_div(base60 * self._scale_permille * noise, 60 * 1000 * 1000)
+
+    def metered_power_w(self, minute: int) -> int:
+        """Power through the meter: none with the relay open unless bypassed; signed."""
+        if not (self.relay_closed or self.bypass):
+            return 0
+        p = self.demand_w(minute)
+        return -p if self.reverse else p
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, now: float) -> None:
+        """Integrate energy up to ``now`` and apply the load-limit trip; time never goes back."""
+        t_end = _ms(now)
+        while self.t_ms < t_end:
+            minute = self.t_ms // MS_PER_MINUTE
+            seg_end = min(t_end, (minute + 1) * MS_PER_MINUTE)
+            p = self.metered_power_w(minute)
+            trip_at: int | None = None
+            if self.load_limit_w > 0 and self.relay_closed and abs(p) > self.load_limit_w:
+                if self._over_since_ms is None:
+                    self._over_since_ms = self.t_ms
+                trip_at = self._over_since_ms + LOAD_LIMIT_DELAY_MS
+                seg_end = min(seg_end, max(trip_at, self.t_ms))
+            else:
+                self._over_since_ms = None
+            self._accumulate(p, seg_end - self.t_ms)
+            self.t_ms = seg_end
+            if trip_at is not None and self.t_ms >= trip_at:
+                self.relay_closed = False
+                self.load_limit_tripped = True
+                self._over_since_ms = None
+
+    def _accumulate(self, power_w: int, dt_ms: int) -> None:
+        if power_w >= 0:
+            wh, self._import_rem = divmod(self._import_rem + power_w * dt_ms, WMS_PER_WH)
+            self.energy_import_wh += wh
+        else:
+            wh, self._export_rem = divmod(self._export_rem - power_w * dt_ms, WMS_PER_WH)
+            self.energy_export_wh += wh
+
+    # ------------------------------------------------------------------ readings
+
+    def instant(self) -> Instant:
+        """Instantaneous values at the time last advanced to."""
+        minute = self.t_ms // MS_PER_MINUTE
+        p = self.metered_power_w(minute)
+        v = 2300 + mix64(self._key, minute, 3) % 41 - 20 - round_div(abs(p) * 15, 1000)
+        f = 5000 + mix64(self._key, minute, 4) % 11 - 5
+        if p == 0:
+            return Instant(0, v, 0, 1000, f)
+        pf = BASE_POWER_FACTOR[self.customer_class] + mix64(self._key, minute, 5) % 41 - 20
+        current = round_div(abs(p) * 10_000_000, v * pf)
+        return Instant(p, v, current, pf, f)
+
+    def status_bits(self) -> int:
+        """PE-1 status register (bits 0..6)."""
+        return (
+            int(self.relay_closed)
+            | int(self.cover_open) << 1
+            | int(self.magnetic) << 2
+            | int(self.keypad_pending) << 3
+            | int(self.button_latched) << 4
+            | int(self.load_limit_tripped) << 5
+            | int(self.reverse) << 6
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def set_relay(self, closed: bool, now: float) -> None:
+        """The gateway's relay command; closing clears a load-limit trip."""
+        self.advance(now)
+        self.relay_closed = closed
+        if closed:
+            self.load_limit_tripped = False
+        self._over_since_ms = None
+
+    def set_load_limit(self, watts: int, now: float) -> None:
+        self.advance(now)
+        if not 0 <= watts <= 0xFFFF:
+            raise ControlError(f"load limit {watts} W outside 0..65535")
+        self.load_limit_w = watts
+        self._over_since_ms = None
+
+    def set_tamper(self, tamper: Tamper, on: bool, now: float) -> None:
+        self.advance(now)
+        match tamper:
+            case Tamper.COVER:
+                self.cover_open = on
+            case Tamper.MAGNET:
+                self.magnetic = on
+            case Tamper.BYPASS:
+                self.bypass = on
+            case Tamper.REVERSE:
+                self.reverse = on
+
+    def set_load(self, watts: int | None, now: float) -> None:
+        """Fix the premises' demand at ``watts`` (None: back to the class profile)."""
+        if watts is not None and not 0 <= watts <= 100_000:
+            raise ControlError(f"load {watts} W outside 0..100000")
+        self.advance(now)
+        self.load_override_w = watts
+
+    def enter_keypad(self, digits: str, now: float) -> int:
+        """The customer typed a complete token: store it, bump the sequence, flag pending."""
+        if len(digits) != KEYPAD_DIGITS or not (digits.isascii() and digits.isdigit()):
+            raise ControlError(f"a keypad entry is exactly {KEYPAD_DIGITS} decimal digits")
+        self.advance(now)
+        self.keypad_digits = digits
+        self.keypad_seq = (self.keypad_seq + 1) % 0x10000
+        self.keypad_pending = True
+        return self.keypad_seq
+
+    def acknowledge_keypad(self, value: int, now: float) -> None:
+        """The gateway wrote keypad_ack: pending clears when it names the current entry."""
+        self.advance(now)
+        self.keypad_ack = value
+        if value == self.keypad_seq:
+            self.keypad_pending = False
+
+    def press_button(self, now: float) -> None:
+        """Reconnect button: status bit 4 latches until a read of the status register."""
+        self.advance(now)
+        self.button_latched = True
+
+    def replace_energy_register(self, now: float) -> None:
+        """The meter was swapped: its counters start again from zero."""
+        self.advance(now)
+        self.energy_import_wh = self.energy_export_wh = 0
+        self._import_rem = self._export_rem = 0
+
+    def state(self) -> dict[str, Any]:
+        """Everything about the meter, JSON-ready (for ``ctl state``)."""
+        inst = self.instant()
+        return {
+            "unit": self.unit,
+            "customer_class": str(self.customer_class),
+            "time_ms": self.t_ms,
+            "energy_import_wh": self.energy_import_wh,
+            "energy_export_wh": self.energy_export_wh,
+            "power_w": inst.power_w,
+            "voltage_dv": inst.voltage_dv,
+            "current_ma": inst.current_ma,
+            "power_factor_milli": inst.power_factor_milli,
+            "frequency_chz": inst.frequency_chz,
+            "status": self.status_bits(),
+            "relay_closed": self.relay_closed,
+            "tampers": {
+                "cover": self.cover_open,
+                "magnet": self.magnetic,
+                "bypass": self.bypass,
+                "reverse": self.reverse,
+            },
+            "load_override_w": self.load_override_w,
+            "load_limit_w": self.load_limit_w,
+            "load_limit_tripped": self.load_limit_tripped,
+            "keypad_seq": self.keypad_seq,
+            "keypad_digits": self.keypad_digits,
+            "keypad_pending": self.keypad_pending,
+            "keypad_ack": self.keypad_ack,
+            "button_latched": self.button_latched,
+        }
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)

@@ -1,0 +1,275 @@
+"""Any register map served from the same physics: which value each point shows, and writes.
+
+A :class:`MapLayout` is built once per map. Points are filled by their canonical names
+(``energy_import``, ``voltage``, ``current_l2``, ...), converted by the point's ``unit``
+and ``scale`` with exact fractions and the simulator's one rounding function, then
+encoded with :func:`protocol.codec.encode`. Writable points (PE-1's holding registers and
+relay coil) hold what the gateway writes; everything else is read only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from meter_sim.errors import SetupError
+from meter_sim.physics import MeterModel, round_div
+from protocol.codec import Value, decode, encode
+from protocol.regmap import Point, RegisterMap, Table, ValueType
+
+FIRMWARE_VERSION = 0x0102
+
+#: Modbus exception codes the simulator answers with.
+ILLEGAL_FUNCTION = 0x01
+ILLEGAL_ADDRESS = 0x02
+ILLEGAL_VALUE = 0x03
+SERVER_BUSY = 0x06
+GATEWAY_TARGET_FAILED = 0x0B
+
+
+class ModbusException(Exception):  # noqa: N818 - it is the Modbus name for the reply
+    """A request the meter refuses with a Modbus exception code (the client's fault)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"modbus exception {code:#04x}")
+
+
+#: Family of each canonical numeric point: (physics quantity, factor to the family's base unit).
+_QUANTITY: dict[str, tuple[str, Fraction]] = {
+    "energy_import": ("energy_import", Fraction(1)),
+    "energy_export": ("energy_export", Fraction(1)),
+    "energy_total": ("energy_total", Fraction(1)),
+    "voltage": ("voltage", Fraction(1, 10)),
+    "voltage_l1": ("voltage", Fraction(1, 10)),
+    "voltage_l2": ("voltage_l2", Fraction(1, 10)),
+    "voltage_l3": ("voltage_l3", Fraction(1, 10)),
+    "current": ("current", Fraction(1, 1000)),
+    "current_l1": ("current", Fraction(1, 1000)),
+    "current_l2": ("current", Fraction(1, 1000)),
+    "current_l3": ("current", Fraction(1, 1000)),
+    "active_power": ("power", Fraction(1)),
+    "active_power_l1": ("power_l1", Fraction(1)),
+    "active_power_l2": ("power_l2", Fraction(1)),
+    "active_power_l3": ("power_l3", Fraction(1)),
+    "power_factor": ("power_factor", Fraction(1, 1000)),
+    "frequency": ("frequency", Fraction(1, 100)),
+}
+#: Units each family may be expressed in, with the factor from the family's base unit.
+_UNITS: dict[str, dict[str, Fraction]] = {
+    "energy": {"Wh": Fraction(1), "kWh": Fraction(1, 1000)},
+    "voltage": {"V": Fraction(1)},
+    "current": {"A": Fraction(1)},
+    "power": {"W": Fraction(1), "kW": Fraction(1, 1000)},
+    "power_factor": {"": Fraction(1)},
+    "frequency": {"Hz": Fraction(1)},
+}
+#: Points the gateway may write; they hold what was written.
+WRITABLE = frozenset({"keypad_ack", "display_code", "display_credit", "load_limit", "alarm"})
+
+
+def _family(quantity: str) -> str:
+    for fam in ("energy", "voltage", "current", "power_factor", "power", "frequency"):
+        if quantity.startswith(fam):
+            return fam
+    raise AssertionError(quantity)  # pragma: no cover
+
+
+def quantities(model: MeterModel, three_phase: bool) -> dict[str, int]:
+    """Every numeric quantity a map may show, from the model's present state."""
+    inst = model.instant()
+    out = {
+        "energy_import": model.energy_import_wh,
+        "energy_export": model.energy_export_wh,
+        "energy_total": model.energy_import_wh + model.energy_export_wh,
+        "voltage": inst.voltage_dv,
+        "voltage_l2": inst.voltage_dv + 3,
+        "voltage_l3": inst.voltage_dv - 4,
+        "current": inst.current_ma,
+        "power": inst.power_w,
+        "power_factor": inst.power_factor_milli,
+        "frequency": inst.frequency_chz,
+    }
+    if three_phase:
+        # The load is shared by three phases: each carries a third (the parts sum to P).
+        third = inst.power_w // 3
+        out["power_l1"] = inst.power_w - 2 * third
+        out["power_l2"] = out["power_l3"] = third
+        out["current"] = round_div(inst.current_ma, 3)
+    else:
+        out["power_l1"], out["power_l2"], out["power_l3"] = inst.power_w, 0, 0
+    return out
+
+
+Source = Callable[[MeterModel, dict[str, int]], Value]
+
+
+def _numeric_source(point: Point, quantity: str, factor: Fraction) -> Source:
+    num, den = factor.numerator, factor.denominator
+    if point.type is ValueType.F32:
+        return lambda _m, q: q[quantity] * num / den
+    if point.type in (ValueType.BOOL, ValueType.ASCII, ValueType.DIGITS4):
+        raise SetupError(f"point {point.name!r}: type {point.type} cannot hold a measurement")
+    return lambda _m, q: round_div(q[quantity] * num, den)
+
+
+def _pe1_source(point: Point, regmap: RegisterMap, serial: Callable[[int], str]) -> Source | None:
+    match point.name:
+        case "map_version":
+            version = regmap.version
+            return lambda _m, _q: version
+        case "status":
+            return lambda m, _q: m.status_bits()
+        case "keypad_seq":
+            return lambda m, _q: m.keypad_seq
+        case "keypad_digits":
+            return lambda m, _q: m.keypad_digits
+        case "serial_number":
+            return lambda m, _q: serial(m.unit)
+        case "firmware_version":
+            return lambda _m, _q: FIRMWARE_VERSION
+    return None
+
+
+def source_for(point: Point, regmap: RegisterMap, serial: Callable[[int], str]) -> Source | None:
+    """How to fill a read-only point, or None for a point the simulator leaves at zero."""
+    special = _pe1_source(point, regmap, serial)
+    if special is not None:
+        return special
+    if point.name not in _QUANTITY:
+        return None
+    quantity, base = _QUANTITY[point.name]
+    family = _family(quantity)
+    units = _UNITS[family]
+    if point.unit not in units:
+        raise SetupError(
+            f"map {regmap.name!r} point {point.name!r}: unit {point.unit!r} is not one of "
+            f"{sorted(units)}"
+        )
+    factor = base * units[point.unit] / Fraction(point.scale)
+    return _numeric_source(point, quantity, factor)
+
+
+@dataclass(slots=True)
+class TableLayout:
+    """One table of a map: its address span and how each point gets its registers."""
+
+    start: int
+    count: int
+    computed: list[tuple[Point, Source]] = field(default_factory=list)
+    writable: list[Point] = field(default_factory=list)
+    writable_offsets: frozenset[int] = frozenset()
+    status_offset: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+
+class MapLayout:
+    """How one register map is served from :class:`MeterModel` state."""
+
+    def __init__(self, regmap: RegisterMap, seed: int) -> None:
+        self.regmap = regmap
+        self.seed = seed
+        self.three_phase = regmap.has("current_l2") or regmap.has("active_power_l2")
+        self.tables: dict[Table, TableLayout] = {}
+        for table in Table:
+            pts = regmap.points_in(table)
+            if not pts:
+                continue
+            start, count = regmap.span(table)
+            layout = TableLayout(start, count)
+            offsets: set[int] = set()
+            for p in pts:
+                if p.name in WRITABLE or (table is Table.COIL and p.name == "relay"):
+                    layout.writable.append(p)
+                    offsets.update(range(p.address - start, p.end - start))
+                    continue
+                src = source_for(p, regmap, self.serial_number)
+                if src is not None:
+                    layout.computed.append((p, src))
+                if p.name == "status":
+                    layout.status_offset = p.address - start
+            layout.writable_offsets = frozenset(offsets)
+            self.tables[table] = layout
+
+    def serial_number(self, unit: int) -> str:
+        return f"PE1-{self.seed % 10000:04d}-{unit:06d}"
+
+    def image(self, table: Table, model: MeterModel, stored: dict[int, int]) -> list[int]:
+        """The whole table's registers (or bits) now; ``stored`` holds written registers."""
+        layout = self.tables[table]
+        regs = [0] * layout.count
+        if layout.computed:
+            q = quantities(model, self.three_phase)
+            for p, src in layout.computed:
+                off = p.address - layout.start
+                regs[off : off + p.count] = encode(p, src(model, q))
+        for p in layout.writable:
+            off = p.address - layout.start
+            if p.name == "relay":
+                regs[off] = int(model.relay_closed)
+            else:
+                for i in range(p.count):
+                    regs[off + i] = stored.get(p.address + i, 0)
+        return regs
+
+    def read(
+        self,
+        table: Table,
+        address: int,
+        count: int,
+        *,
+        model: MeterModel,
+        stored: dict[int, int],
+        now: float,
+    ) -> list[int]:
+        """Registers (or bits) ``address .. address+count-1``; 0x02 outside the map's span."""
+        layout = self.tables.get(table)
+        if layout is None or address < layout.start or address + count > layout.end:
+            raise ModbusException(ILLEGAL_ADDRESS)
+        model.advance(now)
+        regs = self.image(table, model, stored)
+        off = address - layout.start
+        if layout.status_offset is not None and off <= layout.status_offset < off + count:
+            model.button_latched = False  # PE-1: the button latch clears once it was read
+        return regs[off : off + count]
+
+    def write(
+        self,
+        table: Table,
+        address: int,
+        values: list[int],
+        *,
+        model: MeterModel,
+        stored: dict[int, int],
+        now: float,
+        relay_actuates: bool = True,
+    ) -> None:
+        """Apply a write of registers (or bits as 0/1); 0x02 unless every address is writable."""
+        layout = self.tables.get(table)
+        if layout is None or not layout.writable:
+            raise ModbusException(ILLEGAL_ADDRESS)
+        offs = range(address - layout.start, address - layout.start + len(values))
+        if address < layout.start or any(o not in layout.writable_offsets for o in offs):
+            raise ModbusException(ILLEGAL_ADDRESS)
+        if table is Table.COIL:
+            if relay_actuates:
+                model.set_relay(bool(values[0]), now)
+            else:
+                model.advance(now)
+            return
+        for i, v in enumerate(values):
+            stored[address + i] = v
+        end = address + len(values)
+        for p in layout.writable:
+            if p.address < end and p.end > address:
+                regs = [stored.get(a, 0) for a in range(p.address, p.end)]
+                value = decode(p, regs)
+                if p.name == "keypad_ack" and isinstance(value, int):
+                    model.acknowledge_keypad(value, now)
+                elif p.name == "load_limit" and isinstance(value, int):
+                    model.set_load_limit(value, now)
+        model.advance(now)

@@ -1,0 +1,295 @@
+"""The asyncio shell around the pure parts: Modbus TCP, RTU over TCP and RTU over a pty.
+
+One :class:`Endpoint` is one port or serial bus: the unit ids it answers for (an offset
+into the simulator's meter numbers), its framing and, for RTU, its emulated baud rate.
+A :class:`Session` is one connection (or the pty): it feeds bytes to the pure reader,
+asks the pure core for replies, lets the fault table damage or withhold them, and
+writes them back strictly in request order, so pipelined TCP requests are answered as
+the transaction ids allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import socket
+import struct
+import termios
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meter_sim.clock import Clock
+from meter_sim.faults import NORMAL, FaultTable, Outcome, corrupt
+from meter_sim.framing import FramingError, MbapReader, RtuReader, mbap_reply, rtu_frame
+from meter_sim.pdu import SimMeter, answer, exception_pdu, request_is_write
+from meter_sim.registers import GATEWAY_TARGET_FAILED, MapLayout
+from protocol.modbus import rtu_char_time, rtu_silence
+
+log = logging.getLogger(__name__)
+
+Framing = Literal["tcp", "rtu"]
+#: A partial RTU request older than this (or 3.5 characters, if longer) is noise.
+RTU_STALE_PARTIAL = 0.1
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """One port or bus: which meters answer on it, how it frames, how fast its wire is."""
+
+    name: str
+    framing: Framing
+    layout: MapLayout
+    meters: dict[int, SimMeter]  # by unit id on this endpoint
+    offset: int  # meter number = offset + unit id
+    clock: Clock
+    faults: FaultTable
+    baud: int | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    busy_until: float = 0.0  # monotonic time the (RTU) wire is free again
+    requests: int = 0
+
+    def wire_time(self, request_len: int, reply_len: int) -> tuple[float, float]:
+        """(seconds until the reply is fully on the wire, seconds the wire stays busy)."""
+        if self.baud is None:
+            return 0.0, 0.0
+        char = rtu_char_time(self.baud)
+        silence = rtu_silence(self.baud)
+        done = request_len * char + silence + reply_len * char
+        return done, done + silence
+
+    def respond(self, unit: int, pdu: bytes) -> tuple[Outcome, bytes | None]:
+        """Decide one request: the fault outcome and the reply PDU (None: no reply)."""
+        self.requests += 1
+        meter = self.meters.get(unit)
+        if meter is None:
+            if unit == 0 and request_is_write(pdu):  # broadcast write: everyone, no reply
+                now = self.clock.now()
+                for m in self.meters.values():
+                    answer(self.layout, m, pdu, now)
+                return NORMAL, None
+            if self.framing == "tcp" and unit != 0:
+                return NORMAL, exception_pdu(pdu[0] if pdu else 0, GATEWAY_TARGET_FAILED)
+            return NORMAL, None
+        now = self.clock.now()
+        outcome = self.faults.decide(self.offset + unit, now, is_write=request_is_write(pdu))
+        if outcome is NORMAL:
+            return outcome, answer(self.layout, meter, pdu, now)
+        if outcome.energy_reset:
+            meter.model.replace_energy_register(now)
+        if outcome.vanished and self.framing == "tcp":
+            return outcome, exception_pdu(pdu[0] if pdu else 0, GATEWAY_TARGET_FAILED)
+        if outcome.silent or outcome.reset:
+            return outcome, None
+        if outcome.exception is not None:
+            return outcome, exception_pdu(pdu[0] if pdu else 0, outcome.exception)
+        return outcome, answer(self.layout, meter, pdu, now, outcome.relay_actuates)
+
+
+_RESET = b""  # queue marker: reset the connection here
+
+
+class Session:
+    """One client connection (or the pty) on an endpoint."""
+
+    def __init__(
+        self, endpoint: Endpoint, write: Callable[[bytes], None], abort: Callable[[], None]
+    ) -> None:
+        self.endpoint = endpoint
+        self._write = write
+        self._abort = abort
+        self._tcp = endpoint.framing == "tcp"
+        self._mbap = MbapReader()
+        self._rtu = RtuReader()
+        self._last_rx = 0.0
+        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._stale = 0.0
+        if endpoint.baud is not None:
+            self._stale = max(RTU_STALE_PARTIAL, 3.5 * rtu_char_time(endpoint.baud))
+        else:
+            self._stale = RTU_STALE_PARTIAL
+
+    def feed(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._tcp:
+            try:
+                frames = self._mbap.feed(data)
+            except FramingError as exc:
+                log.warning("%s: closing connection: %s", self.endpoint.name, exc)
+                self.close()
+                return
+            out: list[bytes] = []
+            for tid, unit, pdu in frames:
+                outcome, reply = self.endpoint.respond(unit, pdu)
+                if outcome is NORMAL and not self._queue:
+                    if reply is not None:
+                        out.append(mbap_reply(tid, unit, reply))
+                    continue
+                if out:
+                    self._write(b"".join(out))
+                    out = []
+                framed = None if reply is None else mbap_reply(tid, unit, reply)
+                self._schedule(outcome, framed, 0.0)
+            if out:
+                self._write(b"".join(out))
+            return
+        mono = time.monotonic()
+        if mono - self._last_rx > self._stale:
+            self._rtu.reset()
+        self._last_rx = mono
+        for frame in self._rtu.feed(data):
+            unit, pdu = frame[0], frame[1:]
+            outcome, reply = self.endpoint.respond(unit, pdu)
+            framed = None if reply is None else rtu_frame(unit, reply)
+            done, busy = self.endpoint.wire_time(len(frame) + 2, len(framed or b""))
+            start = max(mono, self.endpoint.busy_until)
+            self.endpoint.busy_until = start + busy
+            self._schedule(outcome, framed, start + done - mono)
+
+    def _schedule(self, outcome: Outcome, frame: bytes | None, wire: float) -> None:
+        """Queue a reply (or a reset) to go out after its delay, behind earlier replies."""
+        if outcome.reset:
+            if self._tcp:  # a serial line has no connection to reset: the reply is lost
+                self._push(0.0, _RESET)
+            return
+        if frame is None:
+            return
+        if outcome.corruption is not None:
+            frame = corrupt(frame, outcome.corruption, 7 if self._tcp else 0, self.endpoint.rng)
+        self._push(wire + outcome.delay, frame)
+
+    def _push(self, delay: float, frame: bytes) -> None:
+        now = time.monotonic()
+        due = now + delay
+        if self._queue:
+            due = max(due, self._queue[-1][0])
+        elif delay <= 0.0 and frame:
+            self._write(frame)
+            return
+        self._queue.append((due, frame))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"sim-reply:{self.endpoint.name}"
+            )
+
+    async def _flush(self) -> None:
+        while self._queue and not self._closed:
+            due, frame = self._queue[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._queue.popleft()
+            if not frame:  # _RESET
+                self.close()
+                return
+            self._write(frame)
+
+    def close(self) -> None:
+        """Drop the connection at once (TCP: with an RST)."""
+        self._closed = True
+        self._queue.clear()
+        self._abort()
+
+    def connection_lost(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """A TCP connection (MBAP or RTU framing) driving one :class:`Session`."""
+
+    def __init__(self, endpoint: Endpoint, sessions: set[Session]) -> None:
+        self._endpoint = endpoint
+        self._sessions = sessions
+        self._session: Session | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def abort() -> None:
+            if sock is not None:  # linger 0: close sends an RST, as a crashed device does
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+
+        self._session = Session(self._endpoint, transport.write, abort)
+        self._sessions.add(self._session)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._session is not None
+        self._session.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._session is not None:
+            self._session.connection_lost()
+            self._sessions.discard(self._session)
+
+
+async def serve_tcp(
+    endpoint: Endpoint, host: str, port: int, sessions: set[Session]
+) -> asyncio.Server:
+    """Listen for Modbus TCP (or RTU-over-TCP) clients on ``host:port``."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _StreamProtocol(endpoint, sessions), host, port, reuse_address=True
+    )
+
+
+class _PtyReader(asyncio.Protocol):
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def data_received(self, data: bytes) -> None:
+        self._session.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session.connection_lost()
+
+
+class PtyBus:
+    """RTU over a pseudo-terminal pair: the gateway opens :attr:`path` with pyserial."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._master, termios.TCSANOW)
+        tty.setraw(self._slave, termios.TCSANOW)
+        self.path = os.ttyname(self._slave)
+        self._read_transport: asyncio.ReadTransport | None = None
+        self._write_transport: asyncio.WriteTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        write_fd = os.dup(self._master)
+        wt, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(write_fd, "wb", buffering=0)
+        )
+        self._write_transport = wt
+        session = Session(self.endpoint, wt.write, lambda: None)
+        rt, _ = await loop.connect_read_pipe(
+            lambda: _PtyReader(session), os.fdopen(self._master, "rb", buffering=0)
+        )
+        self._read_transport = rt
+
+    def close(self) -> None:
+        if self._read_transport is not None:
+            self._read_transport.close()
+        else:
+            os.close(self._master)
+        if self._write_transport is not None:
+            self._write_transport.close()
+        os.close(self._slave)

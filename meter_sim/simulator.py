@@ -1,0 +1,286 @@
+"""The simulator as one object: meters, endpoints, faults and the controls tests and ctl use.
+
+Start it with ``async with Simulator.start(...) as sim:`` (see ``docs/simulator.md``).
+Meters are numbered 1..N. Modbus TCP serves meters 1..247 as unit ids 1..247 on the
+first port, 248..494 as unit ids 1..247 on the next port, and so on; an RTU bus (pty
+or RTU over TCP) serves meters 1..N (N <= 247) as unit ids 1..N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from meter_sim.clock import Clock, ScaledClock
+from meter_sim.errors import ControlError, SetupError
+from meter_sim.faults import ALL, FaultKind, FaultSpec, FaultTable
+from meter_sim.pdu import SimMeter
+from meter_sim.physics import CustomerClass, MeterModel, Tamper
+from meter_sim.registers import MapLayout
+from meter_sim.server import Endpoint, PtyBus, Session, serve_tcp
+from protocol.errors import MapError
+from protocol.regmap import RegisterMap, load_map
+
+log = logging.getLogger(__name__)
+
+UNITS_PER_PORT = 247
+
+
+class Simulator:
+    """A street of simulated meters behind Modbus endpoints, with controls."""
+
+    def __init__(
+        self,
+        *,
+        meters: int,
+        regmap: RegisterMap,
+        clock: Clock,
+        seed: int,
+        classes: Mapping[int, CustomerClass] | None = None,
+        baud: int | None = None,
+    ) -> None:
+        if meters < 1:
+            raise SetupError("at least one meter")
+        self.regmap = regmap
+        self.clock = clock
+        self.seed = seed
+        self.baud = baud
+        self.layout = MapLayout(regmap, seed)
+        now = clock.now()
+        classes = classes or {}
+        self.meters: dict[int, SimMeter] = {
+            n: SimMeter(MeterModel(n, seed, now, classes.get(n))) for n in range(1, meters + 1)
+        }
+        self.faults = FaultTable(seed, range(1, meters + 1))
+        self.endpoints: list[Endpoint] = []
+        self.tcp_addresses: list[tuple[str, int]] = []
+        self.rtu_tcp_address: tuple[str, int] | None = None
+        self.rtu_pty_path: str | None = None
+        self.control_address: tuple[str, int] | None = None
+        self._servers: list[asyncio.Server] = []
+        self._ptys: list[PtyBus] = []
+        self._sessions: set[Session] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls,
+        *,
+        meters: int = 1,
+        map_name: str = "pe1",
+        host: str = "127.0.0.1",
+        tcp_port: int | None = 0,
+        rtu_pty: bool = False,
+        rtu_tcp_port: int | None = None,
+        baud: int | None = None,
+        clock: Clock | None = None,
+        seed: int = 0,
+        faults: Iterable[FaultSpec] = (),
+        control_port: int | None = None,
+        classes: Mapping[int, CustomerClass] | None = None,
+    ) -> AsyncIterator[Simulator]:
+        """Run a simulator in this event loop until the block exits.
+
+        ``tcp_port=0`` (and ``rtu_tcp_port=0``, ``control_port=0``) take free ports; a
+        fixed ``tcp_port`` with more than 247 meters takes consecutive ports from it.
+        """
+        try:
+            regmap = load_map(map_name)
+        except MapError as exc:
+            raise SetupError(str(exc)) from None
+        if (rtu_pty or rtu_tcp_port is not None) and meters > UNITS_PER_PORT:
+            raise SetupError(f"{meters} meters: an RTU bus holds at most {UNITS_PER_PORT}")
+        if baud is not None and baud <= 0:
+            raise SetupError(f"baud {baud} must be positive")
+        sim = cls(
+            meters=meters,
+            regmap=regmap,
+            clock=clock or ScaledClock(1.0),
+            seed=seed,
+            classes=classes,
+            baud=baud,
+        )
+        for spec in faults:
+            sim.faults.set(spec)
+        try:
+            await sim._open(host, tcp_port, rtu_pty, rtu_tcp_port, control_port)
+            yield sim
+        finally:
+            await sim._close()
+
+    def _endpoint(self, name: str, framing: str, offset: int, count: int) -> Endpoint:
+        meters = {u: self.meters[offset + u] for u in range(1, count + 1)}
+        ep = Endpoint(
+            name=name,
+            framing="tcp" if framing == "tcp" else "rtu",
+            layout=self.layout,
+            meters=meters,
+            offset=offset,
+            clock=self.clock,
+            faults=self.faults,
+            baud=self.baud if framing == "rtu" else None,
+            rng=random.Random(f"corrupt:{self.seed}:{name}"),
+        )
+        self.endpoints.append(ep)
+        return ep
+
+    async def _listen(self, ep: Endpoint, host: str, port: int) -> tuple[str, int]:
+        try:
+            server = await serve_tcp(ep, host, port, self._sessions)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SetupError(f"{host}:{port} is already in use") from None
+            raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self._servers.append(server)
+        sockname = server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def _open(
+        self,
+        host: str,
+        tcp_port: int | None,
+        rtu_pty: bool,
+        rtu_tcp_port: int | None,
+        control_port: int | None,
+    ) -> None:
+        n = len(self.meters)
+        if tcp_port is not None:
+            for k, offset in enumerate(range(0, n, UNITS_PER_PORT)):
+                count = min(UNITS_PER_PORT, n - offset)
+                ep = self._endpoint(f"tcp{k}", "tcp", offset, count)
+                port = 0 if tcp_port == 0 else tcp_port + k
+                self.tcp_addresses.append(await self._listen(ep, host, port))
+        if rtu_tcp_port is not None:
+            ep = self._endpoint("rtu-tcp", "rtu", 0, n)
+            self.rtu_tcp_address = await self._listen(ep, host, rtu_tcp_port)
+        if rtu_pty:
+            pty = PtyBus(self._endpoint("rtu-pty", "rtu", 0, n))
+            self._ptys.append(pty)
+            await pty.start()
+            self.rtu_pty_path = pty.path
+        if control_port is not None:
+            from meter_sim.control import serve_control  # noqa: PLC0415 - control needs us
+
+            server = await serve_control(self, host, control_port)
+            self._servers.append(server)
+            sockname = server.sockets[0].getsockname()
+            self.control_address = (str(sockname[0]), int(sockname[1]))
+
+    async def _close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for session in list(self._sessions):
+            session.close()
+        for server in self._servers:
+            await server.wait_closed()
+        for pty in self._ptys:
+            pty.close()
+        await asyncio.sleep(0)  # let closed transports run their connection_lost
+
+    # ------------------------------------------------------------------ addressing
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """(host, port) of the first Modbus TCP port (meters 1..247)."""
+        if not self.tcp_addresses:
+            raise SetupError("this simulator serves no Modbus TCP")
+        return self.tcp_addresses[0]
+
+    def tcp_endpoint_of(self, number: int) -> tuple[tuple[str, int], int]:
+        """((host, port), unit id) where meter ``number`` answers over Modbus TCP."""
+        self._check(number)
+        k, unit = divmod(number - 1, UNITS_PER_PORT)
+        return self.tcp_addresses[k], unit + 1
+
+    @property
+    def requests_served(self) -> int:
+        return sum(ep.requests for ep in self.endpoints)
+
+    # ------------------------------------------------------------------ controls
+
+    def _check(self, number: int) -> SimMeter:
+        meter = self.meters.get(number)
+        if meter is None:
+            raise ControlError(f"no meter {number} (meters are 1..{len(self.meters)})")
+        return meter
+
+    def meter(self, number: int) -> MeterModel:
+        """The meter's physics, advanced to now (read it; change it through the controls)."""
+        model = self._check(number).model
+        model.advance(self.clock.now())
+        return model
+
+    def keypad(self, number: int, digits: str) -> int:
+        """Type a complete 20-digit entry on the meter's keypad; returns the new keypad_seq."""
+        return self._check(number).model.enter_keypad(digits, self.clock.now())
+
+    def press_button(self, number: int) -> None:
+        self._check(number).model.press_button(self.clock.now())
+
+    def set_tamper(self, number: int, tamper: Tamper | str, on: bool) -> None:
+        try:
+            kind = Tamper(tamper)
+        except ValueError:
+            raise ControlError(
+                f"unknown tamper {tamper!r}; one of {', '.join(t.value for t in Tamper)}"
+            ) from None
+        self._check(number).model.set_tamper(kind, on, self.clock.now())
+
+    def set_load(self, number: int, watts: int | None) -> None:
+        """Fix the meter's demand in W (None: back to its customer-class profile)."""
+        self._check(number).model.set_load(watts, self.clock.now())
+
+    def inject_fault(
+        self,
+        number: int | str,
+        kind: FaultKind | str,
+        probability: float = 1.0,
+        **options: float,
+    ) -> FaultSpec:
+        """Put a fault in force on meter ``number`` or on ``"all"`` (probability 0 clears)."""
+        from pydantic import ValidationError  # noqa: PLC0415 - only on this path
+
+        try:
+            spec = FaultSpec.model_validate(
+                {"unit": number, "kind": kind, "probability": probability, **options}
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ControlError(f"fault {where}: {err['msg']}") from None
+        self.faults.set(spec)
+        return spec
+
+    def clear_faults(self, number: int | str = ALL, kind: FaultKind | str | None = None) -> None:
+        """Clear one kind or every fault of a meter (``"all"``: the bus-wide ones)."""
+        if number != ALL:
+            if not isinstance(number, int):
+                raise ControlError(f"unit {number!r} is neither a meter number nor 'all'")
+            self._check(number)
+        try:
+            fault_kind = None if kind is None else FaultKind(kind)
+        except ValueError:
+            raise ControlError(f"unknown fault kind {kind!r}") from None
+        self.faults.clear(number, fault_kind)
+
+    def state(self, number: int) -> dict[str, Any]:
+        """The meter's whole state, JSON-ready, with its faults and served registers."""
+        meter = self._check(number)
+        meter.model.advance(self.clock.now())
+        out = meter.model.state()
+        out["meter"] = number
+        out["map"] = self.regmap.name
+        out["holding_written"] = {str(a): v for a, v in sorted(meter.stored.items())}
+        out["faults"] = [
+            spec.model_dump(mode="json")
+            for spec in self.faults.in_force()
+            if spec.unit in (number, ALL)
+        ]
+        return out
