@@ -1,0 +1,144 @@
+"""What the core reacts to. The shell turns polls, keypad entries, MQTT commands and the
+clock into these; every event names its meter and carries its own time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from gateway.core.tariff import Tariff
+
+Channel = Literal["keypad", "online"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingReceived:
+    """A good read of the meter's registers (a failed read is ``PollFailed``)."""
+
+    meter_id: str
+    energy_import_wh: int
+    read_at: datetime
+    power_w: int | None = None
+    relay_closed: bool | None = None
+    cover_open: bool = False
+    magnetic_tamper: bool = False
+    load_limit_tripped: bool = False
+    reverse_energy: bool = False
+    button_pressed: bool = False
+    voltage_v: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollFailed:
+    """A poll got no usable answer: never a reason to charge or to disconnect."""
+
+    meter_id: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpAccepted:
+    """A token that ``protocol.tokens`` verified (MAC or signature, counter window)."""
+
+    meter_id: str
+    amount: int
+    counter: int
+    token_id: str
+    channel: Channel
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRejected:
+    """A token refused before the core saw its money; the core only reports it."""
+
+    meter_id: str
+    reason: str
+    channel: Channel
+    at: datetime
+    token_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPressed:
+    """The customer pressed (held) the meter's reconnect button."""
+
+    meter_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """Time passed: a no-disconnect window started or ended, a day ended (standing charge),
+    a scheduled tariff took effect. The shell sends one at ``next_deadline`` at least."""
+
+    meter_id: str
+    at: datetime
+
+
+class RemoteKind(StrEnum):
+    DISCONNECT = "disconnect"
+    RECONNECT = "reconnect"
+    PROTECT_ON = "protect_on"
+    PROTECT_OFF = "protect_off"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCommand:
+    """A signed headend command that switches supply or protection."""
+
+    meter_id: str
+    kind: RemoteKind
+    reason: str
+    at: datetime
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayObserved:
+    """The relay position read back from the meter."""
+
+    meter_id: str
+    closed: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommunicationLost:
+    meter_id: str
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommunicationRestored:
+    meter_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TariffChanged:
+    """A new tariff, in effect from ``activates_at`` (``None``: at once)."""
+
+    meter_id: str
+    tariff: Tariff
+    at: datetime
+    activates_at: datetime | None = None
+
+
+Event = (
+    ReadingReceived
+    | PollFailed
+    | TopUpAccepted
+    | TokenRejected
+    | ButtonPressed
+    | ClockTick
+    | RemoteCommand
+    | RelayObserved
+    | CommunicationLost
+    | CommunicationRestored
+    | TariffChanged
+)

@@ -1,0 +1,144 @@
+"""The per-meter credit ledger and the register arithmetic that feeds it.
+
+Consumption is the difference between two good readings of the cumulative import
+register, never power. Every amount is int minor units; the unbilled fraction of a minor
+unit is carried exactly (``unbilled``), so that frequent small readings are neither lost
+to rounding nor over-billed. The ledger keeps running totals so that, at any time,
+``balance == opening_balance + topups - charged - debt_recovered`` to the minor unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from fractions import Fraction
+
+from gateway.core.money import round_money
+from gateway.core.tariff import TierPosition
+
+
+class DeltaKind(StrEnum):
+    BASELINE = "baseline"  # first reading after enrolment: nothing to charge
+    NORMAL = "normal"
+    ROLLOVER = "rollover"  # the register wrapped past its width
+    BACKWARDS = "backwards"  # meter reset or replaced: no refund, new baseline
+    IMPLAUSIBLE = "implausible"  # more than the rated power could use: held, not charged
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterDelta:
+    kind: DeltaKind
+    energy_wh: int
+
+
+def max_plausible_wh(rated_power_w: int, elapsed: timedelta, margin_percent: int) -> int:
+    """The most energy a meter rated ``rated_power_w`` can use in ``elapsed``, plus a margin
+    and one Wh of register resolution, rounded up."""
+    micros = max(elapsed // timedelta(microseconds=1), 0)
+    numerator = rated_power_w * micros * (100 + margin_percent)
+    denominator = 3_600_000_000 * 100
+    return -(-numerator // denominator) + 1
+
+
+def register_delta(
+    previous: int | None, current: int, width_bits: int, plausible_wh: int
+) -> RegisterDelta:
+    """Classify the step of a cumulative register of ``width_bits`` bits.
+
+    A value below the previous one is a roll-over only if the wrapped delta is plausible;
+    otherwise the register went backwards. ValueError for a value outside the width.
+    """
+    modulus = 1 << width_bits
+    if not 0 <= current < modulus:
+        raise ValueError(f"register value {current} outside a {width_bits}-bit register")
+    if previous is None:
+        return RegisterDelta(DeltaKind.BASELINE, 0)
+    if current >= previous:
+        delta = current - previous
+        if delta > plausible_wh:
+            return RegisterDelta(DeltaKind.IMPLAUSIBLE, delta)
+        return RegisterDelta(DeltaKind.NORMAL, delta)
+    wrapped = current + modulus - previous
+    if wrapped <= plausible_wh:
+        return RegisterDelta(DeltaKind.ROLLOVER, wrapped)
+    return RegisterDelta(DeltaKind.BACKWARDS, previous - current)
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpSplit:
+    credited: int
+    debt_recovered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """One meter's money and its last trusted register."""
+
+    balance: int = 0
+    debt: int = 0
+    register_wh: int | None = None
+    read_at: datetime | None = None
+    #: exact cost already consumed but not yet billed, always within [-1/2, 1/2]
+    unbilled: Fraction = Fraction(0)
+    #: energy of implausible jumps, held for review and not charged
+    held_wh: int = 0
+    tier: TierPosition = field(default_factory=TierPosition)
+    #: the last local day whose standing charge has been taken
+    standing_paid_through: date | None = None
+    opening_balance: int = 0
+    topups: int = 0
+    #: energy and standing charges taken from the balance
+    charged: int = 0
+    debt_recovered: int = 0
+    #: standing charges that found no credit and became debt
+    standing_to_debt: int = 0
+
+    def charge_cost(self, cost: Fraction) -> tuple[Ledger, int]:
+        """Bill an exact cost: round once, carry the remainder. Returns the amount billed."""
+        exact = self.unbilled + cost
+        amount = round_money(exact)
+        return (
+            replace(
+                self,
+                balance=self.balance - amount,
+                charged=self.charged + amount,
+                unbilled=exact - amount,
+            ),
+            amount,
+        )
+
+    def charge_standing(self, amount: int) -> tuple[Ledger, int, int]:
+        """Take a day's standing charge from the credit; what finds no credit becomes debt.
+        Returns (ledger, from balance, to debt)."""
+        from_balance = max(0, min(amount, self.balance))
+        to_debt = amount - from_balance
+        return (
+            replace(
+                self,
+                balance=self.balance - from_balance,
+                charged=self.charged + from_balance,
+                debt=self.debt + to_debt,
+                standing_to_debt=self.standing_to_debt + to_debt,
+            ),
+            from_balance,
+            to_debt,
+        )
+
+    def top_up(self, amount: int, recovered: int) -> Ledger:
+        """Credit ``amount`` of which ``recovered`` repays debt."""
+        if not 0 <= recovered <= min(amount, self.debt):
+            raise ValueError("debt recovered must be within 0..min(amount, debt)")
+        return replace(
+            self,
+            balance=self.balance + amount - recovered,
+            debt=self.debt - recovered,
+            topups=self.topups + amount,
+            debt_recovered=self.debt_recovered + recovered,
+        )
+
+    def conserved(self) -> bool:
+        """Whether the balance is exactly what the totals say it is."""
+        return (
+            self.balance == self.opening_balance + self.topups - self.charged - self.debt_recovered
+        )

@@ -1,0 +1,24 @@
+"""Money is ``int`` minor units; prices are exact decimals. The one rounding rule lives here."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+
+WH_PER_KWH = 1000
+
+
+def round_money(amount: Fraction) -> int:
+    """Round an exact amount of minor units to whole minor units, half to even.
+
+    Half-even (banker's rounding) so that, over many readings, ties do not always favour
+    the utility or the customer. Callers carry the unrounded remainder forward (see
+    ``Ledger.unbilled``), so rounding never loses or invents money over time: it only
+    decides in which reading a fraction of a minor unit is billed.
+    """
+    return round(amount)
+
+
+def energy_cost(energy_wh: int, price_per_kwh: Decimal) -> Fraction:
+    """The exact cost in minor units of ``energy_wh`` at ``price_per_kwh`` minor units per kWh."""
+    return Fraction(price_per_kwh) * Fraction(energy_wh, WH_PER_KWH)
