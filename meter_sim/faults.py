@@ -32,7 +32,7 @@ class FaultKind(StrEnum):
     TRUNCATED = "truncated"  # only the first half of the reply frame
     GARBLED = "garbled"  # reply bytes flipped (RTU: CRC left as it was)
     RESET = "reset"  # TCP connection reset (RST) instead of a reply
-    VANISH = "vanish"  # the meter is gone for `duration` simulated seconds, then back
+    VANISH = "vanish"  # gone for `duration` simulated seconds, then back for at least as long
     RELAY_STUCK = "relay_stuck"  # a relay command is acknowledged but not carried out
     ENERGY_RESET = "energy_reset"  # energy counters restart from 0 (meter replaced); once
 
@@ -170,10 +170,8 @@ class FaultTable:
         if not self:
             return NORMAL
         until = self._vanished_until.get(unit)
-        if until is not None:
-            if now < until:
-                return Outcome(silent=True, vanished=True)
-            del self._vanished_until[unit]
+        if until is not None and now < until:
+            return Outcome(silent=True, vanished=True)
         mine = self._specs.get(unit, {})
         every = self._specs.get(ALL, {})
         if not mine and not every:
@@ -182,7 +180,11 @@ class FaultTable:
         fired: dict[FaultKind, FaultSpec] = {}
         for kind in _ROLL_ORDER:
             spec = mine.get(kind) or every.get(kind)
-            if spec is not None and rng.random() < spec.probability:
+            if spec is None:
+                continue
+            if kind is FaultKind.VANISH and until is not None and now < until + spec.duration:
+                continue  # back for at least as long as it was gone
+            if rng.random() < spec.probability:
                 fired[kind] = spec
         if FaultKind.ENERGY_RESET in fired:
             self.clear(fired[FaultKind.ENERGY_RESET].unit, FaultKind.ENERGY_RESET)
