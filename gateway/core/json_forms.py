@@ -77,3 +77,8 @@ def state_from_json_bytes(data: bytes | str) -> MeterState:
     except (ValidationError, ValueError, TypeError) as exc:
         raise SettingsError("meter state", str(exc)) from exc
     return result
+
+
+def ledger_json(state: MeterState) -> str:
+    """The state without its settings (stored apart, written only when they change)."""
+    return _STATE.dump_json(state, exclude={"settings"}).decode()

@@ -1,0 +1,75 @@
+"""The store's schema and its migrations, by ``PRAGMA user_version``.
+
+A migration is appended, never edited: version N's script turns a version N-1 file into a
+version N file, and runs inside the transaction that sets ``user_version = N``.
+"""
+
+from __future__ import annotations
+
+#: "PEG1" in ASCII: how we recognise our own files (PRAGMA application_id)
+APPLICATION_ID = 0x50454731
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE meters (
+    meter_id TEXT PRIMARY KEY,
+    bus TEXT NOT NULL,
+    unit_id INTEGER NOT NULL,
+    map_name TEXT NOT NULL,
+    meter_key BLOB NOT NULL,
+    key_epoch INTEGER NOT NULL,
+    settings_json TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE ledgers (
+    meter_id TEXT PRIMARY KEY REFERENCES meters(meter_id),
+    balance INTEGER NOT NULL,
+    debt INTEGER NOT NULL,
+    credit_state TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE token_window (
+    meter_id TEXT PRIMARY KEY REFERENCES meters(meter_id),
+    epoch INTEGER NOT NULL,
+    highest INTEGER NOT NULL,
+    bitmap INTEGER NOT NULL  -- the 64-bit window as a signed 64-bit integer
+) STRICT;
+CREATE TABLE applied_tokens (
+    meter_id TEXT NOT NULL REFERENCES meters(meter_id),
+    token_id TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    PRIMARY KEY (meter_id, token_id)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE keypad_lockout (
+    meter_id TEXT PRIMARY KEY REFERENCES meters(meter_id),
+    state_json TEXT NOT NULL
+) STRICT;
+CREATE TABLE event_log (
+    id INTEGER PRIMARY KEY,
+    meter_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body_json TEXT NOT NULL
+) STRICT;
+CREATE INDEX event_log_meter ON event_log(meter_id, id);
+CREATE TABLE outbox_seq (
+    meter_id TEXT PRIMARY KEY REFERENCES meters(meter_id),
+    last_seq INTEGER NOT NULL
+) STRICT;
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    body_json TEXT NOT NULL,
+    acked_at TEXT,
+    UNIQUE (meter_id, seq)
+);
+CREATE INDEX outbox_unacked ON outbox(id) WHERE acked_at IS NULL;
+CREATE INDEX outbox_acked ON outbox(acked_at) WHERE acked_at IS NOT NULL;
+""",
+}
+
+SCHEMA_VERSION = max(MIGRATIONS)
