@@ -35,7 +35,7 @@ from gateway.core.json_forms import (
     state_from_json,
 )
 from gateway.core.settings import MeterSettings
-from gateway.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from gateway.store_migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
