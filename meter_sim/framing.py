@@ -100,25 +100,32 @@ class RtuReader:
         out: list[bytes] = []
         while len(buf) >= 4:
             length = rtu_request_length(buf)
-            if length is not None:
-                if len(buf) < length:
-                    break
-                if _crc_ok(buf, length):
-                    out.append(bytes(buf[: length - 2]))
-                    del buf[:length]
-                    continue
-            else:
+            if length is not None and len(buf) >= length and _crc_ok(buf, length):
+                out.append(bytes(buf[: length - 2]))
+                del buf[:length]
+                continue
+            if length is None:
                 # Unknown function: the shortest CRC-valid prefix is the frame.
                 found = next((k for k in range(4, len(buf) + 1) if _crc_ok(buf, k)), None)
                 if found is not None:
                     out.append(bytes(buf[: found - 2]))
                     del buf[:found]
                     continue
-                if len(buf) < MAX_RTU_FRAME:
-                    break
+            waiting = length is None or len(buf) < length
+            if waiting and len(buf) < MAX_RTU_FRAME and not _later_frame(buf):
+                break  # maybe the rest is still on its way
             del buf[0]  # noise: slide one byte and look again
             self.discarded += 1
         return out
+
+
+def _later_frame(buf: bytearray) -> bool:
+    """Whether a whole request of known length with a good CRC starts after byte 0."""
+    for i in range(1, len(buf) - 3):
+        length = rtu_request_length(buf[i : i + 7])
+        if length is not None and len(buf) - i >= length and _crc_ok(buf[i:], length):
+            return True
+    return False
 
 
 def _crc_ok(buf: bytearray, length: int) -> bool:

@@ -1,0 +1,143 @@
+"""The gateway's Modbus ports read the real simulator over TCP, RTU on a pty and RTU over TCP; a dead or slow meter never stalls, closes or pollutes the reads of its healthy neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.meter_io import MeterIO
+from gateway.modbus_port import IOFailure, MeterIOError, RtuPort, TcpPort
+from meter_sim.clock import VirtualClock
+from meter_sim.simulator import Simulator
+from protocol.modbus import read_input
+from protocol.regmap import load_map
+
+pytestmark = pytest.mark.asyncio
+
+PE1 = MeterIO(load_map("pe1"))
+
+
+async def test_tcp_reads_every_meter_concurrently_with_its_own_values() -> None:
+    clock = VirtualClock()
+    async with Simulator.start(meters=20, seed=3, clock=clock) as sim:
+        clock.advance(3600)
+        host, port = sim.tcp_address
+        tcp = TcpPort("tcp", host, port, concurrency=8, timeout=2.0)
+        try:
+            snaps = await asyncio.gather(*(PE1.read(tcp, u) for u in range(1, 21)))
+        finally:
+            await tcp.close()
+        for unit, snap in enumerate(snaps, start=1):
+            assert snap.energy_import_wh == sim.state(unit)["energy_import_wh"]
+            assert snap.relay_closed is True
+        assert len({s.energy_import_wh for s in snaps}) > 10  # different meters, different values
+
+
+async def test_tcp_timeout_fails_one_unit_and_keeps_the_connection() -> None:
+    async with Simulator.start(meters=3, seed=1, clock=VirtualClock()) as sim:
+        sim.inject_fault(2, "timeout")
+        tcp = TcpPort("tcp", *sim.tcp_address, concurrency=4, timeout=0.3)
+        try:
+            results = await asyncio.gather(
+                *(PE1.read(tcp, u) for u in (1, 2, 3) for _ in range(5)), return_exceptions=True
+            )
+            failed = [r for r in results if isinstance(r, MeterIOError)]
+            assert len(failed) == 5
+            assert all(f.unit == 2 and f.kind is IOFailure.TIMEOUT for f in failed)
+            writer = tcp._writer
+            snap = await PE1.read(tcp, 1)
+            assert tcp._writer is writer  # same connection all along
+            assert snap.energy_import_wh == sim.state(1)["energy_import_wh"]
+        finally:
+            await tcp.close()
+
+
+async def test_tcp_late_reply_is_never_taken_for_another_request() -> None:
+    async with Simulator.start(meters=2, seed=1, clock=VirtualClock()) as sim:
+        sim.inject_fault(1, "slow", delay=0.4)
+        # The simulator, like a serial device server, answers one connection in order:
+        # unit 2's reply queues behind unit 1's late one, inside unit 2's timeout.
+        tcp = TcpPort("tcp", *sim.tcp_address, concurrency=1, timeout=0.3)
+        try:
+            with pytest.raises(MeterIOError, match="timeout"):
+                await PE1.read(tcp, 1)
+            # The slow reply for unit 1 arrives while we wait for unit 2.
+            for _ in range(3):
+                (map_version,) = await tcp.request(read_input(2, 0, 1))
+                assert map_version == 1
+                snap = await PE1.read(tcp, 2)
+                assert snap.energy_import_wh == sim.state(2)["energy_import_wh"]
+            assert tcp.stray_replies == 1
+        finally:
+            await tcp.close()
+
+
+async def test_exception_reply_and_garbled_frames_are_typed_failures() -> None:
+    async with Simulator.start(meters=2, seed=1, clock=VirtualClock()) as sim:
+        tcp = TcpPort("tcp", *sim.tcp_address, timeout=0.5)
+        try:
+            sim.inject_fault(1, "exception", code=6)
+            with pytest.raises(MeterIOError) as info:
+                await PE1.read(tcp, 1)
+            assert info.value.kind is IOFailure.EXCEPTION
+            assert "busy" in info.value.cause
+            sim.clear_faults(1)
+            sim.inject_fault(1, "truncated")
+            with pytest.raises(MeterIOError):
+                await PE1.read(tcp, 1)
+            sim.clear_faults(1)
+            assert (await PE1.read(tcp, 2)).energy_import_wh == sim.state(2)["energy_import_wh"]
+        finally:
+            await tcp.close()
+
+
+async def test_relay_write_and_read_back() -> None:
+    async with Simulator.start(meters=1, seed=1, clock=VirtualClock()) as sim:
+        tcp = TcpPort("tcp", *sim.tcp_address)
+        try:
+            await PE1.write_relay(tcp, 1, False)
+            assert await PE1.read_relay(tcp, 1) is False
+            assert sim.state(1)["relay_closed"] is False
+            await PE1.write_points(tcp, 1, {"display_code": 7, "display_credit": -1250})
+            assert sim.state(1)["holding_written"] == {"1": 7, "2": 0xFFFF, "3": 0xFB1E}
+        finally:
+            await tcp.close()
+
+
+@pytest.mark.parametrize("transport", ["pty", "rtu-tcp"])
+async def test_rtu_reads_and_stale_replies_are_discarded(transport: str) -> None:
+    async with Simulator.start(
+        meters=3,
+        seed=2,
+        clock=VirtualClock(),
+        tcp_port=None,
+        rtu_pty=transport == "pty",
+        rtu_tcp_port=0 if transport == "rtu-tcp" else None,
+        baud=115200,
+    ) as sim:
+        if transport == "pty":
+            assert sim.rtu_pty_path is not None
+            device = sim.rtu_pty_path
+        else:
+            assert sim.rtu_tcp_address is not None
+            device = "socket://{}:{}".format(*sim.rtu_tcp_address)
+        rtu = RtuPort("rtu", device, baud=115200, timeout=0.1, guard=0.05)
+        try:
+            for unit in (1, 2, 3):
+                snap = await PE1.read(rtu, unit)
+                assert snap.energy_import_wh == sim.state(unit)["energy_import_wh"]
+            # A reply that comes after its timeout must not answer the next request.
+            sim.inject_fault(1, "slow", delay=0.12)
+            with pytest.raises(MeterIOError):
+                await PE1.read(rtu, 1)
+            sim.clear_faults(1)
+            for _ in range(4):
+                snap = await PE1.read(rtu, 2)
+                assert snap.energy_import_wh == sim.state(2)["energy_import_wh"]
+            sim.inject_fault(3, "bad_crc")
+            with pytest.raises(MeterIOError) as info:
+                await PE1.read(rtu, 3)
+            assert info.value.kind is IOFailure.GARBLED
+        finally:
+            await rtu.close()
