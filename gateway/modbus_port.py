@@ -100,6 +100,8 @@ class TcpPort:
         self._pending: dict[int, tuple[Request, asyncio.Future[bytes]]] = {}
         self._next_tid = 1
         self.stray_replies = 0
+        self.resets = 0
+        self._mid_frame = False
 
     async def _ensure_connected(self, unit: int) -> asyncio.StreamWriter:
         async with self._connect_lock:
@@ -127,7 +129,9 @@ class TcpPort:
             while True:
                 header = await reader.readexactly(7)
                 tid, length, unit = parse_mbap_header(header)
+                self._mid_frame = True
                 pdu = await reader.readexactly(length)
+                self._mid_frame = False
                 entry = self._pending.pop(tid, None)
                 if entry is None or entry[0].unit != unit:
                     self.stray_replies += 1
@@ -164,6 +168,11 @@ class TcpPort:
             try:
                 pdu = await asyncio.wait_for(fut, self.timeout)
             except TimeoutError:
+                if self._mid_frame:
+                    # A frame started and never finished: the stream cannot be trusted
+                    # to be in step any more, so start a fresh connection.
+                    self._reset(writer)
+                    raise MeterIOError(request.unit, IOFailure.GARBLED, "reply truncated") from None
                 raise MeterIOError(
                     request.unit, IOFailure.TIMEOUT, f"no reply within {self.timeout}s"
                 ) from None
@@ -175,6 +184,15 @@ class TcpPort:
             raise MeterIOError(request.unit, IOFailure.EXCEPTION, str(exc)) from exc
         except DecodeError as exc:
             raise MeterIOError(request.unit, IOFailure.GARBLED, str(exc)) from exc
+
+    def _reset(self, writer: asyncio.StreamWriter) -> None:
+        self.resets += 1
+        self._mid_frame = False
+        if self._writer is writer:
+            self._writer = None
+        writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -84,8 +84,10 @@ async def test_exception_reply_and_garbled_frames_are_typed_failures() -> None:
             assert "busy" in info.value.cause
             sim.clear_faults(1)
             sim.inject_fault(1, "truncated")
-            with pytest.raises(MeterIOError):
+            with pytest.raises(MeterIOError) as info:
                 await PE1.read(tcp, 1)
+            assert info.value.kind is IOFailure.GARBLED
+            assert tcp.resets == 1  # a half frame leaves the stream out of step: reconnect
             sim.clear_faults(1)
             assert (await PE1.read(tcp, 2)).energy_import_wh == sim.state(2)["energy_import_wh"]
         finally:
