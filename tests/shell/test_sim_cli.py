@@ -137,7 +137,7 @@ async def test_serve_refuses_bad_input_with_one_line_and_a_non_zero_exit(tmp_pat
             (["--faults", str(tmp_path / "none.toml"), "--tcp", "127.0.0.1:0"], "cannot read"),
         ]
         for args, problem in cases:
-            code, out, err = await run("serve", *args)
+            code, _out, err = await run("serve", *args)
             assert code != 0, args
             assert err.count("\n") == 1, err
             assert problem in err, (args, err)
