@@ -1,0 +1,33 @@
+"""Top-up tokens: 20-digit keypad tokens and Ed25519-signed online tokens, their vending,
+verification, replay window and keypad lockout. Pure code; the format is in docs/tokens.md."""
+
+from protocol.tokens.amount import (
+    decode_keypad_amount,
+    encode_keypad_amount,
+    round_down_to_keypad_amount,
+)
+from protocol.tokens.errors import RejectReason, TokenRejected
+from protocol.tokens.keypad import group_digits, issue_keypad, verify_keypad
+from protocol.tokens.keys import MeterKey, derive_meter_key
+from protocol.tokens.replay import ReplayWindow
+from protocol.tokens.results import Accepted, Channel, Rejected, Verdict
+from protocol.tokens.token_class import TokenClass
+
+__all__ = [
+    "Accepted",
+    "Channel",
+    "MeterKey",
+    "RejectReason",
+    "Rejected",
+    "ReplayWindow",
+    "TokenClass",
+    "TokenRejected",
+    "Verdict",
+    "decode_keypad_amount",
+    "derive_meter_key",
+    "encode_keypad_amount",
+    "group_digits",
+    "issue_keypad",
+    "round_down_to_keypad_amount",
+    "verify_keypad",
+]
