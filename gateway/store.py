@@ -166,7 +166,11 @@ def _check_file(path: Path) -> int | None:
             f"{SCHEMA_VERSION}: upgrade prepaid-edge to open it"
         )
     try:
-        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        # With a write-ahead log left by a crash, read through it; otherwise open the file
+        # immutable so that not even -wal/-shm siblings are created for a refused file.
+        wal = path.with_name(path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
         try:
             rows = probe.execute("PRAGMA quick_check").fetchall()
         finally:
@@ -212,10 +216,14 @@ class Store:
         version = _check_file(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
+            if version is None:
+                # Mark a new file as ours before WAL mode, so that the id is in the main
+                # file's header even if the process dies before the first checkpoint.
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            cls._migrate(db, version or 0)
+            cls._migrate(db, db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             db.close()
             raise CorruptStoreError(f"{path}: {exc}") from exc

@@ -1,0 +1,113 @@
+"""Opening the store: a new file is created and migrated; a foreign, corrupt or newer file is refused with a clear error and left byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.store import (
+    CorruptStoreError,
+    ForeignFileError,
+    SchemaTooNewError,
+    Store,
+    StoreError,
+)
+from gateway.store_migrations import APPLICATION_ID, SCHEMA_VERSION
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_new_store_is_migrated_in_wal_with_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    with Store.open(path) as store:  # and opens again
+        assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    path.touch()
+    with Store.open(path) as store:
+        assert store.outbox_depth() == 0
+
+
+def refused(path: Path, error: type[StoreError], match: str) -> None:
+    before = digest(path)
+    siblings = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(error, match=match):
+        Store.open(path)
+    assert digest(path) == before
+    assert sorted(p.name for p in path.parent.iterdir()) == siblings
+
+
+def test_a_text_file_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("shopping list\n" * 20)
+    refused(path, ForeignFileError, "not a SQLite database")
+
+
+def test_another_applications_sqlite_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    db.close()
+    refused(path, ForeignFileError, "another application")
+
+
+def test_a_newer_schema_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    Store.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    refused(path, SchemaTooNewError, "newer than this gateway")
+
+
+def test_a_damaged_store_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    with Store.open(path) as store:
+        assert store.outbox_depth() == 0
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    for offset in range(page_size, len(data), 7):  # every page after the header page
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    refused(path, CorruptStoreError, "damaged")
+
+
+def test_a_truncated_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 10)
+    refused(path, ForeignFileError, "not a SQLite database")
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(min_size=1, max_size=4096), keep_magic=st.booleans())
+def test_junk_is_refused_with_a_store_error(tmp_path: Path, junk: bytes, keep_magic: bool) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes((b"SQLite format 3\x00" if keep_magic else b"") + junk)
+    before = digest(path)
+    try:
+        Store.open(path).close()
+    except StoreError:
+        assert digest(path) == before
+    else:  # pragma: no cover - only if junk happened to be a valid store of ours
+        pytest.fail("junk opened as a store")
