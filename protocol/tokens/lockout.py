@@ -1,0 +1,133 @@
+"""Keypad lockout: a few free failures, then a doubling delay up to a cap, cleared only
+by a valid token, and an alarm for the headend after repeated failures in a day.
+
+Pure data in, pure data out: the gateway stores :class:`LockoutState` (``to_dict``) per
+meter so a restart does not hand an attacker a fresh set of guesses. A TYPO is not a
+failure (a mistyped token cannot be accepted by chance): use :func:`lockout_after_verdict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from protocol.tokens.results import Accepted, Rejected
+
+_DAY = timedelta(days=1)
+_MAX_DOUBLINGS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """Defaults: 3 free failures, then 30 s, 60 s, 120 s, ... capped at 1 h; an alarm
+    at every 10th failure inside 24 h. At the cap an attacker gets about 8,800 guesses
+    a year (docs/tokens.md)."""
+
+    free_failures: int = 3
+    first_delay: timedelta = timedelta(seconds=30)
+    max_delay: timedelta = timedelta(hours=1)
+    alarm_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.free_failures < 0 or self.alarm_every < 1:
+            raise ValueError("free_failures must be >= 0 and alarm_every >= 1")
+        if not timedelta(0) < self.first_delay <= self.max_delay:
+            raise ValueError("need 0 < first_delay <= max_delay")
+
+    def delay_after(self, failures: int) -> timedelta:
+        """The lock after ``failures`` consecutive failures (zero while still free)."""
+        excess = failures - self.free_failures
+        if excess <= 0:
+            return timedelta(0)
+        return min(self.first_delay * (1 << min(excess - 1, _MAX_DOUBLINGS)), self.max_delay)
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise ValueError(f"lockout times must be timezone-aware: {now!r}")
+    return now
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else _aware(datetime.fromisoformat(text))
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutState:
+    """``failures``: counted failures since the last valid token; ``locked_until``: ISO
+    time before which entries are refused unread; ``day_started``/``day_failures``: the
+    24-hour window the alarm counts in (a valid token does not reset it)."""
+
+    failures: int = 0
+    locked_until: str | None = None
+    day_started: str | None = None
+    day_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if self.failures < 0 or self.day_failures < 0:
+            raise ValueError("failure counts cannot be negative")
+        _parse(self.locked_until)
+        _parse(self.day_started)
+
+    def to_dict(self) -> dict[str, int | str | None]:
+        return {
+            "failures": self.failures,
+            "locked_until": self.locked_until,
+            "day_started": self.day_started,
+            "day_failures": self.day_failures,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int | str | None]) -> LockoutState:
+        """Inverse of :meth:`to_dict`; ``ValueError`` on anything else."""
+        if set(data) != {"failures", "locked_until", "day_started", "day_failures"}:
+            raise ValueError(f"not a lockout state: {sorted(data)}")
+        failures, day_failures = data["failures"], data["day_failures"]
+        locked_until, day_started = data["locked_until"], data["day_started"]
+        if not (isinstance(failures, int) and isinstance(day_failures, int)):
+            raise ValueError("failure counts must be ints")
+        if isinstance(locked_until, int) or isinstance(day_started, int):
+            raise ValueError("times must be ISO strings or null")
+        return cls(failures, locked_until, day_started, day_failures)
+
+
+def lockout_allows(state: LockoutState, now: datetime) -> Literal[True] | datetime:
+    """``True`` when an entry may be checked now, else the time to retry after."""
+    until = _parse(state.locked_until)
+    if until is not None and _aware(now) < until:
+        return until
+    return True
+
+
+def lockout_after_failure(
+    state: LockoutState, now: datetime, policy: LockoutPolicy
+) -> tuple[LockoutState, bool]:
+    """The state after one counted failure, and whether to raise the alarm event."""
+    now = _aware(now)
+    failures = state.failures + 1
+    delay = policy.delay_after(failures)
+    locked_until = (now + delay).isoformat() if delay else None
+    started = _parse(state.day_started)
+    day_started: str | None = now.isoformat()
+    day_failures = 1
+    if started is not None and started <= now < started + _DAY:
+        day_started, day_failures = state.day_started, state.day_failures + 1
+    alarm = day_failures % policy.alarm_every == 0
+    return LockoutState(failures, locked_until, day_started, day_failures), alarm
+
+
+def lockout_after_success(state: LockoutState) -> LockoutState:
+    """A valid token clears the failures and the lock; the day's tally stays for the alarm."""
+    return LockoutState(0, None, state.day_started, state.day_failures)
+
+
+def lockout_after_verdict(
+    state: LockoutState, verdict: Accepted | Rejected, now: datetime, policy: LockoutPolicy
+) -> tuple[LockoutState, bool]:
+    """Apply one keypad verdict: success clears, a TYPO changes nothing, others count."""
+    if isinstance(verdict, Accepted):
+        return lockout_after_success(state), False
+    if not verdict.counts_toward_lockout:
+        return state, False
+    return lockout_after_failure(state, now, policy)
