@@ -9,8 +9,9 @@ from protocol.tokens.amount import (
 from protocol.tokens.errors import RejectReason, TokenRejected
 from protocol.tokens.keypad import group_digits, issue_keypad, verify_keypad
 from protocol.tokens.keys import MeterKey, derive_meter_key
+from protocol.tokens.online import issue_online, online_token_document, verify_online
 from protocol.tokens.replay import ReplayWindow
-from protocol.tokens.results import Accepted, Channel, Rejected, Verdict
+from protocol.tokens.results import Accepted, Channel, Rejected, Verdict, accepted_or_raise
 from protocol.tokens.token_class import TokenClass
 
 __all__ = [
@@ -23,11 +24,15 @@ __all__ = [
     "TokenClass",
     "TokenRejected",
     "Verdict",
+    "accepted_or_raise",
     "decode_keypad_amount",
     "derive_meter_key",
     "encode_keypad_amount",
     "group_digits",
     "issue_keypad",
+    "issue_online",
+    "online_token_document",
     "round_down_to_keypad_amount",
     "verify_keypad",
+    "verify_online",
 ]

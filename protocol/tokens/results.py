@@ -55,3 +55,10 @@ class Rejected:
 
 
 Verdict = Accepted | Rejected
+
+
+def accepted_or_raise(result: Accepted | Rejected) -> Accepted:
+    """The exception form: the accepted token, or :class:`TokenRejected` with the reason."""
+    if isinstance(result, Rejected):
+        raise result.to_exception()
+    return result
