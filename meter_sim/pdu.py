@@ -68,13 +68,19 @@ def _answer(  # noqa: PLR0917 - private, called once
         if len(pdu) != 5:
             raise ModbusException(ILLEGAL_VALUE)
         address, count = _ADDR_COUNT.unpack_from(pdu, 1)
-        if not 1 <= count <= (2000 if table.is_bit_table else 125):
+        bit_table = fn <= 2
+        if not 1 <= count <= (2000 if bit_table else 125):
             raise ModbusException(ILLEGAL_VALUE)
-        regs = layout.read(table, address, count, model=meter.model, stored=meter.stored, now=now)
-        if table.is_bit_table:
-            data = pack_bits(regs)
+        if bit_table:
+            bits = layout.read_bits(
+                table, address, count, model=meter.model, stored=meter.stored, now=now
+            )
+            data = pack_bits(bits)
             return bytes((fn, len(data))) + data
-        return bytes((fn, 2 * count)) + struct.pack(f">{count}H", *regs)
+        regs = layout.read_registers(
+            table, address, count, model=meter.model, stored=meter.stored, now=now
+        )
+        return bytes((fn, 2 * count)) + regs
     if fn in (5, 6):
         if len(pdu) != 5:
             raise ModbusException(ILLEGAL_VALUE)

@@ -107,8 +107,12 @@ class MeterModel:
     """One simulated meter's whole state; every mutator takes ``now`` and advances first."""
 
     __slots__ = (
+        "_demand",
+        "_demand_minute",
         "_export_rem",
         "_import_rem",
+        "_instant",
+        "_instant_key",
         "_key",
         "_over_since_ms",
         "_scale_permille",
@@ -164,6 +168,10 @@ class MeterModel:
         self.keypad_pending = False
         self.keypad_ack = 0
         self.button_latched = False
+        self._demand_minute = -1
+        self._demand = 0
+        self._instant_key = (-1, 0)
+        self._instant: Instant | None = None
 
     # ------------------------------------------------------------------ demand
 
@@ -171,6 +179,13 @@ class MeterModel:
         """What the premises draw in this minute if supplied (the load, not the meter)."""
         if self.load_override_w is not None:
             return self.load_override_w
+        if minute == self._demand_minute:
+            return self._demand
+        self._demand = self._profile_w(minute)
+        self._demand_minute = minute
+        return self._demand
+
+    def _profile_w(self, minute: int) -> int:
         day, minute_of_day = divmod(minute, 1440)
         weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
         shape = DAILY_SHAPE[self.customer_class]
@@ -227,6 +242,14 @@ class MeterModel:
         """Instantaneous values at the time last advanced to."""
         minute = self.t_ms // MS_PER_MINUTE
         p = self.metered_power_w(minute)
+        key = (minute, p)
+        if key == self._instant_key and self._instant is not None:
+            return self._instant
+        self._instant_key = key
+        self._instant = self._measure(minute, p)
+        return self._instant
+
+    def _measure(self, minute: int, p: int) -> Instant:
         v = 2300 + mix64(self._key, minute, 3) % 41 - 20 - round_div(abs(p) * 15, 1000)
         f = 5000 + mix64(self._key, minute, 4) % 11 - 5
         if p == 0:
