@@ -6,13 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-NOT_BUILT = "Provisioning is not built yet (issue 7): this command only prints its help."
+from provisioning.key_files import KeyFileError
+from provisioning.keys_cli import add_keys_commands
+from provisioning.vend_cli import VendError, add_vend_command
+
+NOT_BUILT = "not built yet (issue 7)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meter-provision",
-        description="prepaid-edge provisioning CLI for field engineers. " + NOT_BUILT,
+        description="prepaid-edge provisioning CLI for field engineers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in [
@@ -22,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("commission", "check an enrolled meter on site"),
         ("status", "table of every meter"),
     ]:
-        sub.add_parser(name, help=f"{text} (not built yet)")
+        sub.add_parser(name, help=f"{text} ({NOT_BUILT})")
+    add_keys_commands(sub)
+    add_vend_command(sub)
     return parser
 
 
@@ -32,8 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    print(f"meter-provision {args.command}: {NOT_BUILT}", file=sys.stderr)
-    return 2
+    func = getattr(args, "func", None)
+    if func is None:
+        print(f"meter-provision {args.command}: {NOT_BUILT}", file=sys.stderr)
+        return 2
+    try:
+        result: int = func(args)
+    except (KeyFileError, VendError, ValueError) as exc:
+        print(f"meter-provision {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return result
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """A vending public key from its base64url text (32 raw bytes), as configs hold it."""
+    raw = b64url_decode(text)
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class OnlineToken:
     """The decoded fields of an online token (not yet verified)."""

@@ -1,0 +1,65 @@
+"""`meter-provision keys ...`: make the utility's vending and signing keys, and export one
+meter's keypad key for enrolment (the gateway gets that, never the vending key)."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.tokens.keys import VENDING_KEY_BYTES, derive_meter_key
+from protocol.tokens.online import b64url_encode
+from provisioning.key_files import read_secret_file, write_secret_file
+
+SIGNING_KEY_BYTES = 32
+
+
+def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="make vending/signing keys, export a meter's key")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
+
+    new = keys_sub.add_parser("new-vending-key", help="a new random 256-bit vending key")
+    new.add_argument("--out", type=Path, required=True, help="new file, created mode 0600")
+    new.set_defaults(func=new_vending_key)
+
+    sign = keys_sub.add_parser(
+        "new-signing-key", help="a new Ed25519 key for online tokens; prints its public key"
+    )
+    sign.add_argument("--out", type=Path, required=True, help="new file, created mode 0600")
+    sign.add_argument("--key-id", required=True, help="the id gateways know the key by")
+    sign.set_defaults(func=new_signing_key)
+
+    meter = keys_sub.add_parser("meter-key", help="derive one meter's keypad key (hex)")
+    meter.add_argument("--vending-key", type=Path, required=True)
+    meter.add_argument("--meter", required=True, help="meter id, e.g. PE1-000042")
+    meter.add_argument("--epoch", type=int, default=0, help="key epoch (default 0)")
+    meter.add_argument("--out", type=Path, help="write to a new 0600 file instead of stdout")
+    meter.set_defaults(func=export_meter_key)
+
+
+def new_vending_key(args: argparse.Namespace) -> int:
+    write_secret_file(args.out, secrets.token_bytes(VENDING_KEY_BYTES))
+    print(f"wrote a new vending key to {args.out}")
+    return 0
+
+
+def new_signing_key(args: argparse.Namespace) -> int:
+    key = Ed25519PrivateKey.generate()
+    write_secret_file(args.out, key.private_bytes_raw())
+    public = b64url_encode(key.public_key().public_bytes_raw())
+    print(f"wrote a new signing key to {args.out}")
+    print(f"public key for gateways: {args.key_id} = {public}")
+    return 0
+
+
+def export_meter_key(args: argparse.Namespace) -> int:
+    vending_key = read_secret_file(args.vending_key, VENDING_KEY_BYTES)
+    meter_key = derive_meter_key(vending_key, args.meter, args.epoch)
+    if args.out is None:
+        print(meter_key.hex())
+    else:
+        write_secret_file(args.out, meter_key.secret)
+        print(f"wrote the key of {args.meter} (epoch {args.epoch}) to {args.out}")
+    return 0
