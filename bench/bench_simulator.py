@@ -6,11 +6,13 @@ sequentially (one request in flight per connection), then pipelined (``--depth``
 flight per connection). Prints requests per second and the simulator's RSS.
 
     .venv/bin/python bench/bench_simulator.py [--meters 1000] [--seconds 5] [--depth 16]
+        [--compare-pymodbus]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import random
@@ -84,6 +86,8 @@ def client(port: int, units: int, seconds: float, depth: int, seed: int) -> int:
             raise ConnectionError("simulator closed the connection")
         pending += n
         replies, pending = divmod(pending, REPLY_LEN)
+        if replies and done == 0 and buf[7:9] != bytes((4, 2 * BLOCK)):
+            raise RuntimeError(f"not a {BLOCK}-register reply: {bytes(buf[:9]).hex()}")
         if replies:
             view[:pending] = view[replies * REPLY_LEN : replies * REPLY_LEN + pending]
             done += replies
@@ -110,45 +114,95 @@ def measure(ports: list[int], meters: int, seconds: float, depth: int) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def serve_stock_pymodbus(base: int, nports: int) -> None:
+    """The comparison: a stock pymodbus 3.16 server, 247 devices per port, same block."""
+    import logging  # noqa: PLC0415 - only the comparison process needs these
+
+    from pymodbus.datastore import (  # noqa: PLC0415
+        ModbusDeviceContext,
+        ModbusSequentialDataBlock,
+        ModbusServerContext,
+        ModbusSimulatorContext,
+    )
+    from pymodbus.server import ModbusTcpServer  # noqa: PLC0415
+
+    logging.disable(logging.WARNING)  # its deprecation notice, once per device
+
+    async def run() -> None:
+        servers = []
+        for k in range(nports):
+            devices: dict[int, ModbusDeviceContext | ModbusSimulatorContext] = {
+                u: ModbusDeviceContext(ir=ModbusSequentialDataBlock(1, list(range(BLOCK))))  # type: ignore[no-untyped-call]
+                for u in range(1, UNITS_PER_PORT + 1)
+            }
+            context = ModbusServerContext(devices=devices, single=False)
+            servers.append(ModbusTcpServer(context, address=("127.0.0.1", base + k)))
+        tasks = [asyncio.ensure_future(s.serve_forever()) for s in servers]
+        await asyncio.sleep(1.0)
+        print("ready", flush=True)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+
+
+def run_phases(cmd: list[str], ports: list[int], args: argparse.Namespace) -> list[str]:
+    """Start a server, measure sequential then pipelined reads and its RSS; lines to print."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if not any(line.startswith("ready") for line in proc.stdout):
+            raise RuntimeError(f"{cmd[2]} did not start")
+        idle = rss_kib(proc.pid)
+        lines = []
+        for depth in (1, args.depth):
+            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            rate = measure(ports, args.meters, args.seconds, depth)
+            share = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+            mode = "sequential, 1" if depth == 1 else f"pipelined, {depth}"
+            lines.append(
+                f"  {mode} in flight per connection: {rate:,.0f} reads/s"
+                f" (server CPU {share:.0%} of one core)"
+            )
+        busy = rss_kib(proc.pid)
+        lines.append(f"  RSS: {idle / 1024:.1f} MiB after start, {busy / 1024:.1f} MiB after load")
+        return lines
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument(
+        "--compare-pymodbus", action="store_true", help="also measure a stock pymodbus server"
+    )
+    parser.add_argument("--serve-pymodbus", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_pymodbus:
+        serve_stock_pymodbus(*args.serve_pymodbus)
+        return 0
     nports = (args.meters + UNITS_PER_PORT - 1) // UNITS_PER_PORT
     base = free_port_run(nports)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meter_sim", "serve", "--meters", str(args.meters),
-         "--tcp", f"127.0.0.1:{base}", "--speed", "1", "--seed", "1"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("ready"):
-                break
-        ports = [base + k for k in range(nports)]
-        idle = rss_kib(proc.pid)
-        results = []
-        for depth in (1, args.depth):
-            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            rate = measure(ports, args.meters, args.seconds, depth)
-            share = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
-            results.append((rate, share))
-        busy = rss_kib(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-    print(f"meters: {args.meters} PE-1 on {nports} TCP ports; block read: 32 input registers")
-    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    for (rate, share), label in zip(
-        results, ("sequential (4 connections, 1 in flight each)",
-                  f"pipelined  (4 connections, {args.depth} in flight each)"), strict=True
-    ):  # fmt: skip
-        print(f"{label}: {rate:,.0f} reads/s, simulator CPU {share:.0%} of one core")
-    print(f"simulator RSS: {idle / 1024:.1f} MiB after start, {busy / 1024:.1f} MiB after load")
+    ports = [base + k for k in range(nports)]
+    print(f"{args.meters} meters on {nports} TCP ports, 4 client connections (4 processes),")
+    print(
+        f"each read = {BLOCK} input registers; {os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
+    sim = [sys.executable, "-m", "meter_sim", "serve", "--meters", str(args.meters),
+           "--tcp", f"127.0.0.1:{ports[0]}", "--speed", "1", "--seed", "1"]  # fmt: skip
+    print("meter-sim (PE-1 physics on every read):")
+    print("\n".join(run_phases(sim, ports, args)))
+    if args.compare_pymodbus:
+        stock = [sys.executable, __file__, "--serve-pymodbus", str(ports[0]), str(nports)]
+        print("stock pymodbus 3.16 server (static registers), same clients:")
+        print("\n".join(run_phases(stock, ports, args)))
     return 0
 
 

@@ -217,9 +217,8 @@ async def _serve(args: argparse.Namespace) -> int:
     rtu_tcp = args.rtu_tcp
     control = args.control
     tcp_host, tcp_port = args.tcp
-    hosts = {tcp_host} | ({rtu_tcp[0]} if rtu_tcp else set())
-    if len(hosts) > 1 or (control and control[0] != tcp_host):
-        raise CliError("--tcp, --rtu-tcp and --control must use the same host")
+    if rtu_tcp and rtu_tcp[0] != tcp_host:
+        raise CliError("--tcp and --rtu-tcp must use the same host")
     clock = ScaledClock(args.speed, _start_time(args.start))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -237,6 +236,7 @@ async def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         faults=[*plan.faults, *args.fault],
         control_port=control[1] if control else None,
+        control_host=control[0] if control else "127.0.0.1",
     ) as sim:
         n = len(sim.meters)
         for k, (host, port) in enumerate(sim.tcp_addresses):

@@ -84,6 +84,7 @@ class Simulator:
         seed: int = 0,
         faults: Iterable[FaultSpec] = (),
         control_port: int | None = None,
+        control_host: str = "127.0.0.1",
         classes: Mapping[int, CustomerClass] | None = None,
     ) -> AsyncIterator[Simulator]:
         """Run a simulator in this event loop until the block exits.
@@ -110,7 +111,14 @@ class Simulator:
         for spec in faults:
             sim.faults.set(spec)
         try:
-            await sim._open(host, tcp_port, rtu_pty, rtu_tcp_port, control_port)
+            await sim._open(
+                host=host,
+                tcp_port=tcp_port,
+                rtu_pty=rtu_pty,
+                rtu_tcp_port=rtu_tcp_port,
+                control_host=control_host,
+                control_port=control_port,
+            )
             yield sim
         finally:
             await sim._close()
@@ -144,10 +152,12 @@ class Simulator:
 
     async def _open(
         self,
+        *,
         host: str,
         tcp_port: int | None,
         rtu_pty: bool,
         rtu_tcp_port: int | None,
+        control_host: str,
         control_port: int | None,
     ) -> None:
         n = len(self.meters)
@@ -168,7 +178,7 @@ class Simulator:
         if control_port is not None:
             from meter_sim.control import serve_control  # noqa: PLC0415 - control needs us
 
-            server = await serve_control(self, host, control_port)
+            server = await serve_control(self, control_host, control_port)
             self._servers.append(server)
             sockname = server.sockets[0].getsockname()
             self.control_address = (str(sockname[0]), int(sockname[1]))
