@@ -72,6 +72,7 @@ async def test_serve_and_control_in_the_documented_shapes(
     async with serving(
         "--map", "pe1", "--meters", "4", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0",
         "--speed", "60", "--seed", "1", "--rtu-pty", "--faults", str(plan),
+        "--fault", "4:exception:1:code=4",
     ) as printed:  # fmt: skip
         assert printed["rtu-pty"].startswith("/dev/")
         control = printed["control"]
@@ -95,8 +96,8 @@ async def test_serve_and_control_in_the_documented_shapes(
         assert state["faults"][0]["kind"] == "timeout"
         assert state["faults"][0]["probability"] == 0.5
 
-        rr = await client.read_input_registers(16, count=1, device_id=4)
-        assert not rr.isError()
+        failing = await client.read_input_registers(16, count=1, device_id=4)
+        assert failing.exception_code == 4  # from the --fault flag
         ok = await client.read_input_registers(0, count=1, device_id=2)
         assert ok.registers == [1]  # its fault was cleared
         rr = await client.read_input_registers(12, count=2, device_id=1)

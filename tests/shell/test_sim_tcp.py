@@ -294,3 +294,13 @@ async def test_more_than_247_meters_take_consecutive_ports(modbus_tcp: TcpConnec
         missing = await client.read_input_registers(0, count=1, device_id=54)
         assert missing.isError()
         assert missing.exception_code == 0x0B
+
+
+async def test_unit_zero_broadcasts_writes_without_a_reply() -> None:
+    async with Simulator.start(meters=3, clock=VirtualClock(), seed=3) as sim:
+        payload = mbap(1, 0, struct.pack(">BHH", 6, 1, 9)) + mbap(
+            2, 2, struct.pack(">BHH", 3, 1, 1)
+        )
+        (reply,) = await raw_exchange(sim.tcp_address, payload, 1)
+        assert reply == mbap(2, 2, bytes((3, 2, 0, 9)))  # the broadcast itself got no reply
+        assert all(sim.state(n)["holding_written"] == {"1": 9} for n in (1, 2, 3))
