@@ -9,6 +9,14 @@ from protocol.tokens.amount import (
 from protocol.tokens.errors import RejectReason, TokenRejected
 from protocol.tokens.keypad import group_digits, issue_keypad, verify_keypad
 from protocol.tokens.keys import MeterKey, derive_meter_key
+from protocol.tokens.lockout import (
+    LockoutPolicy,
+    LockoutState,
+    lockout_after_failure,
+    lockout_after_success,
+    lockout_after_verdict,
+    lockout_allows,
+)
 from protocol.tokens.online import issue_online, online_token_document, verify_online
 from protocol.tokens.replay import ReplayWindow
 from protocol.tokens.results import Accepted, Channel, Rejected, Verdict, accepted_or_raise
@@ -17,6 +25,8 @@ from protocol.tokens.token_class import TokenClass
 __all__ = [
     "Accepted",
     "Channel",
+    "LockoutPolicy",
+    "LockoutState",
     "MeterKey",
     "RejectReason",
     "Rejected",
@@ -31,6 +41,10 @@ __all__ = [
     "group_digits",
     "issue_keypad",
     "issue_online",
+    "lockout_after_failure",
+    "lockout_after_success",
+    "lockout_after_verdict",
+    "lockout_allows",
     "online_token_document",
     "round_down_to_keypad_amount",
     "verify_keypad",
