@@ -71,6 +71,9 @@ LEVEL_TRIGGER_FOR = {
     CreditState.EXHAUSTED: Trigger.CREDIT_EXHAUSTED,
 }
 TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
+SWITCHING_TRIGGERS = frozenset(
+    {Trigger.DISCONNECT_DUE, Trigger.RECONNECT_ALLOWED, Trigger.RECONNECT_ARM}
+)
 REMOTE_TRIGGERS = {
     RemoteKind.DISCONNECT: Trigger.REMOTE_DISCONNECT,
     RemoteKind.RECONNECT: Trigger.REMOTE_RECONNECT,
@@ -253,11 +256,14 @@ class _Run:
         window = self.window()
         return window is None and self.state.comm_ok, window
 
-    def settle(self) -> None:
-        """Move through the table until the credit state matches the balance."""
+    def settle(self, *, switching: bool = True) -> None:
+        """Move through the table until the credit state matches the balance. Without
+        ``switching`` only the credit level moves: the relay waits for the event."""
         for _ in range(4):
             trigger, reason = self.level_trigger()
-            if trigger is None or not self.fire(trigger, reason):
+            if trigger is None or (not switching and trigger in SWITCHING_TRIGGERS):
+                return
+            if not self.fire(trigger, reason):
                 return
 
     def level_trigger(self) -> tuple[Trigger | None, Reason]:
@@ -496,6 +502,7 @@ def step(state: MeterState, event: Event, now: datetime) -> tuple[MeterState, li
     before = state
     run = _Run(state, now)
     run.accrue_standing_charges()
+    run.settle(switching=False)  # time alone may have moved the level (standing charge)
     run.handle(event)
     run.settle()
     after = run.state

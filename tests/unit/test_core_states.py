@@ -70,7 +70,16 @@ def situation(source: CreditState, trigger: Trigger) -> tuple[MeterState, Event]
         from gateway.core.events import ButtonPressed  # noqa: PLC0415
 
         return meter(source, 1000, button=True), ButtonPressed("m1", NOW)
-    return meter(source, 1000), RemoteCommand("m1", REMOTE[trigger], "test", NOW, "req-1")
+    balance = 1000
+    if source == CreditState.LOW:
+        balance = LEVEL_BALANCE[Trigger.CREDIT_LOW]
+    elif source == CreditState.VERY_LOW:
+        balance = LEVEL_BALANCE[Trigger.CREDIT_VERY_LOW]
+    elif source == CreditState.EMERGENCY:
+        balance = LEVEL_BALANCE[Trigger.CREDIT_EMERGENCY]
+    elif source == CreditState.EXHAUSTED:
+        balance = LEVEL_BALANCE[Trigger.CREDIT_EXHAUSTED]
+    return meter(source, balance), RemoteCommand("m1", REMOTE[trigger], "test", NOW, "req-1")
 
 
 TABLE = [(s, t, target) for s, row in TRANSITIONS.items() for t, target in row.items()]
