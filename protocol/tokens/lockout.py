@@ -21,7 +21,7 @@ _MAX_DOUBLINGS = 32
 @dataclass(frozen=True, slots=True)
 class LockoutPolicy:
     """Defaults: 3 free failures, then 30 s, 60 s, 120 s, ... capped at 1 h; an alarm
-    at every 10th failure inside 24 h. At the cap an attacker gets about 8,800 guesses
+    at every 10th failure inside 24 h. At the cap an attacker gets about 8,770 guesses
     a year (docs/tokens.md)."""
 
     free_failures: int = 3
