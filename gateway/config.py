@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PREPAID_EDGE__"
 _ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -137,6 +145,15 @@ class TokenSettings(_Strict):
         return v
 
 
+class SimulationSettings(_Strict):
+    """For demos and tests against a simulator only: never set on a real site."""
+
+    clock_speed: float = Field(default=1.0, gt=0, le=100_000)
+    clock_start: AwareDatetime | None = Field(
+        default=None, description="gateway time at start; default: now"
+    )
+
+
 class GatewayConfig(_Strict):
     gateway_id: str = Field(pattern=_ID_PATTERN)
     store: Path
@@ -145,6 +162,7 @@ class GatewayConfig(_Strict):
     polling: PollingSettings = PollingSettings()
     tokens: TokenSettings = TokenSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    simulation: SimulationSettings = SimulationSettings()
 
     @model_validator(mode="after")
     def _unique_buses(self) -> GatewayConfig:

@@ -17,9 +17,10 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.store import OutboxRow
 from protocol.mqtt import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
@@ -28,20 +29,10 @@ log = logging.getLogger(__name__)
 RETAINED_KINDS = frozenset({"balance"})
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    meter_id: str
-    seq: int
-    kind: str
-    ts: datetime
-    body: dict[str, Any]
-
-
 class Outbox(Protocol):
     """What the drain needs from the store."""
 
-    def outbox_pending(self, limit: int, after_id: int) -> Sequence[OutboxRow]: ...
+    def outbox_pending(self, limit: int = ..., after_id: int = ...) -> Sequence[OutboxRow]: ...
 
     def mark_acked(self, ids: Sequence[int], at: datetime) -> None: ...
 

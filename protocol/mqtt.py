@@ -204,6 +204,7 @@ class TariffCommand(SignedCommand):
     cmd: Literal["tariff_update"]
     meter: Identifier
     tariff: dict[str, JsonValue]
+    activates_at: UtcTime | None = Field(default=None, description="null: at once")
 
 
 class RereadCommand(_Command):

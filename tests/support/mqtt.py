@@ -11,6 +11,7 @@ from types import TracebackType
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -34,8 +35,16 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, broker: Mosquitto, client_id: str, *, cert_name: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        client_id: str,
+        *,
+        cert_name: str | None = None,
+        persistent: bool = False,
+    ) -> None:
         self.broker = broker
+        self.persistent = persistent
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connected = threading.Event()
         self._connect_result: str | None = None
@@ -77,7 +86,14 @@ class TestClient:
 
     def connect(self, timeout: float = 10.0) -> None:
         try:
-            self._client.connect(self.broker.host, self.broker.port)
+            if self.persistent:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 3600
+                self._client.connect(
+                    self.broker.host, self.broker.port, clean_start=False, properties=props
+                )
+            else:
+                self._client.connect(self.broker.host, self.broker.port)
         except (OSError, ssl.SSLError) as exc:
             raise ConnectRefusedError(str(exc)) from exc
         self._client.loop_start()

@@ -1,0 +1,249 @@
+"""`meter-gateway run`: wire the service, the MQTT sessions and the signals together.
+
+Tasks start inside one TaskGroup with names (``poll:{bus}``, ``core``, ``mqtt``,
+``clock``, ``health``). SIGTERM or SIGINT stops the pollers, lets the core finish the
+transaction in hand (a commit is synchronous, so it is never cut in half), publishes the
+retained ``offline`` status and disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from gateway.clock import GatewayClock
+from gateway.command_intake import CommandIntake
+from gateway.config import GatewayConfig, MqttSettings
+from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.service import Gateway, utc_now
+from gateway.store import Store
+from gateway.sync import Backoff, OutboxDrain, run_sessions
+from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
+
+log = logging.getLogger(__name__)
+
+HEALTH_PERIOD_S = 60.0
+PURGE_PERIOD_S = 3600.0
+
+
+class StartupError(Exception):
+    """The gateway refuses to start (a clear one-line reason for the operator)."""
+
+
+def check_secret_file(path: Path, what: str) -> None:
+    """Refuse a key file that group or others can read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise StartupError(f"{what} {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise StartupError(
+            f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it"
+        )
+
+
+def tls_context(mqtt: MqttSettings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
+    if mqtt.cert_file is not None and mqtt.key_file is not None:
+        check_secret_file(mqtt.key_file, "MQTT client key")
+        ctx.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+    return ctx
+
+
+def brokers_of(mqtt: MqttSettings) -> list[BrokerEndpoint]:
+    ctx = tls_context(mqtt) if any(b.tls for b in mqtt.brokers) else None
+    return [BrokerEndpoint(b.host, b.port, ctx if b.tls else None) for b in mqtt.brokers]
+
+
+def status_file(config: GatewayConfig) -> Path:
+    return config.store.with_name(config.store.name + ".status.json")
+
+
+@dataclass
+class Runner:
+    config: GatewayConfig
+    clock: Callable[[], datetime] = utc_now
+    gateway: Gateway = field(init=False)
+    drain: OutboxDrain = field(init=False)
+    topics: Topics = field(init=False)
+    intake: CommandIntake = field(init=False)
+    broker_state: str = "connecting"
+    broker: BrokerEndpoint | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics(self.config.gateway_id)
+
+    def health(self) -> HealthSummary:
+        meters = self.gateway.meters.values()
+        buses: dict[str, str] = {}
+        for name in self.gateway.pollers:
+            on_bus = [m for m in meters if m.stored.record.bus == name]
+            ok = sum(1 for m in on_bus if m.state.comm_ok and m.last_reading_at is not None)
+            buses[name] = "ok" if ok == len(on_bus) else "down" if ok == 0 else "degraded"
+        return HealthSummary(
+            buses=buses,
+            meters_total=len(self.gateway.meters),
+            meters_online=sum(
+                1 for m in meters if m.state.comm_ok and m.last_reading_at is not None
+            ),
+            outbox_depth=self.gateway.store.outbox_depth(),
+            last_sync=self.drain.last_sync,
+        )
+
+    def status_message(self, online: bool) -> bytes:
+        return dump(
+            StatusMessage(
+                gateway=self.config.gateway_id,
+                state="online" if online else "offline",
+                ts=self.clock(),
+                health=self.health() if online else None,
+            )
+        )
+
+    def write_status_file(self) -> None:
+        data = {
+            "gateway": self.config.gateway_id,
+            "written_at": self.clock().isoformat(),
+            "broker": self.broker_state,
+            "broker_address": str(self.broker) if self.broker else None,
+            "health": json.loads(self.health().model_dump_json()),
+            "counters": vars(self.gateway.counters),
+        }
+        path = status_file(self.config)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    async def _session(self, link: MqttLink) -> None:
+        """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
+        await link.publish(self.topics.status, self.status_message(True), retain=True)
+        await link.subscribe(*self.topics.command_subscriptions)
+
+        async def commands() -> None:
+            while True:
+                msg = await link.incoming.get()
+                await self.intake.handle(link, msg)
+
+        async def health() -> None:
+            while True:
+                await asyncio.sleep(HEALTH_PERIOD_S)
+                await link.publish(self.topics.status, self.status_message(True), retain=True)
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.drain.run(link), name="outbox-drain")
+                    tg.create_task(commands(), name="mqtt-commands")
+                    tg.create_task(health(), name="mqtt-health")
+            except* MqttError as group:
+                raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            # A clean stop: say so before disconnecting (the Last Will is for crashes).
+            with contextlib.suppress(MqttError, TimeoutError):
+                await asyncio.wait_for(
+                    link.publish(self.topics.status, self.status_message(False), retain=True), 2.0
+                )
+            raise
+
+    def _on_broker(self, state: str, broker: BrokerEndpoint | None) -> None:
+        self.broker_state = state
+        self.broker = broker
+
+    async def _housekeeping(self) -> None:
+        last_purge = time.monotonic()
+        while True:
+            self.write_status_file()
+            await asyncio.sleep(5.0)
+            if time.monotonic() - last_purge > PURGE_PERIOD_S:
+                last_purge = time.monotonic()
+                cutoff = self.clock() - timedelta(seconds=self.config.mqtt.retention_s)
+                purged = self.gateway.store.purge_acked(cutoff)
+                if purged:
+                    log.info("purged %d acknowledged messages older than %s", purged, cutoff)
+
+    async def run(self, store: Store) -> None:
+        mqtt = self.config.mqtt
+        brokers = brokers_of(mqtt)
+        self.gateway = Gateway(
+            self.config, store, clock=self.clock, speed=self.config.simulation.clock_speed
+        )
+        self.drain = OutboxDrain(store, self.topics, clock=self.clock)
+        self.gateway.on_commit = self.drain.wake.set
+        self.intake = CommandIntake(self.gateway, self.topics, self.clock)
+        self.gateway.load()
+        log.info(
+            "gateway %s: %d meters on %d buses, %d messages waiting",
+            self.config.gateway_id,
+            len(self.gateway.meters),
+            len(self.gateway.pollers),
+            store.outbox_depth(),
+        )
+        offline = dump(StatusMessage(gateway=self.config.gateway_id, state="offline"))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.gateway.run_core(), name="core")
+                tg.create_task(self.gateway.run_pollers(), name="pollers")
+                tg.create_task(self.gateway.run_clock(), name="clock")
+                tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(
+                    run_sessions(
+                        brokers,
+                        client_id=mqtt.client_id or self.config.gateway_id,
+                        protocol=mqtt.protocol,
+                        will=Will(self.topics.status, offline),
+                        body=self._session,
+                        backoff=Backoff(mqtt.reconnect_min_s, mqtt.reconnect_max_s),
+                        keepalive=mqtt.keepalive_s,
+                        max_inflight=mqtt.max_inflight,
+                        on_state=self._on_broker,
+                    ),
+                    name="mqtt",
+                )
+                self.started.set()
+                await self.stop.wait()
+                raise _Stop
+        except* _Stop:
+            log.info("gateway %s stopped", self.config.gateway_id)
+        finally:
+            await self.gateway.close()
+            with contextlib.suppress(OSError):
+                self.write_status_file()
+
+
+class _Stop(Exception):  # noqa: N818 (a signal to stop, not an error)
+    """Raised inside the TaskGroup to cancel every task for a clean stop."""
+
+
+def run_gateway(config: GatewayConfig) -> int:
+    """Open the store and run until SIGTERM/SIGINT; the process's exit code."""
+    try:
+        store = Store.open(config.store)
+    except Exception as exc:
+        raise StartupError(f"store {config.store}: {exc}") from None
+
+    async def main() -> None:
+        sim = config.simulation
+        runner = Runner(config, clock=GatewayClock(sim.clock_speed, sim.clock_start).now)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stop.set)
+        await runner.run(store)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,463 @@
+"""The gateway service: pollers and MQTT feed one queue; one core task decides; the store
+commits; then the shell acts on meters and the outbox drains (DESIGN.md section 3).
+
+The core task is the only writer of ledgers, token windows and lockouts, so it needs no
+locks. It takes every item waiting in the queue, steps each through the pure core, and
+commits the whole batch in one durable transaction before anything is done on a meter or
+acknowledged to anyone: a crash loses or doubles nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.actuator import MeterTarget, drive_relay
+from gateway.config import GatewayConfig, RtuBus, TcpBus
+from gateway.core.commands import (
+    Command,
+    Publish,
+    SetAlarm,
+    SetRelay,
+    TopUpDecision,
+    WriteDisplay,
+)
+from gateway.core.driver import MeterState, forecast, next_deadline, step
+from gateway.core.events import (
+    ClockTick,
+    CommunicationLost,
+    CommunicationRestored,
+    Event,
+    PollFailed,
+    ReadingReceived,
+    RelayObserved,
+)
+from gateway.meter_io import MeterIO, MeterSnapshot
+from gateway.modbus_port import MeterIOError, ModbusPort, RtuPort, TcpPort
+from gateway.poll_schedule import interval_for
+from gateway.poller import BusPoller, PolledMeter
+from gateway.store import MeterUpdate, Store, StoredMeter, StoreError
+from gateway.token_intake import (
+    KeypadEntry,
+    LockoutState,
+    OnlineTopUp,
+    TokenOutcome,
+    intake_keypad,
+    intake_online,
+)
+from protocol.regmap import load_map
+from protocol.tokens.keys import MeterKey
+from protocol.tokens.replay import ReplayWindow
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed polls before a meter is reported as not communicating.
+COMM_LOST_AFTER = 3
+#: Most queue items stepped and committed in one transaction.
+MAX_BATCH = 512
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class MeterRuntime:
+    """Everything the shell holds for one meter between steps."""
+
+    stored: StoredMeter
+    state: MeterState
+    window: ReplayWindow
+    lockout: LockoutState
+    target: MeterTarget
+    polled: PolledMeter
+    poller: BusPoller
+    key: MeterKey
+    relay_task: asyncio.Task[None] | None = None
+    last_snapshot: MeterSnapshot | None = None
+    last_reading_at: datetime | None = None
+
+    @property
+    def meter_id(self) -> str:
+        return self.state.meter_id
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one queue item came to, once committed: for whoever waits on it."""
+
+    commands: list[Command]
+    outcome: TokenOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CoreItem:
+    """One thing for the core task: a core event, or a token to verify first."""
+
+    work: Event | KeypadEntry | OnlineTopUp
+    reply: asyncio.Future[StepResult] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A meter's state as the batch being stepped leaves it (not yet committed)."""
+
+    state: MeterState
+    window: ReplayWindow
+    lockout: LockoutState
+
+
+@dataclass
+class Counters:
+    readings: int = 0
+    poll_failures: int = 0
+    batches: int = 0
+    steps: int = 0
+    relay_faults: int = 0
+
+
+@dataclass
+class Gateway:
+    """The long-running service; :meth:`run` until cancelled."""
+
+    config: GatewayConfig
+    store: Store
+    clock: Callable[[], datetime] = utc_now
+    monotonic: Callable[[], float] = time.monotonic
+    queue: asyncio.Queue[CoreItem] = field(default_factory=asyncio.Queue)
+    meters: dict[str, MeterRuntime] = field(default_factory=dict)
+    pollers: dict[str, BusPoller] = field(default_factory=dict)
+    ports: dict[str, ModbusPort] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    on_commit: Callable[[], None] = lambda: None
+    relay_attempts: int = 4
+    #: gateway seconds per real second (an accelerated clock for demos and tests)
+    speed: float = 1.0
+    relay_first_delay: float = 0.2
+
+    # ------------------------------------------------------------------ setup
+
+    def _port_for(self, bus: RtuBus | TcpBus) -> ModbusPort:
+        if isinstance(bus, TcpBus):
+            return TcpPort(
+                bus.name, bus.host, bus.port, concurrency=bus.concurrency, timeout=bus.timeout_s
+            )
+        return RtuPort(
+            bus.name,
+            bus.device,
+            baud=bus.baud,
+            timeout=bus.timeout_s,
+            guard=bus.guard_s,
+            parity=bus.parity,
+            stopbits=bus.stopbits,
+        )
+
+    def load(self) -> None:
+        """Build pollers, ports and runtimes from the config and the store."""
+        polling = self.config.polling
+        for bus in self.config.buses:
+            port = self._port_for(bus)
+            self.ports[bus.name] = port
+            self.pollers[bus.name] = BusPoller(
+                bus.name,
+                port,
+                self._on_reading,
+                self._on_failure,
+                concurrency=bus.concurrency if isinstance(bus, TcpBus) else 1,
+                retries=bus.retries,
+                backoff_cap=polling.backoff_max_s,
+                monotonic=self.monotonic,
+            )
+        maps: dict[str, MeterIO] = {}
+        for stored in self.store.load_meters():
+            rec = stored.record
+            poller = self.pollers.get(rec.bus)
+            if poller is None:
+                log.error(
+                    "meter %s is on bus %s, which the config does not name", rec.meter_id, rec.bus
+                )
+                continue
+            io = maps.get(rec.map_name)
+            if io is None:
+                io = maps[rec.map_name] = MeterIO(load_map(rec.map_name))
+            polled = PolledMeter(rec.meter_id, rec.unit_id, io, polling.interval_s)
+            window = (
+                ReplayWindow(
+                    stored.token_window.epoch,
+                    stored.token_window.highest,
+                    stored.token_window.bitmap,
+                )
+                if stored.token_window is not None
+                else ReplayWindow.fresh(rec.key_epoch)
+            )
+            runtime = MeterRuntime(
+                stored=stored,
+                state=stored.state,
+                window=window,
+                lockout=LockoutState.from_stored(stored.lockout),
+                target=MeterTarget(rec.meter_id, poller.port, rec.unit_id, io),
+                polled=polled,
+                poller=poller,
+                key=MeterKey(rec.meter_key),
+            )
+            self.meters[rec.meter_id] = runtime
+            poller.add(polled)
+            self._adapt_interval(runtime, self.clock())
+
+    # ------------------------------------------------------------------ pollers → queue
+
+    async def _on_reading(self, polled: PolledMeter, snap: MeterSnapshot) -> None:
+        rt = self.meters[polled.meter_id]
+        now = self.clock()
+        self.counters.readings += 1
+        rt.last_snapshot = snap
+        rt.last_reading_at = now
+        if not rt.state.comm_ok:
+            await self.queue.put(CoreItem(CommunicationRestored(rt.meter_id, now)))
+        flags = snap.flags
+        await self.queue.put(
+            CoreItem(
+                ReadingReceived(
+                    rt.meter_id,
+                    snap.energy_import_wh,
+                    now,
+                    power_w=snap.power_w,
+                    relay_closed=snap.relay_closed,
+                    cover_open="cover_open" in flags,
+                    magnetic_tamper="magnetic_tamper" in flags,
+                    load_limit_tripped="load_limit_tripped" in flags,
+                    reverse_energy="reverse_energy" in flags,
+                    button_pressed="reconnect_button" in flags,
+                    voltage_v=snap.voltage_v,
+                )
+            )
+        )
+        if (
+            "keypad_pending" in flags
+            and snap.keypad_seq is not None
+            and snap.keypad_digits is not None
+        ):
+            await self.queue.put(
+                CoreItem(KeypadEntry(rt.meter_id, snap.keypad_seq, snap.keypad_digits, now))
+            )
+
+    async def _on_failure(self, polled: PolledMeter, error: MeterIOError) -> None:
+        rt = self.meters[polled.meter_id]
+        now = self.clock()
+        self.counters.poll_failures += 1
+        await self.queue.put(CoreItem(PollFailed(rt.meter_id, str(error), now)))
+        if polled.consecutive_failures == COMM_LOST_AFTER:
+            await self.queue.put(CoreItem(CommunicationLost(rt.meter_id, now, error.kind.value)))
+
+    # ------------------------------------------------------------------ the core task
+
+    async def submit(self, work: Event | KeypadEntry | OnlineTopUp) -> StepResult:
+        """Queue one item and wait until what it led to is committed."""
+        fut: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        await self.queue.put(CoreItem(work, fut))
+        return await fut
+
+    async def run_core(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            self.process(items)
+
+    def _verify(
+        self, rt: MeterRuntime, work: KeypadEntry | OnlineTopUp, pending: _Pending, now: datetime
+    ) -> TokenOutcome:
+        currency = pending.state.settings.tariffs.at(now).currency
+        if isinstance(work, KeypadEntry):
+            return intake_keypad(work, rt.key, pending.window, pending.lockout, currency)
+        return intake_online(
+            work,
+            self.config.tokens,
+            window=pending.window,
+            currency=currency,
+            now=now,
+            lockout=pending.lockout,
+        )
+
+    def _step_one(
+        self, rt: MeterRuntime, item: CoreItem, pending: _Pending, now: datetime
+    ) -> tuple[_Pending, MeterUpdate, list[Command], TokenOutcome | None]:
+        """One item through token intake and the core; nothing is committed here."""
+        work = item.work
+        outcome = None
+        if isinstance(work, KeypadEntry | OnlineTopUp):
+            outcome = self._verify(rt, work, pending, now)
+            event = outcome.event
+        else:
+            event = work
+        commands: list[Command] = []
+        state = pending.state
+        if event is not None:  # None: a keypad entry already consumed, only to acknowledge
+            state, commands = step(state, event, now)
+        window = pending.window
+        if (
+            outcome is not None
+            and outcome.window is not None
+            and any(isinstance(c, TopUpDecision) and c.accepted for c in commands)
+        ):
+            # The counter is used only when the money was credited: a top-up refused
+            # over the maximum balance can be entered again later.
+            window = outcome.window
+        lockout = pending.lockout
+        if outcome is not None and outcome.lockout is not None:
+            lockout = outcome.lockout
+        update = MeterUpdate(
+            state,
+            commands,
+            now,
+            token_window=window if window is not pending.window else None,
+            lockout=lockout.to_dict() if lockout is not pending.lockout else None,
+        )
+        return _Pending(state, window, lockout), update, commands, outcome
+
+    def process(self, items: Sequence[CoreItem]) -> None:
+        """Step every item, commit them in one transaction, then act."""
+        now = self.clock()
+        tentative: dict[str, _Pending] = {}
+        updates: list[MeterUpdate] = []
+        actions: list[tuple[MeterRuntime, list[Command], CoreItem, TokenOutcome | None]] = []
+        for item in items:
+            rt = self.meters.get(item.work.meter_id)
+            if rt is None:
+                if item.reply is not None and not item.reply.done():
+                    item.reply.set_exception(KeyError(item.work.meter_id))
+                continue
+            pending = tentative.get(rt.meter_id) or _Pending(rt.state, rt.window, rt.lockout)
+            pending, update, commands, outcome = self._step_one(rt, item, pending, now)
+            tentative[rt.meter_id] = pending
+            updates.append(update)
+            actions.append((rt, commands, item, outcome))
+            self.counters.steps += 1
+        if not updates:
+            return
+        try:
+            self.store.commit_cycle(updates)
+        except StoreError:
+            log.exception("commit of %d updates failed; nothing applied", len(updates))
+            for _rt, _c, item, _o in actions:
+                if item.reply is not None and not item.reply.done():
+                    item.reply.set_exception(RuntimeError("store refused the commit"))
+            raise
+        self.counters.batches += 1
+        for meter_id, pending in tentative.items():
+            rt = self.meters[meter_id]
+            rt.state, rt.window, rt.lockout = pending.state, pending.window, pending.lockout
+        self.on_commit()
+        for rt, commands, item, outcome in actions:
+            self._act(rt, commands, outcome)
+            if item.reply is not None and not item.reply.done():
+                decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
+                final = outcome.with_decision(decision) if outcome is not None else None
+                item.reply.set_result(StepResult(commands, final))
+            self._adapt_interval(rt, now)
+
+    # ------------------------------------------------------------------ acting on meters
+
+    def _act(self, rt: MeterRuntime, commands: list[Command], outcome: TokenOutcome | None) -> None:
+        writes: dict[str, Any] = {}
+        relay: SetRelay | None = None
+        for cmd in commands:
+            match cmd:
+                case SetRelay():
+                    relay = cmd
+                case WriteDisplay(code=code, credit=credit):
+                    if rt.target.io.regmap.has("display_code"):
+                        writes["display_code"] = int(code)
+                        writes["display_credit"] = max(-(2**31), min(2**31 - 1, credit))
+                case SetAlarm(on=on):
+                    if rt.target.io.regmap.has("alarm"):
+                        writes["alarm"] = int(on)
+                case Publish() | TopUpDecision():
+                    pass
+        ack = outcome.ack_keypad_seq if outcome is not None else None
+        if writes or ack is not None:
+            asyncio.get_running_loop().create_task(
+                self._write_meter(rt, writes, ack), name=f"write:{rt.meter_id}"
+            )
+        if relay is not None:
+            if rt.relay_task is not None and not rt.relay_task.done():
+                rt.relay_task.cancel()
+            rt.relay_task = asyncio.get_running_loop().create_task(
+                self._drive_relay(rt, relay.closed), name=f"relay:{rt.meter_id}"
+            )
+
+    async def _write_meter(self, rt: MeterRuntime, writes: dict[str, Any], ack: int | None) -> None:
+        """Display first (the customer sees the result), then acknowledge the keypad entry."""
+        try:
+            if writes:
+                await rt.target.io.write_points(rt.target.port, rt.target.unit, writes)
+            if ack is not None:
+                await rt.target.io.write_points(rt.target.port, rt.target.unit, {"keypad_ack": ack})
+        except MeterIOError as exc:
+            log.warning("write to %s failed: %s (retried at the next poll)", rt.meter_id, exc)
+
+    async def _drive_relay(self, rt: MeterRuntime, closed: bool) -> None:
+        outcome = await drive_relay(
+            rt.target, closed, attempts=self.relay_attempts, first_delay=self.relay_first_delay
+        )
+        if outcome.observed is not None and outcome.ok:
+            await self.queue.put(
+                CoreItem(RelayObserved(rt.meter_id, outcome.observed, self.clock()))
+            )
+        else:
+            self.counters.relay_faults += 1
+            log.error("relay fault on %s: %s", rt.meter_id, outcome.error)
+        # Read the meter again soon: the reading reports the relay as the meter sees it.
+        rt.poller.poll_now(rt.meter_id)
+
+    # ------------------------------------------------------------------ time
+
+    def _adapt_interval(self, rt: MeterRuntime, now: datetime) -> None:
+        polling = self.config.polling
+        exhaustion = forecast(rt.state, now)
+        left = None
+        if exhaustion is not None:
+            left = timedelta(seconds=(exhaustion - now).total_seconds() / self.speed)
+        rt.poller.set_interval(
+            rt.meter_id,
+            interval_for(
+                left,
+                normal=polling.interval_s,
+                minimum=polling.min_interval_s,
+                maximum=polling.max_interval_s,
+            ),
+        )
+
+    async def run_clock(self, period: float = 30.0) -> None:
+        """Send each meter a ClockTick when its next deadline (midnight, window edge,
+        tariff activation) has passed."""
+        deadlines = {m: next_deadline(rt.state, self.clock()) for m, rt in self.meters.items()}
+        while True:
+            await asyncio.sleep(period)
+            now = self.clock()
+            for meter_id, due in list(deadlines.items()):
+                if due <= now:
+                    await self.queue.put(CoreItem(ClockTick(meter_id, now)))
+                    deadlines[meter_id] = next_deadline(self.meters[meter_id].state, now)
+
+    async def run_pollers(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for name, poller in self.pollers.items():
+                tg.create_task(poller.run(), name=f"poll:{name}")
+
+    async def close(self) -> None:
+        for rt in self.meters.values():
+            if rt.relay_task is not None:
+                rt.relay_task.cancel()
+        for port in self.ports.values():
+            with contextlib.suppress(Exception):
+                await port.close()

@@ -1,0 +1,247 @@
+"""The whole gateway against the real simulator and a real Mosquitto: cut-off on exhausted credit, keypad and online top-ups reconnect, replays are refused on both channels, a silent meter is reported and never cut off, bypass is detected, and a broker outage loses nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from examples.headend import Headend
+from gateway.core.states import CreditState
+from gateway.store import Store
+from meter_sim.clock import ScaledClock
+from meter_sim.simulator import Simulator
+from protocol.tokens.online import issue_online
+from protocol.tokens.token_class import TokenClass
+from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
+from tests.support.gateway_env import ONLINE_KEY, GatewayWorld, meter_id
+from tests.support.mosquitto import Mosquitto
+from tests.support.mqtt import TestClient
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+
+SPEED = 60.0
+M1, M2 = meter_id(1), meter_id(2)
+
+
+@dataclass
+class Site:
+    world: GatewayWorld
+    sim: Simulator
+    broker: Mosquitto
+    headend: TestClient
+    log: MessageLog
+
+
+@pytest_asyncio.fixture
+async def site(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Site]:
+    start_f, _ = sim_start(SPEED)
+    async with Simulator.start(meters=2, seed=7, clock=ScaledClock(SPEED, start_f)) as sim:
+        world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
+        with TestClient(mosquitto, "headend-test") as headend:
+            headend.subscribe("prepaid/v1/gw-test/#")
+            yield Site(world, sim, mosquitto, headend, MessageLog(headend))
+
+
+def _config(site: Site, **kw: object):  # type: ignore[no-untyped-def]
+    _, start = sim_start(SPEED)
+    return site.world.config(
+        tcp=site.sim.tcp_address,
+        broker=(site.broker.host, site.broker.port),
+        speed=SPEED,
+        start=start,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _online_token(
+    unit: int, counter: int, amount: int, *, expires_in: timedelta | None = None
+) -> str:
+    now = datetime.now(UTC)
+    return issue_online(
+        ONLINE_KEY,
+        "vend-1",
+        meter_id(unit),
+        counter,
+        TokenClass.CREDIT,
+        amount,
+        "KES",
+        bytes(16),
+        now - timedelta(minutes=1),
+        now + (expires_in or timedelta(days=2)),
+    )
+
+
+async def test_cutoff_keypad_reconnect_and_keypad_replay(site: Site) -> None:
+    # Meter 1 draws 6 kW at 60x: 100 Wh (10.00 KES at 100/kWh... here 10 minor units)
+    # per real second; 150 minor units of credit run out in about 15 s of real time.
+    site.world.enrol([1], opening_balance=150)
+    site.world.enrol([2], opening_balance=1_000_000)
+    site.sim.set_load(1, 6000)
+    site.sim.set_load(2, 300)
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
+        assert gw.meters[M1].state.credit is CreditState.DISCONNECTED
+        assert site.sim.state(2)["relay_closed"] is True
+        opened = await eventually(
+            lambda: site.log.events(M1, "relay_opened") or site.log.events(M1, "relay_changed"),
+            10,
+            "relay event",
+        )
+        assert opened
+
+        token = site.world.keypad_token(1, 5000)
+        seq = site.sim.keypad(1, token)
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is True, 20, "reconnect")
+        await eventually(lambda: site.sim.state(1)["keypad_ack"] == seq, 10, "keypad ack")
+        balance = gw.meters[M1].state.ledger.balance
+        assert balance > 4000
+        written = site.sim.state(1)["holding_written"]
+        assert written["1"] == 1  # display: token accepted
+        accepted = await eventually(
+            lambda: site.log.events(M1, "token_accepted"), 10, "accepted event"
+        )
+        assert accepted[0]["details"]["channel"] == "keypad"
+
+        # The same digits again: refused as a replay, no money moves.
+        before = gw.meters[M1].state.ledger.balance
+        seq2 = site.sim.keypad(1, token)
+        await eventually(lambda: site.sim.state(1)["keypad_ack"] == seq2, 10, "replay ack")
+        rejected = await eventually(
+            lambda: site.log.events(M1, "token_rejected"), 10, "rejected event"
+        )
+        assert rejected[-1]["reason"] == "replayed"
+        assert gw.meters[M1].state.ledger.balance <= before
+        assert site.sim.state(1)["holding_written"]["1"] == 2  # display: token rejected
+
+
+async def test_online_topup_reconnects_and_replay_is_refused(site: Site) -> None:
+    site.world.enrol([1], opening_balance=60)
+    site.world.enrol([2], opening_balance=1_000_000)
+    site.sim.set_load(1, 6000)
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
+        token = _online_token(1, 1, 8000)
+        cmd = {"v": 1, "id": "topup-1", "cmd": "topup", "token": token}
+        site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is True, 20, "reconnect")
+        results = await eventually(
+            lambda: [m for t, m in site.log.pull() if t.endswith("cmd/result")], 10, "result"
+        )
+        assert results[0]["ok"] is True
+        assert results[0]["id"] == "topup-1"
+        # The credit is on the meter's display and on the retained balance topic.
+        balance = gw.meters[M1].state.ledger.balance
+        assert await eventually(lambda: site.log.of(M1, "balance"), 5, "balance message")
+
+        # The same purchase again, and the same counter typed on the keypad: both refused.
+        cmd["id"] = "topup-2"
+        site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
+        results = await eventually(
+            lambda: [
+                m for t, m in site.log.pull() if t.endswith("cmd/result") and m["id"] == "topup-2"
+            ],
+            10,
+            "second result",
+        )
+        assert results[0]["ok"] is False
+        assert results[0]["error"] == "replayed"
+        seq = site.sim.keypad(1, site.world.keypad_token(1, 8000, counter=1))
+        await eventually(lambda: site.sim.state(1)["keypad_ack"] == seq, 10, "keypad ack")
+        rejected = site.log.events(M1, "token_rejected")
+        assert [e["reason"] for e in rejected][-1] == "replayed"
+        assert gw.meters[M1].state.ledger.balance <= balance
+
+
+async def test_silent_meter_is_reported_and_never_disconnected(site: Site) -> None:
+    site.world.enrol([1, 2], opening_balance=1_000_000)
+    site.sim.inject_fault(1, "timeout")
+    async with running_gateway(_config(site, timeout=0.2)) as runner:
+        gw = runner.gateway
+        lost = await eventually(lambda: site.log.events(M1, "communication_lost"), 20, "comm lost")
+        assert lost
+        assert gw.meters[M1].state.comm_ok is False
+        assert gw.meters[M1].state.relay_closed
+        assert site.sim.state(1)["relay_closed"] is True
+        # The healthy neighbour keeps being read.
+        readings_before = len(site.log.of(M2, "reading"))
+        await eventually(
+            lambda: len(site.log.of(M2, "reading")) > readings_before + 3, 10, "readings"
+        )
+        site.sim.clear_faults(1)
+        await eventually(lambda: site.log.events(M1, "communication_restored"), 20, "restored")
+
+
+async def test_bypass_consumption_with_relay_open_is_detected_and_charged(site: Site) -> None:
+    site.world.enrol([1], opening_balance=50)
+    site.world.enrol([2], opening_balance=1_000_000)
+    site.sim.set_load(1, 6000)
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
+        charged_before = gw.meters[M1].state.ledger.charged
+        site.sim.set_tamper(1, "bypass", True)
+        tamper = await eventually(
+            lambda: [e for e in site.log.events(M1, "tamper") if "bypass" in e["reason"]],
+            20,
+            "bypass tamper event",
+        )
+        assert tamper[0]["details"]["energy_wh"] > 0
+        assert gw.meters[M1].state.ledger.charged > charged_before
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+    """The broker (with persistence, as in production) goes down and comes back; the
+    headend's persistent session then holds everything, in order, without a gap."""
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    broker = Mosquitto(folder, persistence=True)
+    broker.start()
+    world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
+    world.enrol([1, 2], opening_balance=1_000_000)
+    headend = Headend()
+    start_f, _ = sim_start(SPEED)
+    try:
+        async with Simulator.start(meters=2, seed=7, clock=ScaledClock(SPEED, start_f)) as sim:
+            _, start = sim_start(SPEED)
+            config = world.config(
+                tcp=sim.tcp_address, broker=(broker.host, broker.port), speed=SPEED, start=start
+            )
+            with TestClient(broker, "headend-p", persistent=True) as client:
+                client.subscribe("prepaid/v1/gw-test/meters/+/+")
+            async with running_gateway(config) as runner:
+                gw = runner.gateway
+                await eventually(lambda: runner.drain.published >= 6, 10, "first messages")
+                broker.stop()
+                steps = gw.counters.steps
+                await eventually(lambda: gw.counters.steps > steps + 20, 20, "outage work")
+                assert gw.store.outbox_depth() > 10
+                broker.start()
+                await eventually(lambda: gw.store.outbox_depth() == 0, 30, "outbox drained")
+                total = runner.drain.published
+            with TestClient(broker, "headend-p", persistent=True) as client:
+                received = 0
+                while received < total:
+                    msg = client.next_message(timeout=5)
+                    headend.handle(msg.topic, msg.payload)
+                    received += 1
+    finally:
+        broker.stop()
+    summary = headend.gateways["gw-test"]
+    assert summary.violations == 0, headend.violation_log[:3]
+    assert summary.gaps_seen == 0
+    assert summary.missing == 0
+    for meter in (M1, M2):
+        assert summary.meters[meter].highest == world_last_seq(tmp_path, meter)
+
+
+def world_last_seq(tmp_path: Path, meter: str) -> int:
+    with Store.open(tmp_path / "gateway.db") as store:
+        return store.last_seq(meter)

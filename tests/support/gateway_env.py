@@ -1,0 +1,160 @@
+"""Build a gateway's world for tests: a store with enrolled PE-1 meters, a config pointing
+at a simulator and a broker, and the vending keys to make tokens for them."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.config import GatewayConfig
+from gateway.core.driver import enrol
+from gateway.core.settings import MeterSettings
+from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.store import MeterRecord, Store
+from protocol.tokens.keypad import issue_keypad
+from protocol.tokens.keys import derive_meter_key
+from protocol.tokens.token_class import TokenClass
+
+VENDING_KEY = bytes(range(32))
+ONLINE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
+HEADEND_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(200, 232)))
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def meter_id(unit: int) -> str:
+    return f"PE1-{unit:06d}"
+
+
+def fast_settings(price_per_kwh: str = "100", **overrides: Any) -> MeterSettings:
+    """Settings that run out quickly under a test load: small thresholds, no overdraft."""
+    tariff = Tariff(currency="KES", energy=FlatPricing(Decimal(price_per_kwh)))
+    values: dict[str, Any] = {
+        "tariffs": TariffSchedule.single(tariff),
+        "alarm1": 400,
+        "alarm2": 200,
+        "overdraft_limit": 0,
+        "reconnect_threshold": 50,
+        "max_balance": 10_000_000,
+        "rated_power_w": 23_000,
+        "plausibility_margin_percent": 200,
+    }
+    values.update(overrides)
+    return MeterSettings(**values)
+
+
+@dataclass
+class GatewayWorld:
+    folder: Path
+    store_path: Path
+    gateway_id: str = "gw-test"
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def enrol(
+        self,
+        units: range | list[int],
+        *,
+        bus: str = "tcp-1",
+        opening_balance: int = 1_000,
+        settings: MeterSettings | None = None,
+        now: datetime | None = None,
+        protected: bool = False,
+    ) -> None:
+        now = now or datetime.now(UTC)
+        with Store.open(self.store_path) as store:
+            for unit in units:
+                mid = meter_id(unit)
+                key = derive_meter_key(VENDING_KEY, mid, 0)
+                state = enrol(
+                    mid,
+                    settings or fast_settings(),
+                    now,
+                    opening_balance=opening_balance,
+                    protected=protected,
+                )
+                store.add_meter(MeterRecord(mid, bus, unit, "pe1", key.secret, 0), state, now)
+
+    def keypad_token(self, unit: int, amount: int, counter: int | None = None) -> str:
+        mid = meter_id(unit)
+        if counter is None:
+            counter = self.counters.get(mid, 0) + 1
+        self.counters[mid] = max(counter, self.counters.get(mid, 0))
+        return issue_keypad(VENDING_KEY, mid, 0, TokenClass.CREDIT, counter, amount)
+
+    def config(
+        self,
+        *,
+        tcp: tuple[str, int] | None = None,
+        rtu: str | None = None,
+        broker: tuple[str, int] | list[tuple[str, int]] | None = None,
+        speed: float = 1.0,
+        start: datetime | None = None,
+        interval: float = 0.5,
+        timeout: float = 0.5,
+        extra: dict[str, Any] | None = None,
+    ) -> GatewayConfig:
+        buses: list[dict[str, Any]] = []
+        if tcp is not None:
+            buses.append(
+                {
+                    "name": "tcp-1",
+                    "kind": "tcp",
+                    "host": tcp[0],
+                    "port": tcp[1],
+                    "timeout_s": timeout,
+                    "retries": 0,
+                }
+            )
+        if rtu is not None:
+            buses.append(
+                {
+                    "name": "rtu-1",
+                    "kind": "rtu",
+                    "device": rtu,
+                    "baud": 115200,
+                    "timeout_s": timeout,
+                    "retries": 0,
+                }
+            )
+        brokers = broker if isinstance(broker, list) else [broker] if broker else [("127.0.0.1", 1)]
+        data: dict[str, Any] = {
+            "gateway_id": self.gateway_id,
+            "store": str(self.store_path),
+            "buses": buses,
+            "mqtt": {
+                "brokers": [{"host": h, "port": p, "tls": False} for h, p in brokers],
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 1.0,
+                "keepalive_s": 5,
+            },
+            "polling": {
+                "interval_s": interval,
+                "min_interval_s": min(interval, 0.2),
+                "max_interval_s": max(interval, 1.0),
+                "backoff_max_s": 2.0,
+            },
+            "tokens": {
+                "currency": "KES",
+                "online_public_keys": {"vend-1": b64(ONLINE_KEY.public_key().public_bytes_raw())},
+                "headend_public_keys": {"hq-1": b64(HEADEND_KEY.public_key().public_bytes_raw())},
+            },
+            "simulation": {
+                "clock_speed": speed,
+                **({"clock_start": start.isoformat()} if start else {}),
+            },
+        }
+        if extra:
+            data.update(extra)
+        return GatewayConfig.model_validate(data)
+
+
+def in_future(minutes: int = 5) -> datetime:
+    return datetime.now(UTC) + timedelta(minutes=minutes)
