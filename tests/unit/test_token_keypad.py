@@ -62,7 +62,9 @@ def test_token_for_meter_a_fails_on_meter_b(counter: int) -> None:
         RejectReason.WRONG_METER_OR_FORGED
     )
     # Even a gateway that wrongly holds A's key for B: the meter id is under the MAC.
-    assert verify_keypad(digits, METER_B, KEY_A, FRESH).reason is RejectReason.WRONG_METER_OR_FORGED  # type: ignore[union-attr]
+    assert verify_keypad(digits, METER_B, KEY_A, FRESH) == Rejected(
+        RejectReason.WRONG_METER_OR_FORGED
+    )
 
 
 def test_token_of_another_epoch_fails() -> None:

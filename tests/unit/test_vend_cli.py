@@ -13,6 +13,7 @@ import pytest
 
 from protocol.tokens import (
     Accepted,
+    Channel,
     MeterKey,
     ReplayWindow,
     TokenClass,
@@ -107,7 +108,7 @@ def test_vend_prints_grouped_digits_the_gateway_accepts(
     assert [len(g) for g in groups] == [4, 4, 4, 4, 4]
     meter_key = derive_meter_key(bytes.fromhex(vending_key.read_text()), METER, 0)
     result = verify_keypad(out.strip(), METER, meter_key, ReplayWindow.fresh(0))
-    assert result == Accepted(METER, TokenClass.CREDIT, 7, 1250, 0, result.channel)  # type: ignore[union-attr]
+    assert result == Accepted(METER, TokenClass.CREDIT, 7, 1250, 0, Channel.KEYPAD)
     # The same token from the meter's own key file.
     key_file = tmp_path / "meter.key"
     run(
