@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from examples.headend import Headend
+from gateway.config import GatewayConfig
 from gateway.core.states import CreditState
 from gateway.store import Store
 from meter_sim.clock import ScaledClock
@@ -48,14 +50,14 @@ async def site(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Site]:
             yield Site(world, sim, mosquitto, headend, MessageLog(headend))
 
 
-def _config(site: Site, **kw: object):  # type: ignore[no-untyped-def]
+def _config(site: Site, **kw: Any) -> GatewayConfig:
     _, start = sim_start(SPEED)
     return site.world.config(
         tcp=site.sim.tcp_address,
         broker=(site.broker.host, site.broker.port),
         speed=SPEED,
         start=start,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

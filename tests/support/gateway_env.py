@@ -4,6 +4,7 @@ at a simulator and a broker, and the vending keys to make tokens for them."""
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -89,7 +90,15 @@ class GatewayWorld:
         self.counters[mid] = max(counter, self.counters.get(mid, 0))
         return issue_keypad(VENDING_KEY, mid, 0, TokenClass.CREDIT, counter, amount)
 
-    def config(
+    def config(self, **kw: Any) -> GatewayConfig:
+        return GatewayConfig.model_validate(self.config_data(**kw))
+
+    def write_config(self, **kw: Any) -> Path:
+        path = self.folder / "gateway.toml"
+        path.write_text(to_toml(self.config_data(**kw)))
+        return path
+
+    def config_data(
         self,
         *,
         tcp: tuple[str, int] | None = None,
@@ -100,7 +109,7 @@ class GatewayWorld:
         interval: float = 0.5,
         timeout: float = 0.5,
         extra: dict[str, Any] | None = None,
-    ) -> GatewayConfig:
+    ) -> dict[str, Any]:
         buses: list[dict[str, Any]] = []
         if tcp is not None:
             buses.append(
@@ -153,8 +162,39 @@ class GatewayWorld:
         }
         if extra:
             data.update(extra)
-        return GatewayConfig.model_validate(data)
+        return data
 
 
 def in_future(minutes: int = 5) -> datetime:
     return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for a gateway config: scalars, inline tables and arrays of tables."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]")
+            tables += [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                tables.append(f"\n[[{key}]]")
+                tables += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
