@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import sys
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +31,7 @@ from provisioning.key_files import read_secret_file
 from provisioning.keys_cli import SIGNING_KEY_BYTES
 
 _CLASSES = {c.cli_name: c for c in TokenClass}
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 
 
 class VendError(Exception):
@@ -63,13 +65,12 @@ def add_vend_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def amount_to_minor(text: str, decimals: int) -> int:
-    """``"12.50"`` -> 1250 exactly; refuses more decimals than the currency has."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise VendError(f"--amount {text!r} is not a number") from None
-    minor = value.scaleb(decimals)
-    if not minor.is_finite() or minor != minor.to_integral_value():
+    """``"12.50"`` -> 1250 exactly; refuses anything but a plain decimal number and more
+    decimals than the currency has."""
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        raise VendError(f"--amount {text[:40]!r} is not a plain decimal amount like 12.50")
+    minor = Decimal(text).scaleb(decimals)
+    if minor != minor.to_integral_value():
         raise VendError(f"--amount {text} has more than {decimals} decimals")
     return int(minor)
 

@@ -85,9 +85,9 @@ class LockoutState:
             raise ValueError(f"not a lockout state: {sorted(data)}")
         failures, day_failures = data["failures"], data["day_failures"]
         locked_until, day_started = data["locked_until"], data["day_started"]
-        if not (isinstance(failures, int) and isinstance(day_failures, int)):
+        if type(failures) is not int or type(day_failures) is not int:
             raise ValueError("failure counts must be ints")
-        if isinstance(locked_until, int) or isinstance(day_started, int):
+        if not isinstance(locked_until, str | None) or not isinstance(day_started, str | None):
             raise ValueError("times must be ISO strings or null")
         return cls(failures, locked_until, day_started, day_failures)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -128,3 +129,28 @@ def test_delay_never_exceeds_the_cap(reasons: list[RejectReason | None]) -> None
         retry = lockout_allows(state, now)
         assert retry is True or retry - now <= POLICY.max_delay
         now += timedelta(seconds=7)
+
+
+json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=40)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["failures", "locked_until", "day_started", "day_failures", "x"]),
+        json_values,
+    )
+    | st.fixed_dictionaries(
+        {
+            "failures": json_values,
+            "locked_until": json_values,
+            "day_started": json_values,
+            "day_failures": json_values,
+        }
+    )
+)
+def test_from_dict_accepts_only_what_to_dict_makes(data: dict[str, Any]) -> None:
+    try:
+        state = LockoutState.from_dict(data)
+    except ValueError:
+        return
+    assert state.to_dict() == data

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.tokens import (
     Accepted,
@@ -23,6 +26,7 @@ from protocol.tokens import (
 )
 from protocol.tokens.online import b64url_decode, load_public_key
 from provisioning.__main__ import main
+from provisioning.vend_cli import VendError, amount_to_minor
 
 METER = "PE1-000042"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -209,7 +213,8 @@ def test_key_file_others_can_access_is_refused(
     ("args", "message"),
     [
         (["--amount", "12.505"], "more than 2 decimals"),
-        (["--amount", "abc"], "not a number"),
+        (["--amount", "abc"], "not a plain decimal amount"),
+        (["--amount", "1e3"], "not a plain decimal amount"),
         (["--amount", "0"], "must be 0.01 to 100,000.00"),
         (["--amount", "100000.01"], "must be 0.01 to 100,000.00"),
         (["--amount", "1", "--counter", "70000"], "counter"),
@@ -326,3 +331,19 @@ def test_module_entry_point_runs(vending_key: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 5
+
+
+@given(st.decimals(min_value=0, max_value=10**7, places=2, allow_nan=False))
+def test_amount_parsing_is_exact(amount: Decimal) -> None:
+    assert amount_to_minor(str(amount), 2) == int(amount * 100)
+
+
+@given(
+    st.text(max_size=30)
+    | st.from_regex(r"-?[0-9]{0,5}(\.[0-9]{0,4})?(e[+-]?[0-9]{1,12})?", fullmatch=True)
+)
+def test_amount_parsing_refuses_clearly_or_returns_an_int(text: str) -> None:
+    try:
+        assert isinstance(amount_to_minor(text, 2), int)
+    except VendError as exc:
+        assert "--amount" in str(exc)
