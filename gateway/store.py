@@ -392,11 +392,12 @@ class Store:
     def _prepare(self, updates: Iterable[MeterUpdate]) -> _Batch:
         batch = _Batch(dict(self._seq), dict(self._settings))
         seqs = batch.seqs
+        stamps: dict[datetime, str] = {}
         for update in updates:
             state, meter = update.state, update.state.meter_id
             if meter not in seqs:
                 raise UnknownMeterError(f"meter {meter} is not enrolled")
-            ts = _iso(update.now)
+            ts = stamps.get(update.now) or stamps.setdefault(update.now, _iso(update.now))
             batch.ledgers.append(self._ledger_row(state, ts))
             cached = batch.settings_cache.get(meter)
             if cached is not state.settings and cached != state.settings:

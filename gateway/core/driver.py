@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -315,11 +316,12 @@ class _Run:
             ledger.register_wh, event.energy_import_wh, settings.register_width_bits, plausible
         )
         charged = 0
+        moved: dict[str, Any] = {"register_wh": event.energy_import_wh, "read_at": event.read_at}
         if delta.kind in (DeltaKind.NORMAL, DeltaKind.ROLLOVER) and ledger.read_at is not None:
             priced = price_consumption(
                 settings.tariffs, ledger.read_at, event.read_at, delta.energy_wh, ledger.tier
             )
-            ledger, charged = replace(ledger, tier=priced.tier).charge_cost(priced.cost)
+            ledger, charged = ledger.charge_cost(priced.cost, tier=priced.tier, **moved)
             if delta.kind == DeltaKind.ROLLOVER:
                 self.publish_event(
                     "register_rollover", "register wrapped", energy_wh=delta.energy_wh
@@ -332,15 +334,8 @@ class _Run:
                     energy_wh=delta.energy_wh,
                     charged=charged,
                 )
-        elif delta.kind == DeltaKind.BACKWARDS:
-            self.publish_event(
-                "register_backwards",
-                "register went backwards (meter reset or replaced): no refund, new baseline",
-                previous_wh=ledger.register_wh,
-                current_wh=event.energy_import_wh,
-            )
         elif delta.kind == DeltaKind.IMPLAUSIBLE:
-            ledger = replace(ledger, held_wh=ledger.held_wh + delta.energy_wh)
+            ledger = replace(ledger, held_wh=ledger.held_wh + delta.energy_wh, **moved)
             self.publish_event(
                 "energy_held",
                 "jump beyond the rated power over the elapsed time: held for review",
@@ -348,11 +343,21 @@ class _Run:
                 plausible_wh=plausible,
                 held_wh=ledger.held_wh,
             )
-        ledger = replace(ledger, register_wh=event.energy_import_wh, read_at=event.read_at)
-        self.set_ledger(ledger)
+        else:
+            if delta.kind == DeltaKind.BACKWARDS:
+                self.publish_event(
+                    "register_backwards",
+                    "register went backwards (meter reset or replaced): no refund, new baseline",
+                    previous_wh=ledger.register_wh,
+                    current_wh=event.energy_import_wh,
+                )
+            ledger = replace(ledger, **moved)
+        flags = frozenset(name for name in TAMPER_FLAGS if getattr(event, name))
         self.state = replace(
-            self.state,
-            spend=add_sample(self.state.spend, SpendSample(event.read_at, ledger.charged)),
+            state,
+            ledger=ledger,
+            spend=add_sample(state.spend, SpendSample(event.read_at, ledger.charged)),
+            flags=flags,
         )
         self.commands.append(
             Publish(
@@ -368,11 +373,9 @@ class _Run:
                 },
             )
         )
-        flags = frozenset(name for name in TAMPER_FLAGS if getattr(event, name))
         for name in sorted(flags - state.flags):
             kind = "load_limit" if name == "load_limit_tripped" else "tamper"
             self.publish_event(kind, name, power_w=event.power_w)
-        self.state = replace(self.state, flags=flags)
         if event.relay_closed is not None:
             self.relay_observed(event.relay_closed)
         if event.button_pressed:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
+from typing import Any
 
 from gateway.core.money import round_money
 from gateway.core.tariff import TierPosition
@@ -94,8 +95,9 @@ class Ledger:
     #: standing charges that found no credit and became debt
     standing_to_debt: int = 0
 
-    def charge_cost(self, cost: Fraction) -> tuple[Ledger, int]:
-        """Bill an exact cost: round once, carry the remainder. Returns the amount billed."""
+    def charge_cost(self, cost: Fraction, **also: Any) -> tuple[Ledger, int]:
+        """Bill an exact cost: round once, carry the remainder. Returns the amount billed.
+        ``also`` sets other fields in the same copy (the register that was read)."""
         exact = self.unbilled + cost
         amount = round_money(exact)
         return (
@@ -104,6 +106,7 @@ class Ledger:
                 balance=self.balance - amount,
                 charged=self.charged + amount,
                 unbilled=exact - amount,
+                **also,
             ),
             amount,
         )

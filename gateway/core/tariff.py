@@ -15,6 +15,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -242,6 +243,8 @@ class TariffSchedule:
     def pruned(self, keep_from: datetime) -> TariffSchedule:
         """Drop tariffs that ended before ``keep_from``; the one in effect then becomes the
         base entry."""
+        if len(self.entries) == 1:
+            return self
         entries = list(self.entries)
         while len(entries) > 1:
             nxt = entries[1].activates_at
@@ -283,6 +286,21 @@ def _local_dates(start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[date]
         day += timedelta(days=1)
 
 
+@lru_cache(maxsize=4096)
+def _day_edges(energy: Pricing, timezone: str, day: date) -> tuple[datetime, ...]:
+    """The instants of ``day`` (local) where ``energy`` may change its price."""
+    if isinstance(energy, FlatPricing):
+        return ()
+    if isinstance(energy, TimeOfUsePricing):
+        wall = {time(0)} | {p.start for p in energy.periods} | {p.end for p in energy.periods}
+    elif day.day == 1 and (energy.settlement == "monthly" or day.month == 1):
+        wall = {time(0)}
+    else:
+        return ()
+    tz = ZoneInfo(timezone)
+    return tuple(sorted(datetime.combine(day, clock, tzinfo=tz) for clock in wall))
+
+
 def _boundaries(schedule: TariffSchedule, start: datetime, end: datetime) -> list[datetime]:
     """Every instant strictly inside (start, end) where a price may change."""
     edges: set[datetime] = set()
@@ -290,25 +308,12 @@ def _boundaries(schedule: TariffSchedule, start: datetime, end: datetime) -> lis
         if entry.activates_at is not None and start < entry.activates_at < end:
             edges.add(entry.activates_at)
         tariff = entry.tariff
-        tz = tariff.tz
-        energy = tariff.energy
-        if isinstance(energy, FlatPricing):
+        if isinstance(tariff.energy, FlatPricing):
             continue
-        for day in _local_dates(start, end, tz):
-            if isinstance(energy, TimeOfUsePricing):
-                wall = (
-                    {time(0)} | {p.start for p in energy.periods} | {p.end for p in energy.periods}
-                )
-            elif (energy.settlement == "monthly" and day.day == 1) or (
-                day.month == 1 and day.day == 1
-            ):
-                wall = {time(0)}
-            else:
-                wall = set()
-            for clock in wall:
-                instant = datetime.combine(day, clock, tzinfo=tz)
-                if start < instant < end:
-                    edges.add(instant)
+        for day in _local_dates(start, end, tariff.tz):
+            edges.update(
+                t for t in _day_edges(tariff.energy, tariff.timezone, day) if start < t < end
+            )
     return sorted(edges)
 
 
