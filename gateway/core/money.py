@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 WH_PER_KWH = 1000
 
@@ -19,6 +20,11 @@ def round_money(amount: Fraction) -> int:
     return round(amount)
 
 
+@lru_cache(maxsize=1024)
+def _price_per_wh(price_per_kwh: Decimal) -> Fraction:
+    return Fraction(price_per_kwh) / WH_PER_KWH
+
+
 def energy_cost(energy_wh: int, price_per_kwh: Decimal) -> Fraction:
     """The exact cost in minor units of ``energy_wh`` at ``price_per_kwh`` minor units per kWh."""
-    return Fraction(price_per_kwh) * Fraction(energy_wh, WH_PER_KWH)
+    return _price_per_wh(price_per_kwh) * energy_wh

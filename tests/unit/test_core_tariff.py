@@ -277,3 +277,22 @@ def test_tariff_parser_either_returns_a_valid_tariff_or_a_typed_error(document: 
     except SettingsError:
         return
     assert tariff_from_json(tariff_to_json(tariff)) == tariff
+
+
+VALID_SETTINGS = settings_to_json(
+    MeterSettings(TariffSchedule.single(night_tou()), windows=NoDisconnectWindows("Europe/London"))
+)
+
+
+@given(
+    key=st.sampled_from(sorted(VALID_SETTINGS)),
+    value=JSONISH | st.integers(-(10**6), 10**6),
+)
+def test_settings_parser_rejects_bad_fields_with_a_typed_error(key: str, value: object) -> None:
+    document = {**VALID_SETTINGS, key: value}
+    try:
+        parsed = settings_from_json(document)
+    except SettingsError:
+        return
+    assert settings_from_json(settings_to_json(parsed)) == parsed
+    assert parsed.alarm1 > parsed.alarm2 > 0

@@ -149,3 +149,19 @@ def test_tariff_change_is_stored_with_the_state(tmp_path: Path) -> None:
     with Store.open(path) as store:
         (loaded,) = store.load_meters()
     assert loaded.state.settings.tariffs.at(NOW + timedelta(days=2)) == new
+
+
+def test_unreadable_stored_state_is_a_corrupt_store_error(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    from gateway.store import CorruptStoreError  # noqa: PLC0415
+
+    path = tmp_path / "gw.db"
+    with Store.open(path) as store:
+        enrolled(store, "m1")
+    db = sqlite3.connect(path)
+    db.execute("""UPDATE ledgers SET state_json = '{"ledger": {"balance": "lots"}}'""")
+    db.commit()
+    db.close()
+    with Store.open(path) as store, pytest.raises(CorruptStoreError, match="m1"):
+        store.load_meters()
