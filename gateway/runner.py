@@ -82,6 +82,8 @@ class Runner:
     broker: BrokerEndpoint | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set while an MQTT session is up and subscribed to commands
+    mqtt_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.config.gateway_id)
@@ -131,6 +133,7 @@ class Runner:
         """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
         await link.publish(self.topics.status, self.status_message(True), retain=True)
         await link.subscribe(*self.topics.command_subscriptions)
+        self.mqtt_ready.set()
 
         async def commands() -> None:
             while True:
@@ -149,8 +152,10 @@ class Runner:
                     tg.create_task(commands(), name="mqtt-commands")
                     tg.create_task(health(), name="mqtt-health")
             except* MqttError as group:
+                self.mqtt_ready.clear()
                 raise group.exceptions[0] from None
         except asyncio.CancelledError:
+            self.mqtt_ready.clear()
             # A clean stop: say so before disconnecting (the Last Will is for crashes).
             with contextlib.suppress(MqttError, TimeoutError):
                 await asyncio.wait_for(

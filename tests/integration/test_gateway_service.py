@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from gateway.core.states import CreditState
 from gateway.store import Store
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
+from protocol.command_auth import sign_command
 from protocol.tokens.online import issue_online
 from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
-from tests.support.gateway_env import ONLINE_KEY, GatewayWorld, meter_id
+from tests.support.gateway_env import HEADEND_KEY, ONLINE_KEY, GatewayWorld, meter_id
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -130,6 +132,7 @@ async def test_online_topup_reconnects_and_replay_is_refused(site: Site) -> None
     async with running_gateway(_config(site)) as runner:
         gw = runner.gateway
         await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
         token = _online_token(1, 1, 8000)
         cmd = {"v": 1, "id": "topup-1", "cmd": "topup", "token": token}
         site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
@@ -247,3 +250,85 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> No
 def world_last_seq(tmp_path: Path, meter: str) -> int:
     with Store.open(tmp_path / "gateway.db") as store:
         return store.last_seq(meter)
+
+
+def _signed(cmd: dict[str, Any], *, expires: datetime, key: Any = None) -> dict[str, Any]:
+    body = cmd | {"expires": expires.isoformat()}
+    return sign_command(body, "hq-1", key or HEADEND_KEY)
+
+
+async def test_remote_commands_need_a_valid_signature_and_answer_every_request(
+    site: Site,
+) -> None:
+    site.world.enrol([1, 2], opening_balance=1_000_000)
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
+        topic = f"prepaid/v1/gw-test/meters/{M1}/cmd"
+        # The gateway clock runs 60x: expiry is judged on gateway time.
+        soon = gw.clock() + timedelta(minutes=30)
+        base = {"v": 1, "cmd": "disconnect", "meter": M1, "reason": "test"}
+        cases = {
+            "unsigned": base
+            | {"id": "c-unsigned", "key_id": "hq-1", "expires": soon.isoformat(), "sig": "AAAA"},
+            "stale": _signed(base | {"id": "c-stale"}, expires=gw.clock() - timedelta(minutes=1)),
+            "forged": _signed(base | {"id": "c-forged"}, expires=soon, key=ONLINE_KEY),
+            "malformed": {"v": 1, "id": "c-bad", "cmd": "disconnect"},
+        }
+        for body in cases.values():
+            site.headend.publish(topic, json.dumps(body).encode())
+        site.headend.publish(topic, b"{not json")
+        site.headend.publish(topic, b"x" * 20_000)
+
+        def results() -> list[dict[str, Any]]:
+            return [m for t, m in site.log.pull() if t.endswith("cmd/result")]
+
+        got = await eventually(lambda: len(results()) >= 6 and results(), 10, "six results")
+        by_id = {r["id"]: r for r in got}
+        assert by_id["c-unsigned"]["error"] == "bad_signature"
+        assert by_id["c-stale"]["error"] == "expired"
+        assert by_id["c-forged"]["error"] == "bad_signature"
+        assert by_id["c-bad"]["error"] == "malformed"
+        errors = sorted(r["error"] for r in got if r["id"] is None)
+        assert errors == ["malformed", "too_large"]
+        assert all(not r["ok"] for r in got)
+        assert site.sim.state(1)["relay_closed"] is True
+        assert gw.meters[M1].state.relay_closed
+
+        # A good one switches the supply off; replaying it is refused.
+        good = _signed(base | {"id": "c-good", "correlation": "corr-7"}, expires=soon)
+        site.headend.publish(topic, json.dumps(good).encode())
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 10, "remote cut")
+        site.headend.publish(topic, json.dumps(good).encode())
+        replies = await eventually(
+            lambda: (
+                [r for r in results() if r["id"] == "c-good"][1:]
+                and [r for r in results() if r["id"] == "c-good"]
+            ),
+            10,
+            "two answers",
+        )
+        assert replies[0]["ok"] is True
+        assert replies[0]["correlation"] == "corr-7"
+        assert replies[1]["error"] == "replayed_command"
+        assert site.sim.state(2)["relay_closed"] is True
+
+
+async def test_resend_command_republishes_a_meters_messages(site: Site) -> None:
+    site.world.enrol([1], opening_balance=1_000_000)
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
+        await eventually(lambda: gw.store.last_seq(M1) >= 4, 10, "some messages")
+        site.log.pull()
+        site.log.items.clear()
+        cmd = {"v": 1, "id": "r-1", "cmd": "resend", "meter": M1, "from_seq": 1}
+        site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
+        result = await eventually(
+            lambda: [m for t, m in site.log.pull() if t.endswith("cmd/result")], 10, "result"
+        )
+        assert result[0]["ok"] is True
+        resent = result[0]["details"]["resent"]
+        assert resent >= 4
+        seqs = [m["seq"] for t, m in site.log.items if "/meters/" in t and m.get("seq") is not None]
+        assert set(range(1, resent + 1)) <= set(seqs)
