@@ -147,10 +147,13 @@ def _iso(at: datetime) -> str:
 def _check_file(path: Path) -> int | None:
     """The schema version of an existing store at ``path``; None for a new (absent or
     empty) file. Reads the header bytes only, so a refused file is never touched."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    with path.open("rb") as handle:
-        header = handle.read(100)
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        with path.open("rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         raise ForeignFileError(f"{path} is not a SQLite database")
     version = int.from_bytes(header[60:64], "big")
@@ -214,7 +217,10 @@ class Store:
         """Open (or create) the store at ``path`` and migrate it to the current schema."""
         path = Path(path)
         version = _check_file(path)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
         try:
             if version is None:
                 # Mark a new file as ours before WAL mode, so that the id is in the main

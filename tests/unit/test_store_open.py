@@ -111,3 +111,10 @@ def test_junk_is_refused_with_a_store_error(tmp_path: Path, junk: bytes, keep_ma
         assert digest(path) == before
     else:  # pragma: no cover - only if junk happened to be a valid store of ours
         pytest.fail("junk opened as a store")
+
+
+def test_unusable_paths_are_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot"):
+        Store.open(tmp_path)  # a directory
+    with pytest.raises(StoreError, match="cannot open"):
+        Store.open(tmp_path / "missing" / "gw.db")
