@@ -132,7 +132,7 @@ def _display_credit(sim: Simulator, unit: int) -> int | None:
     written = sim.state(unit)["holding_written"]
     if "2" not in written or "3" not in written:
         return None
-    raw = written["2"] << 16 | written["3"]
+    raw = int(written["2"]) << 16 | int(written["3"])
     return raw - (1 << 32) if raw >= 1 << 31 else raw
 
 
