@@ -198,12 +198,28 @@ class Session:
         self._closed = True
         self._queue.clear()
         self._abort()
+        self._stop_flusher()
+
+    def _stop_flusher(self) -> None:
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:  # no running loop: nothing can be pending
+                current = None
+            if flusher is not current:
+                flusher.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait for a cancelled reply writer to finish (no task left behind)."""
+        if self._flusher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
 
     def connection_lost(self) -> None:
         self._closed = True
         self._queue.clear()
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+        self._stop_flusher()
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -271,6 +287,7 @@ class PtyBus:
         self.path = os.ttyname(self._slave)
         self._read_transport: asyncio.ReadTransport | None = None
         self._write_transport: asyncio.WriteTransport | None = None
+        self.session: Session | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -279,13 +296,15 @@ class PtyBus:
             asyncio.Protocol, os.fdopen(write_fd, "wb", buffering=0)
         )
         self._write_transport = wt
-        session = Session(self.endpoint, wt.write, lambda: None)
+        session = self.session = Session(self.endpoint, wt.write, lambda: None)
         rt, _ = await loop.connect_read_pipe(
             lambda: _PtyReader(session), os.fdopen(self._master, "rb", buffering=0)
         )
         self._read_transport = rt
 
     def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
         if self._read_transport is not None:
             self._read_transport.close()
         else:

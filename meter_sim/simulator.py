@@ -186,12 +186,15 @@ class Simulator:
     async def _close(self) -> None:
         for server in self._servers:
             server.close()
-        for session in list(self._sessions):
+        sessions = list(self._sessions)
+        for session in sessions:
             session.close()
-        for server in self._servers:
-            await server.wait_closed()
         for pty in self._ptys:
             pty.close()
+        for session in sessions + [pty.session for pty in self._ptys if pty.session]:
+            await session.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         await asyncio.sleep(0)  # let closed transports run their connection_lost
 
     # ------------------------------------------------------------------ addressing

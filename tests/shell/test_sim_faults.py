@@ -26,7 +26,7 @@ def mbap(tid: int, unit: int, pdu: bytes) -> bytes:
     return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
 
 
-async def read_some(address: tuple[str, int], payload: bytes, quiet: float = 0.3) -> bytes:
+async def read_some(address: tuple[str, int], payload: bytes, quiet: float = 0.5) -> bytes:
     """Send raw bytes, collect whatever comes back until ``quiet`` seconds of silence."""
     reader, writer = await asyncio.open_connection(*address)
     data = b""
