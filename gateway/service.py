@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 COMM_LOST_AFTER = 3
 #: Most queue items stepped and committed in one transaction.
 MAX_BATCH = 512
+#: Longest wait between attempts at a relay that does not follow its command.
+RELAY_RETRY_CAP_S = 300.0
 
 
 def utc_now() -> datetime:
@@ -80,6 +82,7 @@ class MeterRuntime:
     poller: BusPoller
     key: MeterKey
     relay_task: asyncio.Task[None] | None = None
+    relay_failures: int = 0
     last_snapshot: MeterSnapshot | None = None
     last_reading_at: datetime | None = None
 
@@ -406,16 +409,25 @@ class Gateway:
             log.warning("write to %s failed: %s (retried at the next poll)", rt.meter_id, exc)
 
     async def _drive_relay(self, rt: MeterRuntime, closed: bool) -> None:
+        if rt.relay_failures:
+            # The relay refused before: keep trying, less and less often.
+            await asyncio.sleep(min(RELAY_RETRY_CAP_S, 2.0**rt.relay_failures))
         outcome = await drive_relay(
             rt.target, closed, attempts=self.relay_attempts, first_delay=self.relay_first_delay
         )
-        if outcome.observed is not None and outcome.ok:
+        if outcome.ok:
+            rt.relay_failures = 0
+        else:
+            rt.relay_failures += 1
+            self.counters.relay_faults += 1
+            log.error("relay fault on %s: %s", rt.meter_id, outcome.error)
+        if outcome.observed is not None:
+            # What the relay really did goes to the core: a disagreement becomes a
+            # relay_mismatch event (the relay fault, with desired and observed) and a
+            # new command, which comes back here after the delay above.
             await self.queue.put(
                 CoreItem(RelayObserved(rt.meter_id, outcome.observed, self.clock()))
             )
-        else:
-            self.counters.relay_faults += 1
-            log.error("relay fault on %s: %s", rt.meter_id, outcome.error)
         # Read the meter again soon: the reading reports the relay as the meter sees it.
         rt.poller.poll_now(rt.meter_id)
 

@@ -110,8 +110,18 @@ class TokenOutcome:
         )
 
 
-def _rejected_event(meter_id: str, reason: str, channel: Channel, at: datetime) -> TokenRejected:
-    return TokenRejected(meter_id, reason, channel.value, at)
+def _rejected_event(
+    meter_id: str,
+    reason: str,
+    channel: Channel,
+    at: datetime,
+    *,
+    detail: str = "",
+    alarm: bool = False,
+) -> TokenRejected:
+    return TokenRejected(
+        meter_id, reason, channel.value, at, detail=detail[:200], lockout_alarm=alarm
+    )
 
 
 def _credit_event(accepted: Accepted, at: datetime) -> TopUpAccepted:
@@ -139,12 +149,13 @@ def intake_keypad(
     consumed = replace(lockout, consumed_seq=entry.seq)
     allowed = lockout_allows(lockout.keypad, entry.at)
     if allowed is not True:
+        detail = f"retry after {allowed.isoformat()}"
         return TokenOutcome(
-            _rejected_event(entry.meter_id, "locked_out", Channel.KEYPAD, entry.at),
+            _rejected_event(entry.meter_id, "locked_out", Channel.KEYPAD, entry.at, detail=detail),
             "locked_out",
             lockout=consumed,
             ack_keypad_seq=entry.seq,
-            detail=f"retry after {allowed.isoformat()}" if isinstance(allowed, datetime) else "",
+            detail=detail,
         )
     verdict = verify_keypad(entry.digits, entry.meter_id, key, window)
     return _outcome(
@@ -175,7 +186,7 @@ def _outcome(
             keypad, alarm = lockout_after_failure(keypad, at, POLICY)
         reason = verdict.reason.value
         return TokenOutcome(
-            _rejected_event(meter_id, reason, channel, at),
+            _rejected_event(meter_id, reason, channel, at, detail=verdict.detail, alarm=alarm),
             reason,
             lockout=replace(lockout, keypad=keypad),
             ack_keypad_seq=seq,
@@ -186,7 +197,9 @@ def _outcome(
         # Management tokens are verified but not yet carried out by this gateway: say so
         # and keep the counter unused, so the token still works once they are.
         return TokenOutcome(
-            _rejected_event(meter_id, "unsupported_class", channel, at),
+            _rejected_event(
+                meter_id, "unsupported_class", channel, at, detail=verdict.token_class.name.lower()
+            ),
             "unsupported_class",
             lockout=lockout,
             ack_keypad_seq=seq,

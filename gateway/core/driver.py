@@ -455,8 +455,22 @@ class _Run:
                 pass
             case TopUpAccepted():
                 self.top_up(event)
-            case TokenRejected(reason=reason, channel=channel, token_id=token_id):
-                self.publish_event("token_rejected", reason, channel=channel, token_id=token_id)
+            case TokenRejected(
+                reason=reason,
+                channel=channel,
+                token_id=token_id,
+                detail=detail,
+                lockout_alarm=alarm,
+            ):
+                self.publish_event(
+                    "token_rejected", reason, channel=channel, token_id=token_id, detail=detail
+                )
+                if alarm:
+                    self.publish_event(
+                        "keypad_lockout_alarm",
+                        "repeated bad keypad entries in a day: possible brute force",
+                        last_reason=reason,
+                    )
                 self.display = DisplayCode.TOKEN_REJECTED
             case ButtonPressed():
                 self.fire(Trigger.BUTTON_PRESSED, Reason("button_pressed", balance))

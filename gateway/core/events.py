@@ -60,6 +60,10 @@ class TokenRejected:
     channel: Channel
     at: datetime
     token_id: str | None = None
+    #: what the refusal adds to explain it (e.g. "retry after ..." while locked out)
+    detail: str = ""
+    #: repeated bad keypad entries: the headend should look at this meter
+    lockout_alarm: bool = False
 
 
 @dataclass(frozen=True, slots=True)

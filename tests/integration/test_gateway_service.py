@@ -350,3 +350,21 @@ async def test_resend_command_republishes_a_meters_messages(site: Site) -> None:
         assert resent >= 4
         seqs = [m["seq"] for t, m in site.log.items if "/meters/" in t and m.get("seq") is not None]
         assert set(range(1, resent + 1)) <= set(seqs)
+
+
+async def test_relay_that_does_not_follow_the_command_raises_a_relay_fault(site: Site) -> None:
+    site.world.enrol([1], opening_balance=50)
+    site.world.enrol([2], opening_balance=1_000_000)
+    site.sim.set_load(1, 6000)
+    site.sim.inject_fault(1, "relay_stuck")
+    async with running_gateway(_config(site)) as runner:
+        gw = runner.gateway
+        mismatch = await eventually(
+            lambda: site.log.events(M1, "relay_mismatch"), 40, "relay fault event"
+        )
+        assert mismatch[0]["details"]["desired_closed"] is False
+        assert mismatch[0]["details"]["observed_closed"] is True
+        await eventually(lambda: gw.counters.relay_faults >= 1, 10, "relay fault counted")
+        assert site.sim.state(1)["relay_closed"] is True  # stuck, as injected
+        site.sim.clear_faults(1)
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 30, "cut at last")
