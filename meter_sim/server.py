@@ -111,11 +111,9 @@ class Session:
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        self._stale = 0.0
+        self._stale = RTU_STALE_PARTIAL
         if endpoint.baud is not None:
             self._stale = max(RTU_STALE_PARTIAL, 3.5 * rtu_char_time(endpoint.baud))
-        else:
-            self._stale = RTU_STALE_PARTIAL
 
     def feed(self, data: bytes) -> None:
         if self._closed:
@@ -151,11 +149,14 @@ class Session:
             outcome, reply = self.endpoint.respond(unit, pdu)
             framed = None if reply is None else rtu_frame(unit, reply)
             done, busy = self.endpoint.wire_time(len(frame) + 2, len(framed or b""))
-            start = max(mono, self.endpoint.busy_until)
+            # One exchange at a time on the wire; a slow meter holds the bus while it thinks.
+            start = max(mono, self.endpoint.busy_until) + outcome.delay
             self.endpoint.busy_until = start + busy
-            self._schedule(outcome, framed, start + done - mono)
+            self._schedule(outcome, framed, start + done - mono, include_delay=False)
 
-    def _schedule(self, outcome: Outcome, frame: bytes | None, wire: float) -> None:
+    def _schedule(
+        self, outcome: Outcome, frame: bytes | None, wire: float, *, include_delay: bool = True
+    ) -> None:
         """Queue a reply (or a reset) to go out after its delay, behind earlier replies."""
         if outcome.reset:
             if self._tcp:  # a serial line has no connection to reset: the reply is lost
@@ -165,7 +166,7 @@ class Session:
             return
         if outcome.corruption is not None:
             frame = corrupt(frame, outcome.corruption, 7 if self._tcp else 0, self.endpoint.rng)
-        self._push(wire + outcome.delay, frame)
+        self._push(wire + (outcome.delay if include_delay else 0.0), frame)
 
     def _push(self, delay: float, frame: bytes) -> None:
         now = time.monotonic()

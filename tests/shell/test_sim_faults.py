@@ -225,3 +225,29 @@ async def test_probabilistic_faults_replay_with_the_same_seed() -> None:
     assert first == again
     assert first != other
     assert 25 < len(first) < 75
+
+
+async def test_a_slow_meter_holds_the_rtu_bus() -> None:
+    async with Simulator.start(
+        meters=2, tcp_port=None, rtu_tcp_port=0, clock=VirtualClock(), seed=1
+    ) as sim:
+        bus = sim.rtu_tcp_address
+        assert bus is not None
+        sim.inject_fault(1, "slow", delay=0.4)
+
+        async def exchange(unit: int, after: float) -> tuple[bytes, float]:
+            await asyncio.sleep(after)
+            reader, writer = await asyncio.open_connection(*bus)
+            t0 = time.perf_counter()
+            writer.write(rtu_frame(unit, READ_1))
+            reply = await asyncio.wait_for(reader.readexactly(7), 5)
+            elapsed = time.perf_counter() - t0
+            writer.close()
+            await writer.wait_closed()
+            return reply, elapsed
+
+        (slow, slow_s), (other, other_s) = await asyncio.gather(exchange(1, 0), exchange(2, 0.1))
+    assert slow == rtu_frame(1, b"\x04\x02\x00\x01")
+    assert other == rtu_frame(2, b"\x04\x02\x00\x01")
+    assert slow_s >= 0.4
+    assert other_s >= 0.25  # waited for the slow meter's exchange, not its own
