@@ -83,6 +83,7 @@ class MeterRuntime:
     key: MeterKey
     relay_task: asyncio.Task[None] | None = None
     relay_failures: int = 0
+    relay_desired: bool | None = None
     last_snapshot: MeterSnapshot | None = None
     last_reading_at: datetime | None = None
 
@@ -224,6 +225,9 @@ class Gateway:
         if not rt.state.comm_ok:
             await self.queue.put(CoreItem(CommunicationRestored(rt.meter_id, now)))
         flags = snap.flags
+        relay = snap.relay_closed
+        if rt.relay_task is not None and not rt.relay_task.done():
+            relay = None  # being switched right now: this reading cannot tell
         await self.queue.put(
             CoreItem(
                 ReadingReceived(
@@ -231,7 +235,7 @@ class Gateway:
                     snap.energy_import_wh,
                     now,
                     power_w=snap.power_w,
-                    relay_closed=snap.relay_closed,
+                    relay_closed=relay,
                     cover_open="cover_open" in flags,
                     magnetic_tamper="magnetic_tamper" in flags,
                     load_limit_tripped="load_limit_tripped" in flags,
@@ -392,8 +396,12 @@ class Gateway:
                 self._write_meter(rt, writes, ack), name=f"write:{rt.meter_id}"
             )
         if relay is not None:
-            if rt.relay_task is not None and not rt.relay_task.done():
+            running = rt.relay_task is not None and not rt.relay_task.done()
+            if running and rt.relay_desired is relay.closed:
+                return  # already being driven there (with its retries and backoff)
+            if running and rt.relay_task is not None:
                 rt.relay_task.cancel()
+            rt.relay_desired = relay.closed
             rt.relay_task = asyncio.get_running_loop().create_task(
                 self._drive_relay(rt, relay.closed), name=f"relay:{rt.meter_id}"
             )

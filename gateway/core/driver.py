@@ -96,6 +96,8 @@ class MeterState:
     flags: frozenset[str] = field(default_factory=frozenset)
     spend: tuple[SpendSample, ...] = ()
     relay_observed: bool | None = None
+    #: a relay_mismatch event was published and the relay still disagrees
+    relay_mismatch_reported: bool = False
 
     @property
     def relay_closed(self) -> bool:
@@ -426,15 +428,20 @@ class _Run:
         state = self.state
         self.state = replace(state, relay_observed=closed)
         if closed == state.relay_closed:
+            if state.relay_mismatch_reported:
+                self.state = replace(self.state, relay_mismatch_reported=False)
             return
         tripped = "load_limit_tripped" in state.flags
-        self.publish_event(
-            "relay_mismatch",
-            "relay position differs from the command",
-            desired_closed=state.relay_closed,
-            observed_closed=closed,
-            load_limit_tripped=tripped,
-        )
+        if not state.relay_mismatch_reported:
+            # Once per disagreement, not at every reading while it lasts.
+            self.publish_event(
+                "relay_mismatch",
+                "relay position differs from the command",
+                desired_closed=state.relay_closed,
+                observed_closed=closed,
+                load_limit_tripped=tripped,
+            )
+            self.state = replace(self.state, relay_mismatch_reported=True)
         if not tripped:
             self.commands.append(
                 SetRelay(
