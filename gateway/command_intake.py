@@ -53,9 +53,6 @@ class CommandIntake:
     gateway: Gateway
     topics: Topics
     clock: Callable[[], datetime]
-    #: ids of executed signed commands and when they expire: a captured command cannot
-    #: be replayed while it is still valid.
-    seen: dict[str, datetime] = field(default_factory=dict)
     handled: int = 0
 
     def _headend_keys(self) -> Any:
@@ -122,10 +119,8 @@ class CommandIntake:
                 verify_command(raw, self._headend_keys(), now, cmd.expires)
             except CommandAuthError as exc:
                 return cmd.id, correlation, Answer(False, exc.failure.value, str(exc))
-            self.seen = {k: v for k, v in self.seen.items() if v > now}
-            if cmd.id in self.seen:
+            if not self.gateway.store.claim_command(cmd.id, cmd.expires, now):
                 return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
-            self.seen[cmd.id] = cmd.expires
         return cmd.id, correlation, await self._run(link, cmd, meter, now)
 
     async def _run(self, link: MqttLink, cmd: object, meter: str, now: datetime) -> Answer:

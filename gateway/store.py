@@ -522,6 +522,19 @@ class Store:
             )
         return cursor.rowcount
 
+    # ------------------------------------------------------------------ remote commands
+    def claim_command(self, command_id: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a signed command as executed; False if it already was (a replay).
+        Expired entries are dropped on the way: a command past its expiry is refused
+        by its signature check anyway."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM executed_commands WHERE expires_at < ?", (_iso(now),))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO executed_commands VALUES (?, ?, ?)",
+                (command_id, _iso(expires_at), _iso(now)),
+            )
+        return cursor.rowcount == 1
+
     def outbox_depth(self) -> int:
         depth: int = self._db.execute(
             "SELECT count(*) FROM outbox WHERE acked_at IS NULL"

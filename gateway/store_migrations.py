@@ -70,6 +70,13 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unacked ON outbox(id) WHERE acked_at IS NULL;
 CREATE INDEX outbox_acked ON outbox(acked_at) WHERE acked_at IS NOT NULL;
 """,
+    2: """
+CREATE TABLE executed_commands (
+    command_id TEXT PRIMARY KEY,
+    expires_at TEXT NOT NULL,
+    executed_at TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
