@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.config import ConfigError, load_config
+from gateway.logs import configure_logging
 from gateway.runner import StartupError, run_gateway, status_file
 
 EXAMPLES = """\
@@ -80,10 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args.config, args.json)
         config = load_config(args.config)
-        logging.basicConfig(
-            level=config.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(config.log_level, config.log_format)
         return run_gateway(config)
     except (ConfigError, StartupError) as exc:
         print(f"meter-gateway: {exc}", file=sys.stderr)

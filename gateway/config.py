@@ -162,6 +162,7 @@ class GatewayConfig(_Strict):
     polling: PollingSettings = PollingSettings()
     tokens: TokenSettings = TokenSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     simulation: SimulationSettings = SimulationSettings()
 
     @model_validator(mode="after")

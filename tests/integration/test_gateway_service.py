@@ -368,3 +368,23 @@ async def test_relay_that_does_not_follow_the_command_raises_a_relay_fault(site:
         assert site.sim.state(1)["relay_closed"] is True  # stuck, as injected
         site.sim.clear_faults(1)
         await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 30, "cut at last")
+
+
+async def test_mqtt_311_gateway_answers_on_the_fallback_topic(site: Site) -> None:
+    site.world.enrol([1], opening_balance=1_000_000)
+    config = _config(site)
+    config = config.model_copy(
+        update={"mqtt": config.mqtt.model_copy(update={"protocol": "3.1.1"})}
+    )
+    async with running_gateway(config) as runner:
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
+        cmd = {"v": 1, "id": "rr-1", "cmd": "reread", "meter": M1, "correlation": "abc"}
+        site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
+        results = await eventually(
+            lambda: [m for t, m in site.log.pull() if t == "prepaid/v1/gw-test/cmd/result"],
+            10,
+            "result on the fallback topic",
+        )
+        assert results[0]["ok"] is True
+        assert results[0]["correlation"] == "abc"
+        assert await eventually(lambda: site.log.of(M1, "reading"), 10, "readings over 3.1.1")
