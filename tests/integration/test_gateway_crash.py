@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +83,10 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
                     "every keypad entry acknowledged",
                 )
                 await eventually(lambda: _depth(world) == 0, 30, "outbox drained")
+                await eventually(lambda: _status(config).get("broker") == "connected", 10, "status")
+                health = _status(config)["health"]
+                assert health["meters_total"] == METERS
+                assert health["meters_online"] == METERS
             finally:
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
@@ -116,3 +122,14 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
 def _depth(world: GatewayWorld) -> int:
     with Store.open(world.store_path) as store:
         return store.outbox_depth()
+
+
+def _status(config: Path) -> dict[str, Any]:
+    """What `meter-gateway status --json` prints about the running gateway."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "--json", "--config", str(config)],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+    return json.loads(out.stdout) if out.returncode == 0 else {}
