@@ -6,11 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gateway.store import StoreError
+from provisioning.commission import add_commission_command
+from provisioning.enrol_cli import add_enrol_command
+from provisioning.errors import ProvisionError
+from provisioning.init_cmd import add_init_command
 from provisioning.key_files import KeyFileError
 from provisioning.keys_cli import add_keys_commands
+from provisioning.scan import add_scan_command
+from provisioning.status import add_status_command
+from provisioning.transfer import add_transfer_commands
 from provisioning.vend_cli import VendError, add_vend_command
-
-NOT_BUILT = "not built yet (issue 7)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,14 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="prepaid-edge provisioning CLI for field engineers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in [
-        ("init", "create the gateway identity and a starter gateway.toml"),
-        ("scan", "probe a bus for meters"),
-        ("enrol", "add meters to the store"),
-        ("commission", "check an enrolled meter on site"),
-        ("status", "table of every meter"),
-    ]:
-        sub.add_parser(name, help=f"{text} ({NOT_BUILT})")
+    add_init_command(sub)
+    add_scan_command(sub)
+    add_enrol_command(sub)
+    add_commission_command(sub)
+    add_status_command(sub)
+    add_transfer_commands(sub)
     add_keys_commands(sub)
     add_vend_command(sub)
     return parser
@@ -38,13 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    func = getattr(args, "func", None)
-    if func is None:
-        print(f"meter-provision {args.command}: {NOT_BUILT}", file=sys.stderr)
-        return 2
     try:
-        result: int = func(args)
-    except (KeyFileError, VendError, ValueError) as exc:
+        result: int = args.func(args)
+    except (ProvisionError, KeyFileError, VendError, StoreError, ValueError) as exc:
         print(f"meter-provision {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return result

@@ -1,0 +1,257 @@
+"""`meter-provision commission METER`: on site, prove an enrolled meter is the one enrolled
+and that its relay and keypad work, then keep the report.
+
+The report is stored as a ``commissioned`` event through the store's outbox, in one
+transaction, so the gateway sends it to the headend (``meters/{id}/event``) like any
+other event when it next runs. Run this with the gateway service stopped: an RS-485 line
+has one master, and a running gateway would consume the test token itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import JsonValue
+
+from gateway.core.commands import Publish
+from gateway.meter_io import MeterIO, MeterSnapshot
+from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
+from gateway.store import StoredMeter
+from protocol import modbus
+from protocol.codec import decode
+from protocol.errors import DecodeError, MapError
+from protocol.regmap import Capability, RegisterMap, load_map
+from protocol.tokens.keypad import group_digits, issue_keypad, verify_keypad
+from protocol.tokens.keys import MeterKey
+from protocol.tokens.replay import ReplayWindow
+from protocol.tokens.results import Accepted
+from protocol.tokens.token_class import MAX_MANAGEMENT_VALUE, TokenClass
+from provisioning.errors import ProvisionError
+from provisioning.site import bus_of, load_extras, load_site_config, open_store, port_for
+
+EXAMPLE = """\
+example:
+  meter-provision commission PE1-000042 --config /etc/prepaid-edge/gateway.toml
+  (stop the gateway service first; it asks before switching the relay unless --yes)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def add_commission_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "commission",
+        help="check an enrolled meter on site: serial, relay, keypad; store the report",
+        description="Read the meter, check its serial, toggle its relay with read-back, check "
+        "the keypad path with a test token; print, store and queue a pass/fail report.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("meter", help="enrolled meter id")
+    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    p.add_argument("--yes", action="store_true", help="switch the relay without asking")
+    p.add_argument("--skip-keypad", action="store_true", help="no keypad test (report says so)")
+    p.add_argument(
+        "--keypad-timeout", type=float, default=180.0, help="seconds to wait for the test token"
+    )
+    p.set_defaults(func=run_commission)
+
+
+def _ask(question: str) -> bool:
+    print(question, end=" ", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    return answer in {"y", "yes"}
+
+
+async def _read_serial(port: ModbusPort, regmap: RegisterMap, unit: int) -> str:
+    p = regmap.point("serial_number")
+    regs = await port.request(modbus.read_input(unit, p.address, p.end - p.address))
+    try:
+        value = decode(p, regs)
+    except DecodeError as exc:
+        raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
+    return str(value).rstrip("\x00").strip()
+
+
+async def _check_serial(
+    port: ModbusPort, regmap: RegisterMap, unit: int, expected: str | None
+) -> Check:
+    if not regmap.has("serial_number"):
+        return Check("serial", expected is None, "the map has no serial number register")
+    serial = await _read_serial(port, regmap, unit)
+    if expected is None:
+        return Check("serial", True, f"read {serial} (no expected serial enrolled)")
+    if serial != expected:
+        return Check("serial", False, f"read {serial}, enrolled {expected}: wrong meter?")
+    return Check("serial", True, f"{serial} matches")
+
+
+async def _check_relay(io: MeterIO, port: ModbusPort, unit: int) -> Check:
+    """Switch to the other position and back, reading back each time; ends as it began."""
+    start = await io.read_relay(port, unit)
+    seen: list[str] = []
+    for want in (not start, start):
+        await io.write_relay(port, unit, want)
+        got = await io.read_relay(port, unit)
+        seen.append(f"{'closed' if want else 'open'}->{'closed' if got else 'open'}")
+        if got != want:
+            return Check("relay", False, f"read-back mismatch: {', '.join(seen)}")
+    return Check("relay", True, ", ".join(seen))
+
+
+async def _check_keypad(  # noqa: PLR0917  (one call site, each part named)
+    io: MeterIO,
+    port: ModbusPort,
+    meter: StoredMeter,
+    first: MeterSnapshot,
+    wait_s: float,
+    say: Callable[[str], None],
+) -> Check:
+    """The engineer types a TEST-class token made with the meter's enrolled key; the
+    gateway's verifier must read it back from the meter and accept it as this meter's."""
+    record = meter.record
+    key = MeterKey(record.meter_key)
+    nonce = secrets.randbelow(MAX_MANAGEMENT_VALUE + 1)
+    token = issue_keypad(key, record.meter_id, record.key_epoch, TokenClass.TEST, 0, nonce)
+    say(f"type this test token on the meter's keypad: {group_digits(token)}")
+    start_seq = first.keypad_seq
+    deadline = time.monotonic() + wait_s
+    while True:
+        snap = await io.read(port, record.unit_id)
+        if (
+            "keypad_pending" in snap.flags
+            and snap.keypad_seq != start_seq
+            and snap.keypad_digits is not None
+        ):
+            break
+        if time.monotonic() > deadline:
+            return Check("keypad", False, f"no keypad entry within {wait_s:g} s")
+        await asyncio.sleep(0.25)
+    assert snap.keypad_seq is not None
+    assert snap.keypad_digits is not None
+    await io.write_points(port, record.unit_id, {"keypad_ack": snap.keypad_seq})
+    verdict = verify_keypad(
+        snap.keypad_digits, record.meter_id, key, ReplayWindow(record.key_epoch)
+    )
+    if not isinstance(verdict, Accepted):
+        return Check("keypad", False, f"entry {snap.keypad_digits} refused: {verdict.reason}")
+    if verdict.token_class is not TokenClass.TEST or verdict.amount != nonce:
+        return Check("keypad", False, "a valid token, but not the test token shown")
+    return Check(
+        "keypad", True, f"test token read back and verified (keypad_seq {snap.keypad_seq})"
+    )
+
+
+async def commission_meter(
+    meter: StoredMeter,
+    port: ModbusPort,
+    *,
+    expected_serial: str | None,
+    switch_relay: Callable[[], bool],
+    keypad_timeout: float | None,
+    say: Callable[[str], None],
+) -> list[Check]:
+    """Every check, in order. An unreachable meter raises :class:`ProvisionError` before
+    anything is switched."""
+    record = meter.record
+    try:
+        regmap = load_map(record.map_name)
+    except MapError as exc:
+        raise ProvisionError(f"{record.meter_id}: {exc}") from None
+    io = MeterIO(regmap)
+    try:
+        first = await io.read(port, record.unit_id)
+    except MeterIOError as exc:
+        raise ProvisionError(
+            f"{record.meter_id} on {record.bus} unit {record.unit_id} is unreachable: {exc}"
+        ) from None
+    checks = [
+        Check("read", True, f"{first.energy_import_wh} Wh, {first.power_w} W, {first.voltage_v} V")
+    ]
+    try:
+        checks.append(await _check_serial(port, regmap, record.unit_id, expected_serial))
+        if Capability.RELAY not in regmap.capabilities:
+            checks.append(Check("relay", False, "the map has no relay"))
+        elif switch_relay():
+            checks.append(await _check_relay(io, port, record.unit_id))
+        else:
+            checks.append(Check("relay", False, "not tested: the operator declined"))
+        if keypad_timeout is None:
+            checks.append(Check("keypad", False, "not tested: --skip-keypad"))
+        elif Capability.KEYPAD not in regmap.capabilities:
+            checks.append(Check("keypad", True, "the meter has no keypad (online tokens only)"))
+        else:
+            checks.append(await _check_keypad(io, port, meter, first, keypad_timeout, say))
+    except MeterIOError as exc:
+        checks.append(Check("communication", False, f"lost during the checks: {exc}"))
+    return checks
+
+
+def report_body(checks: list[Check]) -> dict[str, JsonValue]:
+    passed = all(c.ok for c in checks)
+    details: dict[str, JsonValue] = {
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
+    }
+    return {
+        "kind": "event",
+        "event": "commissioned",
+        "reason": "pass" if passed else "fail",
+        "details": details,
+    }
+
+
+def run_commission(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    extras = load_extras(config).get(args.meter, {})
+    with open_store(config) as store:
+        meters = {m.record.meter_id: m for m in store.load_meters()}
+        meter = meters.get(args.meter)
+        if meter is None:
+            raise ProvisionError(f"meter {args.meter} is not enrolled")
+        port = port_for(bus_of(config, meter.record.bus))
+
+        def switch_relay() -> bool:
+            return bool(args.yes) or _ask(
+                f"switch the supply of {args.meter} off and on again now? [y/N]"
+            )
+
+        def say(line: str) -> None:
+            print(line, flush=True)
+
+        async def run() -> list[Check]:
+            try:
+                return await commission_meter(
+                    meter,
+                    port,
+                    expected_serial=extras.get("expected_serial"),
+                    switch_relay=switch_relay,
+                    keypad_timeout=None if args.skip_keypad else args.keypad_timeout,
+                    say=say,
+                )
+            finally:
+                await port.close()
+
+        checks = asyncio.run(run())
+        body = report_body(checks)
+        now = datetime.now(UTC)
+        store.apply(meter.state, [Publish(args.meter, "event", body)], now)
+    for c in checks:
+        print(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<8} {c.detail}")
+    print(
+        f"{args.meter}: commissioning {'PASSED' if body['reason'] == 'pass' else 'FAILED'}"
+        " (stored; the gateway sends it to the headend)"
+    )
+    return 0 if body["reason"] == "pass" else 1

@@ -1,0 +1,315 @@
+"""`meter-provision enrol`: validate every meter first (one on the command line or every
+row of a CSV file), then write. A bad row is reported by line and field and nothing from
+that file is written.
+
+The store adds meters one transaction each (it has no multi-meter add yet), so every check
+that can fail (keys, maps, settings, duplicates in the file and in the store) runs before
+the first write.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.core.driver import MeterState, enrol
+from gateway.core.json_forms import SettingsError, settings_from_json, settings_to_json
+from gateway.core.settings import MeterSettings
+from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.store import MeterRecord, StoredMeter
+from protocol.errors import MapError
+from protocol.regmap import Capability, load_map
+from protocol.tokens.keys import METER_KEY_BYTES
+from provisioning.errors import ProvisionError
+from provisioning.key_files import KeyFileError, read_secret_file
+from provisioning.site import Extras
+
+#: Columns a CSV file may have; meter_id, bus, unit_id and key_file are required.
+COLUMNS = (
+    "meter_id",
+    "bus",
+    "unit_id",
+    "map",
+    "key_file",
+    "key_epoch",
+    "customer_account",
+    "credit",
+    "price_per_kwh",
+    "currency",
+    "tariff_file",
+    "settings_file",
+    "windows_file",
+    "alarm1",
+    "alarm2",
+    "overdraft_limit",
+    "reconnect_threshold",
+    "max_balance",
+    "protected",
+    "reconnect_needs_button",
+    "expected_serial",
+    "relay_output",
+)
+REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
+_INT_SETTINGS = ("alarm1", "alarm2", "overdraft_limit", "reconnect_threshold", "max_balance")
+_EXTRA = "\x00extra"
+_TRUE = {"true", "yes", "1", "y"}
+_FALSE = {"false", "no", "0", "n", ""}
+
+
+class FieldError(ProvisionError):
+    """One field of one meter is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMeter:
+    """A fully validated meter, ready to write."""
+
+    record: MeterRecord
+    state: MeterState
+    extras: dict[str, str]
+
+
+def _int(fields: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    text = fields.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise FieldError(name, f"{text!r} is not a whole number") from None
+
+
+def _bool(fields: Mapping[str, str], name: str) -> bool:
+    text = fields.get(name, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise FieldError(name, f"{text!r} is not true or false")
+
+
+def read_document(path: Path, field: str) -> Any:
+    """A JSON or TOML file (by its suffix) as plain data."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FieldError(field, f"cannot read {path}: {exc}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise FieldError(field, f"{path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+
+
+def _path(fields: Mapping[str, str], name: str, base: Path) -> Path | None:
+    text = fields.get(name, "").strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSettings:
+    """Settings from a settings file (or defaults), then the tariff, windows and thresholds
+    the row names; the core's own checks run on the result."""
+    settings_file = _path(fields, "settings_file", base)
+    doc: dict[str, Any]
+    if settings_file is not None:
+        loaded = read_document(settings_file, "settings_file")
+        if not isinstance(loaded, dict):
+            raise FieldError("settings_file", "must hold a table of settings")
+        doc = dict(loaded)
+    else:
+        doc = {}
+    tariff_file = _path(fields, "tariff_file", base)
+    price = fields.get("price_per_kwh", "").strip()
+    if tariff_file is not None and price:
+        raise FieldError("price_per_kwh", "give a tariff_file or a price_per_kwh, not both")
+    if tariff_file is not None:
+        tariff = read_document(tariff_file, "tariff_file")
+        doc["tariffs"] = {"entries": [{"activates_at": None, "tariff": tariff}]}
+    elif price:
+        try:
+            per_kwh = Decimal(price)
+        except InvalidOperation:
+            raise FieldError("price_per_kwh", f"{price!r} is not a decimal number") from None
+        if not per_kwh.is_finite() or per_kwh < 0:
+            raise FieldError("price_per_kwh", f"{price!r} must be a price >= 0")
+        cur = fields.get("currency", "").strip() or currency
+        try:
+            flat = TariffSchedule.single(Tariff(currency=cur, energy=FlatPricing(per_kwh)))
+        except (ValueError, TypeError) as exc:
+            raise FieldError("price_per_kwh", str(exc)) from None
+        doc["tariffs"] = settings_to_json(MeterSettings(tariffs=flat))["tariffs"]
+    if "tariffs" not in doc:
+        raise FieldError("tariff_file", "a tariff is required: tariff_file or price_per_kwh")
+    windows_file = _path(fields, "windows_file", base)
+    if windows_file is not None:
+        doc["windows"] = read_document(windows_file, "windows_file")
+    for name in _INT_SETTINGS:
+        value = _int(fields, name)
+        if value is not None:
+            doc[name] = value
+    if fields.get("reconnect_needs_button", "").strip():
+        doc["reconnect_needs_button"] = _bool(fields, "reconnect_needs_button")
+    try:
+        return settings_from_json(doc)
+    except SettingsError as exc:
+        field = "settings_file" if settings_file else "tariff_file" if tariff_file else "settings"
+        problem = exc.problem.splitlines()
+        raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
+
+
+def plan_meter(
+    fields: Mapping[str, str],
+    config: GatewayConfig,
+    now: datetime,
+    *,
+    base: Path = Path(),
+) -> PlannedMeter:
+    """Validate one meter's fields (strings, as from a CSV row); raises :class:`FieldError`."""
+    unknown = sorted(set(fields) - set(COLUMNS))
+    if unknown:
+        raise FieldError(unknown[0], f"unknown column; columns are: {', '.join(COLUMNS)}")
+    for name in REQUIRED:
+        if not fields.get(name, "").strip():
+            raise FieldError(name, "required")
+    meter_id = fields["meter_id"].strip()
+    bus = fields["bus"].strip()
+    if bus not in {b.name for b in config.buses}:
+        known = ", ".join(b.name for b in config.buses) or "none in the config"
+        raise FieldError("bus", f"unknown bus {bus!r} (buses: {known})")
+    unit = _int(fields, "unit_id")
+    if unit is None or not 1 <= unit <= 247:
+        raise FieldError("unit_id", f"{fields['unit_id'].strip()!r} must be 1..247")
+    map_name = fields.get("map", "").strip() or "pe1"
+    try:
+        regmap = load_map(map_name)
+    except MapError as exc:
+        raise FieldError("map", str(exc)) from None
+    if Capability.RELAY not in regmap.capabilities:
+        if fields.get("relay_output", "").strip():
+            raise FieldError(
+                "relay_output",
+                f"map {map_name} has no relay; a separate relay output cannot be recorded by "
+                "this gateway's store yet, so it cannot be enrolled as prepaid",
+            )
+        raise FieldError(
+            "map", f"map {map_name} has no relay: refused as prepaid unless a relay_output is given"
+        )
+    epoch = _int(fields, "key_epoch", 0)
+    assert epoch is not None
+    key_file = _path(fields, "key_file", base)
+    assert key_file is not None
+    try:
+        key = read_secret_file(key_file, METER_KEY_BYTES)
+    except KeyFileError as exc:
+        raise FieldError("key_file", str(exc)) from None
+    settings = _settings(fields, base, config.tokens.currency)
+    credit = _int(fields, "credit", 0)
+    assert credit is not None
+    if credit > settings.max_balance:
+        raise FieldError("credit", f"{credit} is above max_balance {settings.max_balance}")
+    protected = _bool(fields, "protected")
+    try:
+        state = enrol(meter_id, settings, now, opening_balance=credit, protected=protected)
+        record = MeterRecord(meter_id, bus, unit, map_name, key, epoch)
+    except ValueError as exc:
+        raise FieldError("meter_id", str(exc)) from None
+    extras = {
+        k: fields[k].strip()
+        for k in ("customer_account", "expected_serial")
+        if fields.get(k, "").strip()
+    }
+    return PlannedMeter(record, state, extras)
+
+
+def check_unique(
+    planned: Sequence[tuple[int, PlannedMeter]], existing: Sequence[StoredMeter]
+) -> None:
+    """Refuse a meter id or a (bus, unit id) already enrolled or given twice."""
+    ids = {m.record.meter_id: "the store" for m in existing}
+    units = {(m.record.bus, m.record.unit_id): m.record.meter_id for m in existing}
+    for line, p in planned:
+        r = p.record
+        if r.meter_id in ids:
+            raise RowError(line, "meter_id", f"{r.meter_id} is already in {ids[r.meter_id]}")
+        if (r.bus, r.unit_id) in units:
+            raise RowError(
+                line,
+                "unit_id",
+                f"unit {r.unit_id} on bus {r.bus} is taken by {units[(r.bus, r.unit_id)]}",
+            )
+        ids[r.meter_id] = f"line {line}" if line else "this command"
+        units[(r.bus, r.unit_id)] = r.meter_id
+
+
+class RowError(ProvisionError):
+    """A bad row of a CSV file, by line and field."""
+
+    def __init__(self, line: int, field: str, problem: str) -> None:
+        where = f"line {line}: " if line else ""
+        super().__init__(f"{where}{field}: {problem}")
+        self.line = line
+        self.field = field
+
+
+def plan_csv(
+    path: Path, defaults: Mapping[str, str], config: GatewayConfig, now: datetime
+) -> list[tuple[int, PlannedMeter]]:
+    """Every row of a CSV file, validated; the first bad one raises :class:`RowError`."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"cannot read {path}: {exc}") from None
+    reader = csv.DictReader(text.splitlines(), restkey=_EXTRA, strict=True)
+    try:
+        header = reader.fieldnames
+    except csv.Error as exc:
+        raise RowError(1, "header", str(exc)) from None
+    if not header:
+        raise RowError(1, "header", "the file is empty: a header naming the columns is required")
+    for name in header:
+        if name is None or name.strip() not in COLUMNS:
+            raise RowError(1, str(name), f"unknown column; columns are: {', '.join(COLUMNS)}")
+    missing = [c for c in REQUIRED if c not in header and not defaults.get(c)]
+    if missing:
+        raise RowError(1, missing[0], "required column missing from the header")
+    out: list[tuple[int, PlannedMeter]] = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if _EXTRA in row:
+                raise RowError(line, "row", f"more fields than the header's {len(header)}")
+            values = {k.strip(): (v or "") for k, v in row.items() if isinstance(v, str | None)}
+            if not any(v.strip() for v in values.values()):
+                continue
+            fields = {**defaults, **{k: v for k, v in values.items() if v.strip()}}
+            try:
+                out.append((line, plan_meter(fields, config, now, base=path.parent)))
+            except FieldError as exc:
+                raise RowError(line, exc.field, exc.problem) from None
+    except csv.Error as exc:
+        raise RowError(reader.line_num, "row", str(exc)) from None
+    if not out:
+        raise ProvisionError(f"{path}: no meters in the file")
+    return out
+
+
+def merge_extras(extras: Extras, planned: Sequence[tuple[int, PlannedMeter]]) -> Extras:
+    merged = dict(extras)
+    for _, p in planned:
+        if p.extras:
+            merged[p.record.meter_id] = dict(p.extras)
+    return merged

@@ -1,0 +1,78 @@
+"""`meter-provision init`: the gateway's identity, a starter gateway.toml and an empty store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.config import ConfigError, parse_config
+from gateway.store import Store, StoreError
+from provisioning.errors import ProvisionError
+from provisioning.identity import IdentityError, create_identity, starter_config
+from provisioning.site import write_atomic
+
+EXAMPLE = """\
+example:
+  meter-provision init --dir /etc/prepaid-edge --gateway-id gw-nairobi-07 \\
+      --organisation "Example Power" --self-signed-days 30
+"""
+
+
+def add_init_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init",
+        help="create the gateway identity, a starter gateway.toml and an empty store",
+        description="Create gateway.key (owner-only), gateway.csr for the utility's CA, "
+        "optionally a self-signed gateway.crt, gateway.toml and an empty store.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dir", type=Path, required=True, help="folder for the identity and config")
+    p.add_argument("--gateway-id", required=True, help="this gateway's id (letters, digits, ._-)")
+    p.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
+    p.add_argument("--organisation", help="organisation name in the CSR subject")
+    p.add_argument(
+        "--self-signed-days", type=int, help="also write a self-signed development certificate"
+    )
+    p.add_argument("--store", type=Path, help="store path (default DIR/gateway.db)")
+    p.add_argument("--force", action="store_true", help="replace an existing identity")
+    p.set_defaults(func=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    folder: Path = args.dir.resolve()
+    store = (args.store or folder / "gateway.db").resolve()
+    config = folder / "gateway.toml"
+    if args.self_signed_days is not None and args.self_signed_days <= 0:
+        raise ProvisionError("--self-signed-days must be a positive number of days")
+    if config.exists() and not args.force:
+        raise ProvisionError(f"{config} exists: refusing to replace it without --force")
+    text = starter_config(args.gateway_id, folder, store)
+    # Validate the starter config (the gateway id) before anything is written.
+    try:
+        parse_config(text, str(config), env={})
+    except ConfigError as exc:
+        raise ProvisionError(f"--gateway-id {args.gateway_id!r}: {exc.problem}") from None
+    try:
+        files = create_identity(
+            folder,
+            args.gateway_id,
+            key_type=args.key_type,
+            organisation=args.organisation,
+            self_signed_days=args.self_signed_days,
+            force=args.force,
+        )
+    except IdentityError as exc:
+        raise ProvisionError(str(exc)) from None
+    try:
+        Store.open(store).close()
+    except StoreError as exc:
+        raise ProvisionError(str(exc)) from None
+    write_atomic(config, text)
+    print(f"identity: {files.key} (owner-only), CSR {files.csr}")
+    if files.cert is not None:
+        print(f"self-signed development certificate: {files.cert}")
+    print(f"config: {config}")
+    print(f"store: {store}")
+    print("next: send the CSR to the utility's CA, add [[buses]] to the config, then scan")
+    return 0

@@ -1,0 +1,176 @@
+"""`meter-provision scan --bus NAME`: probe unit ids on a bus and name each responder's map.
+
+A PE-1 answers input register 0 (map_version) with 1. A third-party meter is recognised
+by reading its energy register and decoding it with each shipped map: the first map whose
+reading decodes to a plausible, finite, non-negative value is named (a guess, said so).
+Probes use short timeouts; an RS-485 line answers one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.meter_io import energy_wh
+from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
+from protocol import modbus
+from protocol.codec import decode
+from protocol.errors import DecodeError
+from protocol.modbus import ExceptionReplyError
+from protocol.regmap import RegisterMap, Table, load_map, shipped_map_names
+from provisioning.errors import ProvisionError
+from provisioning.site import bus_of, load_site_config, port_for
+
+EXAMPLE = """\
+examples:
+  meter-provision scan --bus rs485-1                 (unit ids 1..247)
+  meter-provision scan --bus tcp-1 --units 1-20 --timeout 0.2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Responder:
+    unit: int
+    map_name: str
+    detail: str
+
+
+def parse_units(text: str) -> range:
+    """``"1-247"`` or ``"5"``: a range of unit ids within 1..247."""
+    try:
+        first, _, last = text.partition("-")
+        low = int(first)
+        high = int(last) if last else low
+    except ValueError:
+        raise ProvisionError(f"--units {text!r}: write a unit id or a range like 1-247") from None
+    if not 1 <= low <= high <= 247:
+        raise ProvisionError(f"--units {text!r}: unit ids are 1..247, low to high")
+    return range(low, high + 1)
+
+
+#: Modbus TCP gateway exceptions: "path unavailable", "target failed to respond".
+_NOBODY_THERE = frozenset({0x0A, 0x0B})
+
+
+def _silent(exc: MeterIOError) -> bool:
+    """No device at that unit: a timeout, or a TCP gateway saying nothing answered."""
+    cause = exc.__cause__
+    return exc.kind == IOFailure.TIMEOUT or (
+        isinstance(cause, ExceptionReplyError) and cause.code in _NOBODY_THERE
+    )
+
+
+def _request(regmap: RegisterMap, name: str, unit: int) -> modbus.Request:
+    p = regmap.point(name)
+    count = p.end - p.address
+    if p.table is Table.HOLDING:
+        return modbus.read_holding(unit, p.address, count)
+    return modbus.read_input(unit, p.address, count)
+
+
+async def probe_unit(port: ModbusPort, unit: int, maps: Sequence[RegisterMap]) -> Responder | None:
+    """What answers at ``unit``; None for silence (or a Modbus exception to everything)."""
+    answered = False
+    for regmap in maps:
+        name = "map_version" if regmap.has("map_version") else "energy_import"
+        try:
+            regs = await port.request(_request(regmap, name, unit))
+        except MeterIOError as exc:
+            if exc.kind == IOFailure.CONNECTION:
+                raise ProvisionError(f"cannot reach the bus {port.name}: {exc.cause}") from None
+            if _silent(exc) and not answered:
+                return None  # silence: no other map will get an answer either
+            answered = answered or exc.kind == IOFailure.EXCEPTION
+            continue
+        answered = True
+        point = regmap.point(name)
+        try:
+            value = decode(point, regs)
+            if name == "map_version":
+                if value == regmap.version:
+                    return Responder(unit, regmap.name, f"map_version {value}")
+                continue
+            wh = energy_wh(point, value)
+        except (DecodeError, ValueError, ArithmeticError):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        return Responder(unit, regmap.name, f"energy {wh} Wh decodes (probable)")
+    if answered:
+        return Responder(unit, "unknown", "answers, but no shipped map fits")
+    return None
+
+
+def _progress(done: int, total: int, started: float, found: int) -> str:
+    elapsed = time.monotonic() - started
+    left = elapsed / done * (total - done) if done else 0.0
+    bar = "#" * (30 * done // total)
+    return f"\r[{bar:<30}] {done}/{total} units, {found} found, ~{left:.0f} s left "
+
+
+async def scan(
+    port: ModbusPort,
+    units: range,
+    maps: Sequence[RegisterMap],
+    progress: Callable[[int, int, int], None],
+) -> list[Responder]:
+    found: list[Responder] = []
+    for i, unit in enumerate(units, 1):
+        hit = await probe_unit(port, unit, maps)
+        if hit is not None:
+            found.append(hit)
+        progress(i, len(units), len(found))
+    return found
+
+
+def add_scan_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="probe a bus for meters and identify their maps",
+        description="Probe unit ids on a bus from the config; a table of responders on stdout, "
+        "progress on stderr.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    p.add_argument("--bus", required=True, help="bus name from the config")
+    p.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 or 5-9 (default all)")
+    p.add_argument("--timeout", type=float, default=0.3, help="seconds per probe (default 0.3)")
+    p.set_defaults(func=run_scan)
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    if not 0 < args.timeout <= 30:
+        raise ProvisionError(f"--timeout {args.timeout}: give 0 < seconds <= 30")
+    config = load_site_config(args.config)
+    bus = bus_of(config, args.bus)
+    units = parse_units(args.units)
+    names = ["pe1"] + [n for n in shipped_map_names() if n != "pe1"]
+    maps = [load_map(n) for n in names]
+    started = time.monotonic()
+
+    def progress(done: int, total: int, found: int) -> None:
+        print(_progress(done, total, started, found), end="", file=sys.stderr, flush=True)
+
+    async def run() -> list[Responder]:
+        port = port_for(bus, timeout=args.timeout)
+        try:
+            return await scan(port, units, maps, progress)
+        finally:
+            await port.close()
+
+    found = asyncio.run(run())
+    print(f"\nscanned {len(units)} units in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    if not found:
+        print(f"no meter answered on {bus.name}")
+        return 1
+    print(f"{'unit':>4}  {'map':<8}  detail")
+    for r in found:
+        print(f"{r.unit:>4}  {r.map_name:<8}  {r.detail}")
+    return 0

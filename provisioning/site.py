@@ -1,0 +1,98 @@
+"""What every command shares: the gateway config, its store, a bus's port, and the
+enrolment extras the store has no columns for yet (customer account, expected serial)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, RtuBus, TcpBus, load_config
+from gateway.modbus_port import ModbusPort, RtuPort, TcpPort
+from gateway.store import Store, StoreError
+from provisioning.errors import ProvisionError
+
+Extras = dict[str, dict[str, str]]
+
+
+def load_site_config(path: Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
+
+
+def open_store(config: GatewayConfig) -> Store:
+    """The gateway's store; it must exist already (``init`` creates it)."""
+    if not config.store.exists():
+        raise ProvisionError(f"no store at {config.store}: run meter-provision init first")
+    try:
+        return Store.open(config.store)
+    except StoreError as exc:
+        raise ProvisionError(str(exc)) from None
+
+
+def bus_of(config: GatewayConfig, name: str) -> RtuBus | TcpBus:
+    try:
+        return config.bus(name)
+    except KeyError:
+        known = ", ".join(b.name for b in config.buses) or "none"
+        raise ProvisionError(f"bus {name!r} is not in the config (buses: {known})") from None
+
+
+def port_for(bus: RtuBus | TcpBus, timeout: float | None = None) -> ModbusPort:
+    """The gateway's own port for ``bus``; ``timeout`` shortens it (a scan's probes)."""
+    if isinstance(bus, TcpBus):
+        return TcpPort(
+            bus.name,
+            bus.host,
+            bus.port,
+            concurrency=bus.concurrency,
+            timeout=timeout or bus.timeout_s,
+            connect_timeout=min(3.0, timeout * 4) if timeout else 3.0,
+        )
+    return RtuPort(
+        bus.name,
+        bus.device,
+        baud=bus.baud,
+        timeout=timeout or bus.timeout_s,
+        guard=bus.guard_s,
+        parity=bus.parity,
+        stopbits=bus.stopbits,
+    )
+
+
+def extras_path(config: GatewayConfig) -> Path:
+    return config.store.with_name(config.store.name + ".enrolment.json")
+
+
+def load_extras(config: GatewayConfig) -> Extras:
+    path = extras_path(config)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProvisionError(f"{path} is not an enrolment extras file")
+    return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` whole: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def save_extras(config: GatewayConfig, extras: Extras) -> None:
+    write_atomic(extras_path(config), json.dumps(extras, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,117 @@
+"""`meter-provision status`: every enrolled meter, as a terminal table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pydantic import JsonValue
+
+from gateway.store import StoredMeter
+from provisioning.site import load_extras, load_site_config, open_store
+
+EXAMPLE = """\
+examples:
+  meter-provision status --config /etc/prepaid-edge/gateway.toml
+  meter-provision status --json | jq '.[] | select(.comm_ok | not)'
+"""
+
+COLUMNS = (
+    "meter",
+    "bus",
+    "unit",
+    "map",
+    "balance",
+    "credit",
+    "relay",
+    "last reading",
+    "comm",
+    "commissioned",
+)
+
+
+def add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status",
+        help="a table of every meter (balance, credit state, relay, last reading, health)",
+        description="Every enrolled meter from the gateway's store.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    p.add_argument("--json", action="store_true", help="a JSON list for scripts")
+    p.set_defaults(func=run_status)
+
+
+def meter_status(
+    meter: StoredMeter, commissioned: str | None, extras: dict[str, str]
+) -> dict[str, JsonValue]:
+    state, record = meter.state, meter.record
+    read_at = state.ledger.read_at
+    return {
+        "meter": record.meter_id,
+        "bus": record.bus,
+        "unit": record.unit_id,
+        "map": record.map_name,
+        "customer_account": extras.get("customer_account"),
+        "balance": state.ledger.balance,
+        "debt": state.ledger.debt,
+        "credit_state": str(state.credit),
+        "relay": state.relay_word(),
+        "relay_observed": state.relay_observed,
+        "last_reading": read_at.isoformat() if read_at else None,
+        "comm_ok": state.comm_ok,
+        "commissioned": commissioned,
+    }
+
+
+def _cells(row: dict[str, JsonValue]) -> list[str]:
+    return [
+        str(row["meter"]),
+        str(row["bus"]),
+        str(row["unit"]),
+        str(row["map"]),
+        str(row["balance"]),
+        str(row["credit_state"]),
+        str(row["relay"]),
+        str(row["last_reading"] or "never")[:19],
+        "ok" if row["comm_ok"] else "LOST",
+        str(row["commissioned"] or "no"),
+    ]
+
+
+def render_table(rows: list[dict[str, JsonValue]]) -> str:
+    table = [list(COLUMNS)] + [_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
+    )
+
+
+def last_commissioning(events: list[dict[str, JsonValue]]) -> str | None:
+    for body in reversed(events):
+        if body.get("event") == "commissioned":
+            return str(body.get("reason"))
+    return None
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    extras = load_extras(config)
+    with open_store(config) as store:
+        rows = [
+            meter_status(
+                m,
+                last_commissioning(store.events(m.record.meter_id)),
+                extras.get(m.record.meter_id, {}),
+            )
+            for m in store.load_meters()
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(render_table(rows))
+    else:
+        print("no meters enrolled")
+    return 0

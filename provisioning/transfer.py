@@ -1,0 +1,278 @@
+"""`meter-provision export` / `import`: move a gateway's enrolment to a replacement box.
+
+The file is JSON: each meter's address, map, settings and enrolment extras, with its
+ledger, token window and keypad lockout when ``--with-ledgers`` (so credit and the replay
+protection move too). Meter keys travel only with ``--with-keys``, and then only
+encrypted: scrypt (n=2^15, r=8, p=1) derives an AES-256-GCM key from a passphrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import json
+import os
+import secrets
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from pydantic import JsonValue
+
+from gateway.core.driver import MeterState, enrol
+from gateway.core.json_forms import (
+    SettingsError,
+    settings_from_json,
+    settings_to_json,
+    state_from_json,
+    state_to_json,
+)
+from gateway.store import MeterRecord, StoreError, TokenWindow
+from protocol.tokens.keys import METER_KEY_BYTES
+from provisioning.enrol import PlannedMeter, check_unique
+from provisioning.errors import ProvisionError
+from provisioning.key_files import KeyFileError, read_secret_file
+from provisioning.site import (
+    load_extras,
+    load_site_config,
+    open_store,
+    save_extras,
+    write_atomic,
+)
+
+FORMAT = "prepaid-edge-enrolment"
+VERSION = 1
+PASSPHRASE_ENV = "PREPAID_EDGE_PASSPHRASE"  # noqa: S105  (a variable name, not a secret)
+_SCRYPT_N = 2**15
+
+EXPORT_EXAMPLE = """\
+examples:
+  meter-provision export --out site.json --with-ledgers
+  PREPAID_EDGE_PASSPHRASE=... meter-provision export --out site.json --with-ledgers --with-keys
+"""
+IMPORT_EXAMPLE = """\
+examples:
+  PREPAID_EDGE_PASSPHRASE=... meter-provision import site.json --config new/gateway.toml
+  meter-provision import site.json --key-dir keys/     (keys as keys/METER_ID.key files)
+"""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: object, what: str) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except ValueError:
+        raise ProvisionError(f"keys.{what} is not base64") from None
+
+
+def _kdf(salt: bytes) -> Scrypt:
+    return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=8, p=1)
+
+
+def encrypt_keys(keys: dict[str, str], passphrase: str) -> dict[str, JsonValue]:
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    key = _kdf(salt).derive(passphrase.encode())
+    sealed = AESGCM(key).encrypt(nonce, json.dumps(keys).encode(), FORMAT.encode())
+    return {
+        "kdf": "scrypt",
+        "n": _SCRYPT_N,
+        "r": 8,
+        "p": 1,
+        "cipher": "aes-256-gcm",
+        "salt": _b64(salt),
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(sealed),
+    }
+
+
+def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
+    if sealed.get("kdf") != "scrypt" or sealed.get("cipher") != "aes-256-gcm":
+        raise ProvisionError("keys: unknown encryption (expected scrypt + aes-256-gcm)")
+    salt = _unb64(sealed.get("salt"), "salt")
+    key = _kdf(salt).derive(passphrase.encode())
+    try:
+        plain = AESGCM(key).decrypt(
+            _unb64(sealed.get("nonce"), "nonce"),
+            _unb64(sealed.get("ciphertext"), "ciphertext"),
+            FORMAT.encode(),
+        )
+    except (InvalidTag, ValueError):
+        raise ProvisionError("keys: wrong passphrase or a damaged file") from None
+    out: dict[str, bytes] = {}
+    for meter, text in json.loads(plain).items():
+        raw = bytes.fromhex(text)
+        if len(raw) != METER_KEY_BYTES:
+            raise ProvisionError(f"keys: {meter}: not a {METER_KEY_BYTES}-byte key")
+        out[meter] = raw
+    return out
+
+
+def _passphrase(confirm: bool) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None:
+        value = getpass.getpass("passphrase for the meter keys: ")
+        if confirm and getpass.getpass("again: ") != value:
+            raise ProvisionError("the passphrases differ")
+    if len(value) < 12:
+        raise ProvisionError("the passphrase must have at least 12 characters")
+    return value
+
+
+def add_transfer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="write the enrolment as JSON (keys only encrypted, with --with-keys)",
+        description="Write this gateway's enrolment to a JSON file for a replacement box.",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    ex.add_argument("--out", type=Path, required=True, help="new file (not overwritten)")
+    ex.add_argument("--with-ledgers", action="store_true", help="balances, token windows too")
+    ex.add_argument(
+        "--with-keys",
+        action="store_true",
+        help=f"meter keys, encrypted with a passphrase (${PASSPHRASE_ENV} or asked)",
+    )
+    ex.set_defaults(func=run_export)
+    im = sub.add_parser(
+        "import",
+        help="enrol the meters of an exported file into this gateway's store",
+        description="Validate the whole file, then add its meters to this gateway's store.",
+        epilog=IMPORT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    im.add_argument("file", type=Path, help="a file written by meter-provision export")
+    im.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    im.add_argument("--key-dir", type=Path, help="meter keys as METER_ID.key files (0600)")
+    im.set_defaults(func=run_import)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    if args.out.exists():
+        raise ProvisionError(f"{args.out} exists: refusing to overwrite it")
+    passphrase = _passphrase(confirm=True) if args.with_keys else None
+    extras = load_extras(config)
+    meters: list[JsonValue] = []
+    keys: dict[str, str] = {}
+    with open_store(config) as store:
+        stored = store.load_meters()
+    for m in stored:
+        r = m.record
+        item: dict[str, JsonValue] = {
+            "meter_id": r.meter_id,
+            "bus": r.bus,
+            "unit_id": r.unit_id,
+            "map": r.map_name,
+            "key_epoch": r.key_epoch,
+            "settings": settings_to_json(m.state.settings),
+            "extras": dict(extras.get(r.meter_id, {})),
+        }
+        if args.with_ledgers:
+            state = state_to_json(m.state)
+            state.pop("settings", None)
+            item["state"] = state
+            w = m.token_window
+            item["token_window"] = (
+                {"epoch": w.epoch, "highest": w.highest, "bitmap": w.bitmap} if w else None
+            )
+            item["lockout"] = m.lockout
+        meters.append(item)
+        keys[r.meter_id] = r.meter_key.hex()
+    doc: dict[str, JsonValue] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "gateway_id": config.gateway_id,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "meters": meters,
+    }
+    if passphrase is not None:
+        doc["keys"] = encrypt_keys(keys, passphrase)
+    write_atomic(args.out, json.dumps(doc, indent=2) + "\n", mode=0o600)
+    what = "with encrypted keys" if passphrase else "without keys"
+    print(f"exported {len(meters)} meters to {args.out} ({what})")
+    return 0
+
+
+def _planned(
+    item: Any, keys: dict[str, bytes], key_dir: Path | None, now: datetime
+) -> tuple[MeterRecord, MeterState, TokenWindow | None, Any, dict[str, str]]:
+    if not isinstance(item, dict):
+        raise ProvisionError("meters: every entry must be an object")
+    meter = str(item.get("meter_id", ""))
+    try:
+        settings = settings_from_json(item["settings"])
+        if "state" in item:
+            state = state_from_json({**item["state"], "settings": settings})
+        else:
+            state = enrol(meter, settings, now)
+        state = replace(state, meter_id=meter)
+        if meter in keys:
+            key = keys[meter]
+        elif key_dir is not None:
+            key = read_secret_file(key_dir / f"{meter}.key", METER_KEY_BYTES)
+        else:
+            raise ProvisionError("no key: export --with-keys, or give --key-dir")
+        record = MeterRecord(
+            meter,
+            str(item["bus"]),
+            int(item["unit_id"]),
+            str(item["map"]),
+            key,
+            int(item.get("key_epoch", 0)),
+        )
+        w = item.get("token_window")
+        window = TokenWindow(int(w["epoch"]), int(w["highest"]), int(w["bitmap"])) if w else None
+    except (KeyError, TypeError, ValueError, SettingsError, KeyFileError) as exc:
+        raise ProvisionError(f"meter {meter or '?'}: {exc}") from None
+    return record, state, window, item.get("lockout"), dict(item.get("extras") or {})
+
+
+def run_import(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    try:
+        doc = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"cannot read {args.file}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ProvisionError(f"{args.file} is not a {FORMAT} file")
+    if doc.get("version") != VERSION:
+        raise ProvisionError(f"{args.file}: version {doc.get('version')} (this tool reads 1)")
+    keys = decrypt_keys(doc["keys"], _passphrase(confirm=False)) if "keys" in doc else {}
+    now = datetime.now(UTC)
+    items = doc.get("meters")
+    if not isinstance(items, list) or not items:
+        raise ProvisionError(f"{args.file}: no meters")
+    planned = [_planned(item, keys, args.key_dir, now) for item in items]
+    bus_names = {b.name for b in config.buses}
+    for record, *_ in planned:
+        if record.bus not in bus_names:
+            raise ProvisionError(
+                f"meter {record.meter_id}: bus {record.bus!r} is not in the config"
+            )
+    with open_store(config) as store:
+        check_unique(
+            [(i + 1, PlannedMeter(r, s, e)) for i, (r, s, _, _, e) in enumerate(planned)],
+            store.load_meters(),
+        )
+        extras = load_extras(config)
+        extras.update({r.meter_id: e for r, _, _, _, e in planned if e})
+        save_extras(config, extras)
+        for record, state, window, lockout, _ in planned:
+            try:
+                store.add_meter(record, state, now)
+                if window is not None or lockout is not None:
+                    store.apply(state, [], now, token_window=window, lockout=lockout)
+            except StoreError as exc:
+                raise ProvisionError(f"{record.meter_id}: {exc}") from None
+    print(f"imported {len(planned)} meters from {args.file}")
+    return 0

@@ -1,0 +1,532 @@
+"""The provisioning CLI against the real simulator and a temporary store: init, scan, enrol
+(one and CSV), commission, status, export/import, and every bad input refused with one
+line, a non-zero exit and the store unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.store import Store
+from meter_sim.simulator import Simulator
+from provisioning.__main__ import main
+from tests.support.gateway_env import GatewayWorld, to_toml
+
+GW = "gw-prov"
+
+
+@dataclass
+class Ran:
+    rc: int
+    out: str
+    err: str
+
+
+def cli(*argv: object) -> Ran:
+    """``meter-provision ARGV`` in this process, its exit code and output."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+    return Ran(rc, out.getvalue(), err.getvalue())
+
+
+async def acli(*argv: object) -> Ran:
+    """The CLI in a thread: its commands run their own event loop beside the simulator's."""
+    return await asyncio.to_thread(cli, *argv)
+
+
+@dataclass
+class Site:
+    folder: Path
+    sim: Simulator
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "gateway.toml"
+
+    @property
+    def store(self) -> Path:
+        return self.folder / "gateway.db"
+
+    def meter_key(self, meter: str) -> Path:
+        path = self.folder / f"{meter}.key"
+        if path.exists():
+            return path
+        ran = cli(
+            "keys",
+            "meter-key",
+            "--vending-key",
+            self.folder / "vending.key",
+            "--meter",
+            meter,
+            "--out",
+            path,
+        )
+        assert ran.rc == 0, ran.err
+        return path
+
+    def enrol(self, unit: int, *extra: object) -> Ran:
+        meter = f"PE1-{unit:06d}"
+        return cli(
+            "enrol",
+            "--config",
+            self.config,
+            "--meter",
+            meter,
+            "--bus",
+            "tcp-1",
+            "--unit",
+            unit,
+            "--key-file",
+            self.meter_key(meter),
+            "--price-per-kwh",
+            "100",
+            *extra,
+        )
+
+    def snapshot(self) -> bytes:
+        """The store's meaningful content (meters, ledgers, events, outbox)."""
+        with Store.open(self.store) as store:
+            meters = store.load_meters()
+            rows = [(m.record, m.state) for m in meters]
+            events = [store.events(m.record.meter_id) for m in meters]
+            depth = store.outbox_depth()
+        return repr((rows, events, depth)).encode()
+
+
+def write_site_config(folder: Path, sim: Simulator, **kw: object) -> None:
+    """What the engineer does after init: name the buses (here the simulator's endpoint)."""
+    world = GatewayWorld(folder, folder / "gateway.db", gateway_id=GW)
+    data = world.config_data(tcp=sim.tcp_address, timeout=0.3, **kw)  # type: ignore[arg-type]
+    (folder / "gateway.toml").write_text(to_toml(data))
+
+
+@pytest_asyncio.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with Simulator.start(meters=3, seed=7) as sim:
+        folder = tmp_path / "gw"
+        ran = cli("init", "--dir", folder, "--gateway-id", GW, "--self-signed-days", "30")
+        assert ran.rc == 0, ran.err
+        write_site_config(folder, sim)
+        assert cli("keys", "new-vending-key", "--out", folder / "vending.key").rc == 0
+        yield Site(folder, sim)
+
+
+# ---------------------------------------------------------------------------- init
+
+
+def test_init_writes_owner_only_identity_config_and_empty_store(tmp_path: Path) -> None:
+    ran = cli("init", "--dir", tmp_path, "--gateway-id", "gw-1", "--key-type", "p256")
+    assert ran.rc == 0, ran.err
+    assert (tmp_path / "gateway.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "gateway.csr").read_text().startswith("-----BEGIN CERTIFICATE REQUEST")
+    assert 'gateway_id = "gw-1"' in (tmp_path / "gateway.toml").read_text()
+    with Store.open(tmp_path / "gateway.db") as store:
+        assert store.load_meters() == []
+    key_before = (tmp_path / "gateway.key").read_bytes()
+    again = cli("init", "--dir", tmp_path, "--gateway-id", "gw-1")
+    assert again.rc == 2
+    assert "refusing to replace it without --force" in again.err
+    assert again.err.count("\n") == 1
+    assert (tmp_path / "gateway.key").read_bytes() == key_before
+    forced = cli("init", "--dir", tmp_path, "--gateway-id", "gw-1", "--force")
+    assert forced.rc == 0, forced.err
+    assert (tmp_path / "gateway.key").read_bytes() != key_before
+
+
+def test_init_refuses_a_bad_gateway_id_before_writing(tmp_path: Path) -> None:
+    ran = cli("init", "--dir", tmp_path / "x", "--gateway-id", "bad id/with spaces")
+    assert ran.rc == 2
+    assert "--gateway-id" in ran.err
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------- scan
+
+
+@pytest.mark.asyncio
+async def test_scan_finds_the_simulated_meters_and_names_their_map(site: Site) -> None:
+    ran = await acli(
+        "scan", "--config", site.config, "--bus", "tcp-1", "--units", "1-5", "--timeout", "0.1"
+    )
+    assert ran.rc == 0, ran.err
+    lines = ran.out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["1", "pe1"], ["2", "pe1"], ["3", "pe1"]]
+    assert "5/5 units, 3 found" in ran.err
+    assert "s left" in ran.err
+
+
+@pytest.mark.asyncio
+async def test_scan_identifies_a_third_party_map(tmp_path: Path) -> None:
+    async with Simulator.start(meters=1, map_name="sdm120") as sim:
+        write_site_config(tmp_path, sim)
+        ran = await acli(
+            "scan",
+            "--config",
+            tmp_path / "gateway.toml",
+            "--bus",
+            "tcp-1",
+            "--units",
+            "1-2",
+            "--timeout",
+            "0.1",
+        )
+    assert ran.rc == 0, ran.err
+    rows = [line.split()[:2] for line in ran.out.splitlines()[1:]]
+    assert rows[0][0] == "1"
+    assert rows[0][1] != "pe1"
+
+
+@pytest.mark.asyncio
+async def test_scan_refuses_unknown_bus_and_bad_range(site: Site) -> None:
+    ran = await acli("scan", "--config", site.config, "--bus", "nope")
+    assert ran.rc == 2
+    assert "bus 'nope' is not in the config" in ran.err
+    ran = await acli("scan", "--config", site.config, "--bus", "tcp-1", "--units", "0-300")
+    assert ran.rc == 2
+    assert "unit ids are 1..247" in ran.err
+
+
+# ---------------------------------------------------------------------------- enrol
+
+
+@pytest.mark.asyncio
+async def test_enrol_one_meter_then_status_shows_it(site: Site) -> None:
+    ran = site.enrol(1, "--credit", "2500", "--customer-account", "ACC-1")
+    assert ran.rc == 0, ran.err
+    assert "enrolled PE1-000001 on tcp-1 unit 1 (pe1), credit 2500" in ran.out
+    status = cli("status", "--config", site.config, "--json")
+    rows = json.loads(status.out)
+    assert rows[0]["meter"] == "PE1-000001"
+    assert rows[0]["balance"] == 2500
+    assert rows[0]["customer_account"] == "ACC-1"
+    assert rows[0]["commissioned"] is None
+    table = cli("status", "--config", site.config)
+    assert table.out.splitlines()[0].split()[:3] == ["meter", "bus", "unit"]
+    assert "PE1-000001" in table.out
+
+
+@pytest.mark.asyncio
+async def test_enrol_refuses_duplicates_and_leaves_the_store_unchanged(site: Site) -> None:
+    assert site.enrol(1).rc == 0
+    before = site.snapshot()
+    again = site.enrol(1)
+    assert again.rc == 2
+    assert "already in the store" in again.err
+    meter = "PE1-000099"
+    same_unit = cli(
+        "enrol",
+        "--config",
+        site.config,
+        "--meter",
+        meter,
+        "--bus",
+        "tcp-1",
+        "--unit",
+        "1",
+        "--key-file",
+        site.meter_key(meter),
+        "--price-per-kwh",
+        "1",
+    )
+    assert same_unit.rc == 2
+    assert "unit 1 on bus tcp-1 is taken by PE1-000001" in same_unit.err
+    assert site.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--map", "nosuch"), "map: "),
+        (("--map", "sdm120"), "map sdm120 has no relay"),
+        (("--map", "sdm120", "--relay-output", "ext-1"), "cannot be recorded"),
+        (("--alarm1", "10", "--alarm2", "20"), "alarm1 > alarm2"),
+        (("--credit", "lots"), "credit: 'lots' is not a whole number"),
+        (("--price-per-kwh", "cheap"), "price_per_kwh"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_enrol_bad_input_is_one_line_and_writes_nothing(
+    site: Site, extra: tuple[str, ...], message: str
+) -> None:
+    before = site.snapshot()
+    ran = site.enrol(2, *extra)
+    assert ran.rc == 2
+    assert message in ran.err
+    assert ran.err.count("\n") == 1
+    assert site.snapshot() == before
+
+
+@pytest.mark.asyncio
+async def test_enrol_refuses_a_world_readable_key_file(site: Site) -> None:
+    key = site.meter_key("PE1-000002")
+    os.chmod(key, 0o644)
+    before = site.snapshot()
+    ran = cli(
+        "enrol",
+        "--config",
+        site.config,
+        "--meter",
+        "PE1-000002",
+        "--bus",
+        "tcp-1",
+        "--unit",
+        "2",
+        "--key-file",
+        key,
+        "--price-per-kwh",
+        "100",
+    )
+    assert ran.rc == 2
+    assert "accessible by group/others" in ran.err
+    assert site.snapshot() == before
+
+
+@pytest.mark.asyncio
+async def test_enrol_csv_writes_all_rows_or_none(site: Site) -> None:
+    for unit in (1, 2, 3):
+        site.meter_key(f"PE1-{unit:06d}")
+    good = site.folder / "street.csv"
+    good.write_text(
+        "meter_id,bus,unit_id,key_file,credit,customer_account,protected\n"
+        "PE1-000001,tcp-1,1,PE1-000001.key,1000,A-1,no\n"
+        "PE1-000002,tcp-1,2,PE1-000002.key,2000,A-2,yes\n"
+    )
+    bad = site.folder / "bad.csv"
+    bad.write_text(
+        "meter_id,bus,unit_id,key_file,credit\n"
+        "PE1-000003,tcp-1,3,PE1-000003.key,100\n"
+        "PE1-000004,tcp-1,2x,PE1-000003.key,100\n"
+    )
+    before = site.snapshot()
+    ran = cli("enrol", "--config", site.config, "--csv", bad, "--price-per-kwh", "50")
+    assert ran.rc == 2
+    assert "line 3: unit_id: '2x' is not a whole number" in ran.err
+    assert site.snapshot() == before
+    ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
+    assert ran.rc == 0, ran.err
+    rows = json.loads(cli("status", "--config", site.config, "--json").out)
+    assert [(r["meter"], r["balance"], r["credit_state"]) for r in rows] == [
+        ("PE1-000001", 1000, "normal"),
+        ("PE1-000002", 2000, "protected"),
+    ]
+    # The same file again: the duplicate is named by line, nothing more is written.
+    before = site.snapshot()
+    ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
+    assert ran.rc == 2
+    assert "line 2: meter_id: PE1-000001 is already in the store" in ran.err
+    assert site.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "a header naming the columns is required"),
+        ("meter_id,bus,colour\n", "line 1: colour: unknown column"),
+        ("meter_id,bus,unit_id\nPE1-000001,tcp-1,1\n", "line 1: key_file: required column"),
+        (
+            "meter_id,bus,unit_id,key_file\nPE1-000001,tcp-1,1,k,extra\n",
+            "line 2: row: more fields than the header's 4",
+        ),
+        (
+            "meter_id,bus,unit_id,key_file\nPE1-000001,tcp-9,1,k\n",
+            "line 2: bus: unknown bus 'tcp-9'",
+        ),
+        (
+            "meter_id,bus,unit_id,key_file\nPE1-000001,tcp-1,1,PE1-000001.key\n"
+            "PE1-000002,tcp-1,1,PE1-000001.key\n",
+            "line 3: unit_id: unit 1 on bus tcp-1 is taken by PE1-000001",
+        ),
+        (
+            "meter_id,bus,unit_id,key_file\nPE1-000001,tcp-1,1,missing.key\n",
+            "line 2: key_file: cannot read",
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_malformed_csv_is_reported_by_line_and_field(
+    site: Site, text: str, message: str
+) -> None:
+    site.meter_key("PE1-000001")
+    path = site.folder / "in.csv"
+    path.write_text(text)
+    before = site.snapshot()
+    ran = cli("enrol", "--config", site.config, "--csv", path, "--price-per-kwh", "50")
+    assert ran.rc == 2
+    assert message in ran.err
+    assert ran.err.count("\n") == 1
+    assert site.snapshot() == before
+
+
+# ---------------------------------------------------------------------------- commission
+
+
+async def commission(site: Site, meter: str, unit: int, *extra: str) -> tuple[int, str]:
+    """Run ``commission`` as a process and type the test token it shows on the meter."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioning",
+        "commission",
+        meter,
+        "--config",
+        str(site.config),
+        "--keypad-timeout",
+        "20",
+        *extra,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    if "--yes" not in extra:
+        proc.stdin.write(b"n\n")
+        await proc.stdin.drain()
+    out: list[str] = []
+    async with asyncio.timeout(60):
+        while line := (await proc.stdout.readline()).decode():
+            out.append(line)
+            if "test token on the meter's keypad:" in line:
+                site.sim.keypad(unit, line.split(":", 1)[1].replace(" ", "").strip())
+        _, err = await proc.communicate()
+    return proc.returncode or 0, "".join(out) + err.decode()
+
+
+@pytest.mark.asyncio
+async def test_commission_passes_and_is_stored_as_an_outbox_event(site: Site) -> None:
+    serial = site.sim.layout.serial_number(1)
+    assert site.enrol(1, "--credit", "5000", "--expected-serial", serial).rc == 0
+    rc, text = await commission(site, "PE1-000001", 1, "--yes")
+    assert rc == 0, text
+    assert "commissioning PASSED" in text
+    assert f"PASS  serial   {serial} matches" in text
+    assert "PASS  relay    open->open, closed->closed" in text
+    assert "PASS  keypad   test token read back and verified" in text
+    assert site.sim.state(1)["relay_closed"] is True
+    with Store.open(site.store) as store:
+        events = store.events("PE1-000001")
+        pending = store.outbox_pending()
+    assert events[-1]["event"] == "commissioned"
+    assert events[-1]["reason"] == "pass"
+    assert [r.body["event"] for r in pending] == ["commissioned"]
+    status = json.loads(cli("status", "--config", site.config, "--json").out)
+    assert status[0]["commissioned"] == "pass"
+
+
+@pytest.mark.asyncio
+async def test_commission_fails_on_a_wrong_serial_and_a_declined_relay(site: Site) -> None:
+    assert site.enrol(2, "--expected-serial", "NOT-THIS-ONE").rc == 0
+    rc, text = await commission(site, "PE1-000002", 2)
+    assert rc == 1
+    assert "FAIL  serial" in text
+    assert "wrong meter?" in text
+    assert "FAIL  relay    not tested: the operator declined" in text
+    assert "commissioning FAILED" in text
+    assert site.sim.state(2)["relay_closed"] is True
+
+
+@pytest.mark.asyncio
+async def test_commission_of_an_unreachable_meter_writes_nothing(site: Site) -> None:
+    # Unit 7 does not exist on the simulator: it never answers.
+    meter = "PE1-000007"
+    ran = cli(
+        "enrol",
+        "--config",
+        site.config,
+        "--meter",
+        meter,
+        "--bus",
+        "tcp-1",
+        "--unit",
+        "7",
+        "--key-file",
+        site.meter_key(meter),
+        "--price-per-kwh",
+        "1",
+    )
+    assert ran.rc == 0, ran.err
+    before = site.snapshot()
+    ran = await acli("commission", meter, "--config", site.config, "--yes")
+    assert ran.rc == 2
+    assert "PE1-000007 on tcp-1 unit 7 is unreachable" in ran.err
+    assert site.snapshot() == before
+    missing = await acli("commission", "PE1-999999", "--config", site.config)
+    assert missing.rc == 2
+    assert "meter PE1-999999 is not enrolled" in missing.err
+
+
+# ---------------------------------------------------------------------------- export/import
+
+
+@pytest.mark.asyncio
+async def test_export_import_moves_meters_ledgers_and_encrypted_keys(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert site.enrol(1, "--credit", "1234", "--customer-account", "ACC-9").rc == 0
+    assert site.enrol(2, "--credit", "50").rc == 0
+    plain = tmp_path / "plain.json"
+    ran = cli("export", "--config", site.config, "--out", plain)
+    assert ran.rc == 0, ran.err
+    text = plain.read_text()
+    with Store.open(site.store) as store:
+        secrets = [m.record.meter_key.hex() for m in store.load_meters()]
+    assert all(s not in text for s in secrets)
+
+    monkeypatch.setenv("PREPAID_EDGE_PASSPHRASE", "correct horse battery")
+    sealed = tmp_path / "sealed.json"
+    ran = cli("export", "--config", site.config, "--out", sealed, "--with-keys", "--with-ledgers")
+    assert ran.rc == 0, ran.err
+    assert sealed.stat().st_mode & 0o777 == 0o600
+    assert all(s not in sealed.read_text() for s in secrets)
+
+    new = tmp_path / "new"
+    assert cli("init", "--dir", new, "--gateway-id", "gw-new").rc == 0
+    write_site_config(new, site.sim)
+    no_keys = cli("import", plain, "--config", new / "gateway.toml")
+    assert no_keys.rc == 2
+    assert "no key" in no_keys.err
+    monkeypatch.setenv("PREPAID_EDGE_PASSPHRASE", "wrong horse battery")
+    wrong = cli("import", sealed, "--config", new / "gateway.toml")
+    assert wrong.rc == 2
+    assert "wrong passphrase" in wrong.err
+    monkeypatch.setenv("PREPAID_EDGE_PASSPHRASE", "correct horse battery")
+    ran = cli("import", sealed, "--config", new / "gateway.toml")
+    assert ran.rc == 0, ran.err
+    with Store.open(new / "gateway.db") as store:
+        moved = store.load_meters()
+    assert [m.record.meter_key.hex() for m in moved] == secrets
+    rows = json.loads(cli("status", "--config", new / "gateway.toml", "--json").out)
+    assert [(r["meter"], r["balance"], r["customer_account"]) for r in rows] == [
+        ("PE1-000001", 1234, "ACC-9"),
+        ("PE1-000002", 50, None),
+    ]
+    again = cli("import", sealed, "--config", new / "gateway.toml")
+    assert again.rc == 2
+    assert "already in the store" in again.err
+
+
+# ---------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize(
+    "command", ["init", "scan", "enrol", "commission", "status", "export", "import"]
+)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    ran = cli(command, "--help")
+    assert ran.rc == 0
+    assert "example" in ran.out
+    assert "meter-provision " + command in ran.out
