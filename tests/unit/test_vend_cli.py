@@ -320,9 +320,10 @@ def test_online_vend_needs_its_keys(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_other_commands_still_parse_beside_vend(capsys: pytest.CaptureFixture[str]) -> None:
     # Issue 7 built `scan`; without its required --bus it is a usage error.
-    code, _, err = run(capsys, "scan")
-    assert code == 2
-    assert "--bus" in err
+    with pytest.raises(SystemExit) as exited:
+        main(["scan"])
+    assert exited.value.code == 2
+    assert "--bus" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs(vending_key: Path) -> None:
