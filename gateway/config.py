@@ -47,14 +47,18 @@ class _Strict(BaseModel):
 class RtuBus(_Strict):
     """An RS-485 line: one master, one request on the wire at a time."""
 
-    name: str = Field(pattern=_ID_PATTERN)
-    kind: Literal["rtu"]
+    name: str = Field(pattern=_ID_PATTERN, description="bus name, used by meter enrolment")
+    kind: Literal["rtu"] = Field(description="an RS-485 line, or RTU framing over TCP")
     device: str = Field(description="serial device (/dev/ttyUSB0) or socket://host:port")
-    baud: int = Field(default=9600, gt=0)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    timeout_s: float = Field(default=0.5, gt=0, le=30)
-    retries: int = Field(default=1, ge=0, le=5)
+    baud: int = Field(default=9600, gt=0, description="line speed, bits per second")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="none, even or odd")
+    stopbits: Literal[1, 2] = Field(default=1, description="stop bits")
+    timeout_s: float = Field(
+        default=0.5, gt=0, le=30, description="reply timeout per request, after the wire time"
+    )
+    retries: int = Field(
+        default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"
+    )
     guard_s: float | None = Field(
         default=None, ge=0, description="bus silence after a failure; default from the baud"
     )
@@ -63,40 +67,50 @@ class RtuBus(_Strict):
 class TcpBus(_Strict):
     """A Modbus TCP endpoint (a meter or a serial device server) with unit ids behind it."""
 
-    name: str = Field(pattern=_ID_PATTERN)
-    kind: Literal["tcp"]
-    host: str
-    port: int = Field(default=502, gt=0, lt=65536)
+    name: str = Field(pattern=_ID_PATTERN, description="bus name, used by meter enrolment")
+    kind: Literal["tcp"] = Field(description="Modbus TCP (a meter or a serial device server)")
+    host: str = Field(description="address of the endpoint")
+    port: int = Field(default=502, gt=0, lt=65536, description="Modbus TCP port")
     concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    retries: int = Field(default=1, ge=0, le=5)
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="reply timeout per request")
+    retries: int = Field(
+        default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"
+    )
 
 
 Bus = Annotated[RtuBus | TcpBus, Field(discriminator="kind")]
 
 
 class Broker(_Strict):
-    host: str
-    port: int = Field(default=8883, gt=0, lt=65536)
-    tls: bool = True
+    host: str = Field(description="broker address")
+    port: int = Field(default=8883, gt=0, lt=65536, description="broker port")
+    tls: bool = Field(default=True, description="TLS with the ca/cert/key files below")
 
 
 class MqttSettings(_Strict):
-    brokers: list[Broker] = Field(min_length=1)
-    protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    max_inflight: int = Field(default=64, ge=1, le=1000)
+    brokers: list[Broker] = Field(
+        min_length=1, description="tried in turn: the gateway fails over between them"
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version")
+    client_id: str | None = Field(default=None, description="default: the gateway id")
+    username: str | None = Field(default=None, description="if the broker wants one")
+    password: str | None = Field(default=None, description="better from the environment")
+    ca_file: Path | None = Field(default=None, description="CA that signed the broker")
+    cert_file: Path | None = Field(default=None, description="the gateway's certificate")
+    key_file: Path | None = Field(
+        default=None, description="the gateway's private key (must be owner-only)"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive")
+    max_inflight: int = Field(
+        default=64, ge=1, le=1000, description="QoS 1 messages awaiting acknowledgement"
+    )
     retention_s: int = Field(
         default=7 * 24 * 3600, ge=0, description="how long acknowledged messages stay for resend"
     )
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="first reconnect delay")
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, description="longest reconnect delay (jittered, doubling)"
+    )
 
 
 class PollingSettings(_Strict):
@@ -125,7 +139,9 @@ def _b64_key(value: str) -> str:
 
 
 class TokenSettings(_Strict):
-    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    currency: str = Field(
+        default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of online tokens"
+    )
     online_public_keys: dict[str, str] = Field(
         default_factory=dict,
         description="key id -> base64url Ed25519 public key of the vending service",
@@ -148,22 +164,30 @@ class TokenSettings(_Strict):
 class SimulationSettings(_Strict):
     """For demos and tests against a simulator only: never set on a real site."""
 
-    clock_speed: float = Field(default=1.0, gt=0, le=100_000)
+    clock_speed: float = Field(
+        default=1.0, gt=0, le=100_000, description="gateway seconds per real second"
+    )
     clock_start: AwareDatetime | None = Field(
         default=None, description="gateway time at start; default: now"
     )
 
 
 class GatewayConfig(_Strict):
-    gateway_id: str = Field(pattern=_ID_PATTERN)
-    store: Path
-    buses: list[Bus] = Field(default_factory=list)
-    mqtt: MqttSettings
-    polling: PollingSettings = PollingSettings()
-    tokens: TokenSettings = TokenSettings()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
-    simulation: SimulationSettings = SimulationSettings()
+    gateway_id: str = Field(pattern=_ID_PATTERN, description="the gateway's name on MQTT")
+    store: Path = Field(description="the SQLite store (ledgers, outbox, meters)")
+    buses: list[Bus] = Field(default_factory=list, description="see the bus tables below")
+    mqtt: MqttSettings = Field(description="the uplink")
+    polling: PollingSettings = Field(default=PollingSettings(), description="poll timing")
+    tokens: TokenSettings = Field(default=TokenSettings(), description="token and command keys")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="least severe level logged"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one object per line"
+    )
+    simulation: SimulationSettings = Field(
+        default=SimulationSettings(), description="demos and tests only"
+    )
 
     @model_validator(mode="after")
     def _unique_buses(self) -> GatewayConfig:

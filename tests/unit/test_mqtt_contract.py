@@ -24,6 +24,7 @@ from protocol.mqtt import (
     signing_bytes,
 )
 from scripts.export_schemas import render
+from scripts.gen_config_reference import DOC, updated
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -108,3 +109,7 @@ def test_exported_schemas_are_current() -> None:
     for name, text in render().items():
         path = ROOT / "docs" / "schemas" / name
         assert path.read_text() == text, f"{path} is stale: run python scripts/export_schemas.py"
+
+
+def test_config_reference_is_current() -> None:
+    assert DOC.read_text() == updated(DOC.read_text()), "run scripts/gen_config_reference.py"
