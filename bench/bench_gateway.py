@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import resource
 import socket
 import statistics
@@ -463,7 +465,13 @@ def _role_paho(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(role: str, params: dict[str, Any]) -> None:
-    if role == "gateway":
+    if role == "gateway" and params.get("profile"):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = asyncio.run(_role_gateway(params))
+        profiler.disable()
+        profiler.dump_stats(params["profile"])
+    elif role == "gateway":
         result = asyncio.run(_role_gateway(params))
     elif role == "pymodbus":
         result = asyncio.run(_role_pymodbus(params))
@@ -569,6 +577,19 @@ def run_modpoll(
     return {"readings": r1 - r0, "seconds": t1 - t0, "cpu": c1 - c0, "rss_kib": rss}
 
 
+def profile_path(a: Any, label: str) -> str:
+    return f"{a.profile}.{label}" if a.profile else ""
+
+
+def show_profile(a: Any, label: str) -> None:
+    """With ``--profile``: the gateway run's top functions (cProfile slows the run)."""
+    if a.profile:
+        print(f"  profile {profile_path(a, label)}:")
+        stats = pstats.Stats(profile_path(a, label))
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats(r"gateway/", 25)
+
+
 def line(name: str, r: dict[str, Any]) -> float:
     rate = float(r["readings"] / r["seconds"])
     print(
@@ -591,7 +612,7 @@ def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
         print(f"  enrolled {meters} meters in {time.monotonic() - began:.1f} s")
         cfg = config_data(store, tcp_buses(sim.tcp, a.concurrency), mqtt_port, interval=0.01)
         params = {"config": cfg, "warmup": a.warmup, "window": a.window}
-        g = run_child("gateway", params)
+        g = run_child("gateway", {**params, "profile": profile_path(a, "a")})
         sim_cpu0 = cpu_seconds(sim.proc.pid)
         b = run_child("pymodbus", {"tcp": sim.tcp, "meters": meters, **params})
         sim_cpu_b = cpu_seconds(sim.proc.pid) - sim_cpu0
@@ -638,6 +659,7 @@ def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
         )
     else:
         print("  modpoll not found: skipped (see docs/benchmarks.md for the install)")
+    show_profile(a, "a")
     target = per_1000(g["cpu"], g["readings"])
     print(f"  target <= 0.2 CPU-s/1000: {'met' if target <= 0.2 else 'NOT met'} ({target:.3f})")
 
@@ -663,9 +685,18 @@ def bench_b(a: Any, work: Path, mqtt_port: int) -> None:
                 "retries": 0,
             }
             cfg = config_data(store, [bus], mqtt_port, interval=0.01)
-            r = run_child("gateway", {"config": cfg, "warmup": a.warmup, "window": a.window})
+            r = run_child(
+                "gateway",
+                {
+                    "config": cfg,
+                    "warmup": a.warmup,
+                    "window": a.window,
+                    "profile": profile_path(a, f"b{baud}"),
+                },
+            )
         finally:
             sim.stop()
+        show_profile(a, f"b{baud}")
         silence = 3.5 * 11 / baud if baud <= 19200 else 0.00175
         per_read = (8 + 5 + 2 * BLOCK_COUNT) * 11 / baud + 2 * silence
         limit = 1 / per_read
@@ -798,6 +829,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--outbox", type=int, default=100_000)
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="PREFIX",
+        help="cProfile the gateway runs of (a) and (b) into PREFIX.a, PREFIX.b9600, ...",
+    )
     parser.add_argument("--modpoll", default="/tmp/modpoll-venv/bin/modpoll")  # noqa: S108
     args = parser.parse_args()
     if args.role:
