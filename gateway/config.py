@@ -161,6 +161,13 @@ class TokenSettings(_Strict):
         return v
 
 
+class HomeAssistantSettings(_Strict):
+    """Publish Home Assistant MQTT discovery configs for every meter (retained)."""
+
+    enabled: bool = Field(default=False, description="publish discovery configs on connect")
+    prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
+
+
 class SimulationSettings(_Strict):
     """For demos and tests against a simulator only: never set on a real site."""
 
@@ -184,6 +191,9 @@ class GatewayConfig(_Strict):
     )
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one object per line"
+    )
+    home_assistant: HomeAssistantSettings = Field(
+        default=HomeAssistantSettings(), description="dashboards for mini-grid operators"
     )
     simulation: SimulationSettings = Field(
         default=SimulationSettings(), description="demos and tests only"

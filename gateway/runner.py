@@ -29,6 +29,7 @@ from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
 from gateway.service import Gateway, utc_now
 from gateway.store import Store
 from gateway.sync import Backoff, OutboxDrain, run_sessions
+from protocol.home_assistant import discovery_messages
 from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class Runner:
         """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
         await link.publish(self.topics.status, self.status_message(True), retain=True)
         await link.subscribe(*self.topics.command_subscriptions)
+        if self.config.home_assistant.enabled:
+            await self._publish_discovery(link)
         self.mqtt_ready.set()
 
         async def commands() -> None:
@@ -162,6 +165,18 @@ class Runner:
                     link.publish(self.topics.status, self.status_message(False), retain=True), 2.0
                 )
             raise
+
+    async def _publish_discovery(self, link: MqttLink) -> None:
+        for meter_id, rt in self.gateway.meters.items():
+            currency = rt.state.settings.tariffs.at(self.clock()).currency
+            for topic, config in discovery_messages(
+                self.topics,
+                meter_id,
+                currency=currency,
+                model=rt.stored.record.map_name.upper(),
+                prefix=self.config.home_assistant.prefix,
+            ):
+                await link.publish(topic, json.dumps(config).encode(), retain=True)
 
     def _on_broker(self, state: str, broker: BrokerEndpoint | None) -> None:
         self.broker_state = state

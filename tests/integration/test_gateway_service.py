@@ -388,3 +388,22 @@ async def test_mqtt_311_gateway_answers_on_the_fallback_topic(site: Site) -> Non
         assert results[0]["ok"] is True
         assert results[0]["correlation"] == "abc"
         assert await eventually(lambda: site.log.of(M1, "reading"), 10, "readings over 3.1.1")
+
+
+async def test_home_assistant_discovery_is_published_retained(site: Site) -> None:
+    site.world.enrol([1, 2], opening_balance=1_000_000)
+    config = _config(site, extra={"home_assistant": {"enabled": True}})
+    async with running_gateway(config) as runner:
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
+    with TestClient(site.broker, "hass") as hass:
+        hass.subscribe("homeassistant/#")
+        configs: dict[str, Any] = {}
+        while len(configs) < 8:
+            msg = hass.next_message(timeout=5)
+            assert msg.retain
+            configs[msg.topic] = json.loads(msg.payload)
+    energy = [c for t, c in configs.items() if t.endswith("_energy/config")]
+    assert sorted(c["state_topic"] for c in energy) == [
+        f"prepaid/v1/gw-test/meters/{M1}/reading",
+        f"prepaid/v1/gw-test/meters/{M2}/reading",
+    ]
