@@ -137,7 +137,8 @@ class Viewer:
 
     def _on_connect(self, client: paho.Client, *_args: object) -> None:
         self.connected = True
-        client.subscribe(f"prepaid/v1/{GATEWAY_ID}/#", qos=1)
+        root = f"prepaid/v1/{GATEWAY_ID}"
+        client.subscribe([(f"{root}/status", 1), (f"{root}/meters/+/+", 1)])
 
     def _on_disconnect(self, *_args: object) -> None:
         self.connected = False

@@ -6,10 +6,18 @@ shell decides whether to redraw a table (a terminal) or print the story lines (a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+
+from pydantic import ValidationError
+
+from protocol.mqtt import (
+    METER_MESSAGE,
+    BalanceMessage,
+    EventMessage,
+    ReadingMessage,
+    StatusMessage,
+)
 
 #: Credit-state changes worth a line of the story, and how the line reads.
 STATE_LINES = {
@@ -69,43 +77,40 @@ class ViewModel:
         return self.rows[meter]
 
     def apply(self, topic: str, payload: bytes) -> list[str]:
-        """Take one message; return the story lines it makes (maybe none)."""
+        """Take one message; return the story lines it makes (maybe none). A payload that
+        does not match the published contract is one line saying so, and changes nothing."""
         parts = topic.split("/")
+        if parts[-1] not in ("status", "reading", "balance", "event"):
+            return []  # commands and their results are the headend's business
         try:
-            data: dict[str, Any] = json.loads(payload)
-        except ValueError:
-            return [f"unreadable message on {topic}"]
-        if not isinstance(data, dict):
-            return [f"unreadable message on {topic}"]
+            if parts[-1] == "status":
+                status = StatusMessage.model_validate_json(payload)
+            else:
+                message = METER_MESSAGE.validate_json(payload)
+        except ValidationError:
+            return [f"message on {topic} breaks the contract: ignored"]
         self.messages += 1
         if parts[-1] == "status":
-            self.gateway_state = str(data.get("state", "unknown"))
-            return [f"gateway {self.gateway} is {self.gateway_state}"]
-        if len(parts) < 6 or parts[-3] != "meters":
-            return []
-        ts = data.get("ts")
-        if isinstance(ts, str):
-            when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            self.latest_ts = max(self.latest_ts or when, when)
-        row = self.row(parts[-2])
-        match parts[-1]:
-            case "reading":
-                row.power_w = data.get("power_w")
-                if data.get("relay_closed") is not None and row.relay == "-":
-                    row.relay = "closed" if data["relay_closed"] else "open"
-            case "balance":
-                row.balance = int(data["balance"])
-                row.currency = str(data.get("currency", row.currency))
-                row.credit_state = str(data["credit_state"])
-                row.relay = str(data["relay"])
-            case "event":
-                return self._event(row, data)
+            self.gateway_state = status.state
+            return [f"gateway {status.gateway} is {status.state}"]
+        self.latest_ts = max(self.latest_ts or message.ts, message.ts)
+        row = self.row(message.meter)
+        match message:
+            case ReadingMessage():
+                row.power_w = message.power_w
+                if message.relay_closed is not None and row.relay == "-":
+                    row.relay = "closed" if message.relay_closed else "open"
+            case BalanceMessage():
+                row.balance = message.balance
+                row.currency = message.currency
+                row.credit_state = message.credit_state
+                row.relay = message.relay
+            case EventMessage():
+                return self._event(row, message)
         return []
 
-    def _event(self, row: MeterRow, data: dict[str, Any]) -> list[str]:
-        name = str(data.get("event", ""))
-        reason = str(data.get("reason", ""))
-        details = data.get("details") or {}
+    def _event(self, row: MeterRow, message: EventMessage) -> list[str]:
+        name, reason, details = message.event, message.reason, message.details
         line: str | None
         if name == "credit_state_changed":
             target = str(details.get("to", ""))
@@ -117,9 +122,9 @@ class ViewModel:
             if target == "exhausted" and reason:
                 line = f"{line} ({reason})"
         elif name == "token_accepted":
-            line = (
-                f"keypad top-up accepted: +{money(int(details.get('credited', 0)), row.currency)}"
-            )
+            credited = details.get("credited")
+            amount = money(credited, row.currency) if isinstance(credited, int) else "?"
+            line = f"{details.get('channel') or 'keypad'} top-up accepted: +{amount}"
         elif name == "token_rejected":
             replay = reason == "replayed"
             line = ("replay rejected" if replay else "token rejected") + f" ({reason})"

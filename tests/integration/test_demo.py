@@ -1,0 +1,170 @@
+"""`make demo`'s program run unattended tells the whole story (low credit, disconnection, keypad top-up accepted, reconnection, replay rejected) with the real mosquitto and with the embedded broker, exits 0, and leaves no process behind, also when stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.support.mosquitto import mosquitto_binary
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DURATION_S = 32
+STORY = (
+    "low credit warning",
+    "DISCONNECTED (credit_exhausted)",
+    "keypad top-up accepted",
+    "RECONNECTED (credit_restored)",
+    "replay rejected (replayed)",
+)
+
+
+def _demo(workdir: Path, *flags: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "prepaid_demo",
+        "--workdir",
+        str(workdir),
+        "--seed",
+        "1",
+        *flags,
+    ]
+
+
+def _children(output: str) -> dict[str, int]:
+    match = re.search(r"started: (.*)", output)
+    assert match, output
+    return {name: int(pid) for name, pid in re.findall(r"(\w+) pid (\d+)", match.group(1))}
+
+
+def _alive_mentioning(text: str) -> list[str]:
+    """Processes (not zombies) whose command line mentions ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def _assert_nothing_left(children: dict[str, int], workdir: Path) -> None:
+    assert set(children) == {"broker", "simulator", "gateway"}
+    for name, pid in children.items():
+        assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) survived the demo"
+    assert _alive_mentioning(str(workdir)) == []
+
+
+def _story_order(lines: list[str]) -> None:
+    """On the meter the demo topped up: cut, accepted, reconnected, replay refused, in order."""
+    typed = next(line for line in lines if "demo types a keypad top-up" in line)
+    meter = re.search(r"(PE1-\d{6})", typed)
+    assert meter
+    mine = [line for line in lines if meter.group(1) in line]
+    positions = [
+        next(i for i, line in enumerate(mine) if marker in line)
+        for marker in (
+            "DISCONNECTED",
+            "demo types a keypad top-up",
+            "keypad top-up accepted",
+            "RECONNECTED",
+            "demo types the same 20 digits again",
+            "replay rejected",
+        )
+    ]
+    assert positions == sorted(positions), mine
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("mosquitto", marks=pytest.mark.broker),
+        pytest.param("embedded", id="embedded-amqtt"),
+    ],
+)
+def test_unattended_demo_tells_the_story_and_cleans_up(tmp_path: Path, broker: str) -> None:
+    if broker == "mosquitto" and mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed (make mosquitto)")
+    workdir = tmp_path / "site"
+    flags = ["--duration", str(DURATION_S)]
+    if broker == "embedded":
+        flags.append("--no-mosquitto")
+    done = subprocess.run(
+        _demo(workdir, *flags),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=DURATION_S + 60,
+        check=False,
+    )
+    output = done.stdout
+    assert done.returncode == 0, output + done.stderr
+    expected_broker = "broker: mosquitto (real broker" if broker == "mosquitto" else "broker: amqtt"
+    assert expected_broker in output
+    for marker in STORY:
+        assert marker in output, f"{marker!r} missing from the demo's output:\n{output}"
+    assert "story complete" in output
+    _story_order(output.splitlines())
+    assert f"demo over (--duration {DURATION_S} s reached); exit 0" in output
+    for name in ("gateway", "simulator", "broker"):
+        assert re.search(rf"stopped: {name} \(pid \d+\) stopped \(exit 0\)", output), output
+    _assert_nothing_left(_children(output), workdir)
+
+
+@pytest.mark.broker
+def test_ctrl_c_stops_every_child_and_exits_0(tmp_path: Path) -> None:
+    workdir = tmp_path / "site"
+    proc = subprocess.Popen(
+        _demo(workdir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name="demo-stdout", daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=60)
+            assert line is not None, "".join(seen)
+            seen.append(line)
+            if "gateway gw-demo is online" in line:
+                break
+        os.kill(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the demo
+        assert proc.wait(timeout=40) == 0, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    while (line := lines.get(timeout=5)) is not None:
+        seen.append(line)
+    output = "".join(seen)
+    assert "demo over (Ctrl-C); exit 0" in output
+    _assert_nothing_left(_children(output), workdir)

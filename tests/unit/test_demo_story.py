@@ -1,0 +1,191 @@
+"""The demo's pure parts: its live view reads the published contract (and ignores anything else without changing), its script types the top-up after a disconnection and the replay after the reconnection, and its site plan and config are valid."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config import TcpBus, parse_config
+from prepaid_demo.story import PAUSE_S, Director, Phase
+from prepaid_demo.view import ViewModel, money, render
+from prepaid_demo.world import (
+    LOW_CREDIT_UNITS,
+    PROTECTED_UNIT,
+    gateway_config,
+    keypad_token,
+    plan_site,
+    to_toml,
+)
+from protocol.mqtt import BalanceMessage, EventMessage, ReadingMessage, StatusMessage, dump
+
+T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+ROOT = "prepaid/v1/gw-demo"
+
+
+_SEQ = itertools.count(1)
+
+
+def _seq() -> int:
+    return next(_SEQ)
+
+
+def phase(director: Director) -> Phase:
+    """The script's phase, read afresh (steps change it behind the type checker's back)."""
+    return director.phase
+
+
+def balance(meter: str, amount: int, relay: str, state: str = "normal") -> tuple[str, bytes]:
+    msg = BalanceMessage(
+        gateway="gw-demo",
+        meter=meter,
+        seq=_seq(),
+        ts=T0,
+        balance=amount,
+        currency="KES",
+        credit_state=state,
+        relay=relay,  # type: ignore[arg-type]
+    )
+    return f"{ROOT}/meters/{meter}/balance", dump(msg)
+
+
+def event(meter: str, name: str, reason: str, **details: object) -> tuple[str, bytes]:
+    msg = EventMessage(
+        gateway="gw-demo",
+        meter=meter,
+        seq=_seq(),
+        ts=T0 + timedelta(minutes=5),
+        event=name,
+        reason=reason,
+        details=details,  # type: ignore[arg-type]
+    )
+    return f"{ROOT}/meters/{meter}/event", dump(msg)
+
+
+def test_messages_fill_rows_and_tell_the_story() -> None:
+    model = ViewModel("gw-demo", "mosquitto")
+    status = StatusMessage(gateway="gw-demo", state="online", ts=T0)
+    assert model.apply(f"{ROOT}/status", dump(status)) == ["gateway gw-demo is online"]
+    reading = ReadingMessage(
+        gateway="gw-demo", meter="PE1-000002", seq=_seq(), ts=T0, energy_import_wh=10,
+        power_w=9000, relay_closed=True, charged=3,
+    )  # fmt: skip
+    assert model.apply(f"{ROOT}/meters/PE1-000002/reading", dump(reading)) == []
+    assert model.apply(*balance("PE1-000002", -1250, "open", "disconnected")) == []
+    lines = model.apply(
+        *event("PE1-000002", "credit_state_changed", "balance_low_credit", to="low_credit")
+    )
+    assert lines == ["PE1-000002 low credit warning"]
+    assert model.apply(*event("PE1-000002", "relay_opened", "credit_exhausted")) == [
+        "PE1-000002 DISCONNECTED (credit_exhausted)"
+    ]
+    accepted = event("PE1-000002", "token_accepted", "accepted", channel="keypad", credited=50000)
+    assert model.apply(*accepted) == ["PE1-000002 keypad top-up accepted: +500.00 KES"]
+    assert model.apply(*event("PE1-000002", "token_rejected", "replayed")) == [
+        "PE1-000002 replay rejected (replayed)"
+    ]
+    row = model.rows["PE1-000002"]
+    assert (row.balance, row.relay, row.power_w) == (-1250, "open", 9000)
+    assert model.replays_rejected == {"PE1-000002"}
+    assert model.latest_ts == T0 + timedelta(minutes=5)
+    screen = render(model, header="head", footer=["foot"], story=["s1"])
+    assert "PE1-000002" in screen
+    assert "-12.50 KES" in screen
+    assert "foot" in screen
+
+
+@given(payload=st.binary(max_size=300), kind=st.sampled_from(["status", "balance", "event"]))
+def test_a_payload_off_the_contract_changes_nothing(payload: bytes, kind: str) -> None:
+    model = ViewModel("gw-demo", "mosquitto")
+    topic = f"{ROOT}/status" if kind == "status" else f"{ROOT}/meters/PE1-000001/{kind}"
+    lines = model.apply(topic, payload)
+    assert lines == [f"message on {topic} breaks the contract: ignored"]
+    assert model.rows == {}
+    assert model.messages == 0
+
+
+@given(
+    payload=st.dictionaries(
+        st.sampled_from(["v", "gateway", "meter", "seq", "ts", "kind", "balance", "relay"]),
+        st.one_of(st.none(), st.integers(), st.text(max_size=20)),
+    ).map(lambda d: json.dumps(d).encode())
+)
+def test_json_that_is_almost_a_balance_is_refused(payload: bytes) -> None:
+    model = ViewModel("gw-demo", "mosquitto")
+    lines = model.apply(f"{ROOT}/meters/PE1-000001/balance", payload)
+    assert len(lines) == 1
+    assert "breaks the contract" in lines[0]
+    assert model.rows == {}
+
+
+def test_command_topics_are_not_the_views_business() -> None:
+    model = ViewModel("gw-demo", "mosquitto")
+    assert model.apply(f"{ROOT}/meters/PE1-000001/cmd", b"{}") == []
+    assert model.messages == 0
+
+
+def test_money_formats_minor_units() -> None:
+    assert money(-1250) == "-12.50 KES"
+    assert money(123456789) == "1,234,567.89 KES"
+    assert money(None) == "-"
+
+
+def test_director_tops_up_after_the_cut_and_replays_after_the_reconnection() -> None:
+    model = ViewModel("gw-demo", "mosquitto")
+    director = Director((2, 7))
+    assert director.step(model, 0.0) is None
+    model.apply(*balance("PE1-000007", -1100, "open", "disconnected"))
+    assert director.step(model, 1.0) is None
+    assert director.unit == 7
+    assert director.step(model, 1.0 + PAUSE_S / 2) is None
+    top_up = director.step(model, 1.0 + PAUSE_S)
+    assert top_up is not None
+    assert top_up.unit == 7
+    assert top_up.digits == keypad_token(7, counter=1)
+    assert "PE1-000007" in top_up.line
+    assert phase(director) is Phase.WAIT_RECONNECT
+    assert director.step(model, 10.0) is None  # still open: no replay yet
+    model.apply(*balance("PE1-000007", 48_900, "closed", "normal"))
+    assert director.step(model, 10.0) is None
+    replay = director.step(model, 10.0 + PAUSE_S)
+    assert replay is not None
+    assert replay.digits == top_up.digits
+    assert "replay" in replay.line
+    assert director.step(model, 20.0) is None
+    assert phase(director) is Phase.WAIT_REPLAY_REJECTED
+    model.apply(*event("PE1-000007", "token_rejected", "replayed"))
+    director.step(model, 21.0)
+    assert phase(director) is Phase.DONE
+
+
+def test_site_plan_has_a_protected_meter_and_low_credit_meters() -> None:
+    classes = {u: ("shop" if u % 3 == 0 else "residential") for u in range(1, 21)}
+    plans = plan_site(classes, seed=1)
+    assert [p.unit for p in plans] == list(range(1, 21))
+    assert [p.unit for p in plans if p.protected] == [PROTECTED_UNIT]
+    assert tuple(p.unit for p in plans if p.role == "low credit") == LOW_CREDIT_UNITS
+    assert plan_site(classes, seed=1) == plans
+    assert plan_site(classes, seed=2) != plans
+    assert all(p.customer_class == classes[p.unit] for p in plans)
+
+
+def test_the_written_config_is_a_valid_gateway_config(tmp_path: Path) -> None:
+    data = gateway_config(
+        store=tmp_path / "gateway.db",
+        modbus=("127.0.0.1", 5020),
+        broker=("127.0.0.1", 1883),
+        mqtt_protocol="3.1.1",
+        speed=60.0,
+        clock_start=T0,
+    )
+    config = parse_config(to_toml(data), "demo.toml", env={})
+    assert config.simulation.clock_speed == 60.0
+    assert config.simulation.clock_start == T0
+    assert config.mqtt.protocol == "3.1.1"
+    bus = config.buses[0]
+    assert isinstance(bus, TcpBus)
+    assert bus.port == 5020
