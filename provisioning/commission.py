@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
+from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
 from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
@@ -213,41 +214,52 @@ def report_body(checks: list[Check]) -> dict[str, JsonValue]:
     }
 
 
+def _find(config_meters: list[StoredMeter], meter_id: str) -> StoredMeter:
+    for m in config_meters:
+        if m.record.meter_id == meter_id:
+            return m
+    raise ProvisionError(f"meter {meter_id} is not enrolled")
+
+
+def store_report(config: GatewayConfig, meter_id: str, body: dict[str, JsonValue]) -> None:
+    """Commit the report as an event (event log + outbox) in one transaction. The store is
+    opened afresh, so the state and ``seq`` written are the latest committed ones."""
+    with open_store(config) as store:
+        meter = _find(store.load_meters(), meter_id)
+        store.apply(meter.state, [Publish(meter_id, "event", body)], datetime.now(UTC))
+
+
 def run_commission(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     extras = load_extras(config).get(args.meter, {})
     with open_store(config) as store:
-        meters = {m.record.meter_id: m for m in store.load_meters()}
-        meter = meters.get(args.meter)
-        if meter is None:
-            raise ProvisionError(f"meter {args.meter} is not enrolled")
-        port = port_for(bus_of(config, meter.record.bus))
+        meter = _find(store.load_meters(), args.meter)
+    port = port_for(bus_of(config, meter.record.bus))
 
-        def switch_relay() -> bool:
-            return bool(args.yes) or _ask(
-                f"switch the supply of {args.meter} off and on again now? [y/N]"
+    def switch_relay() -> bool:
+        return bool(args.yes) or _ask(
+            f"switch the supply of {args.meter} off and on again now? [y/N]"
+        )
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    async def run() -> list[Check]:
+        try:
+            return await commission_meter(
+                meter,
+                port,
+                expected_serial=extras.get("expected_serial"),
+                switch_relay=switch_relay,
+                keypad_timeout=None if args.skip_keypad else args.keypad_timeout,
+                say=say,
             )
+        finally:
+            await port.close()
 
-        def say(line: str) -> None:
-            print(line, flush=True)
-
-        async def run() -> list[Check]:
-            try:
-                return await commission_meter(
-                    meter,
-                    port,
-                    expected_serial=extras.get("expected_serial"),
-                    switch_relay=switch_relay,
-                    keypad_timeout=None if args.skip_keypad else args.keypad_timeout,
-                    say=say,
-                )
-            finally:
-                await port.close()
-
-        checks = asyncio.run(run())
-        body = report_body(checks)
-        now = datetime.now(UTC)
-        store.apply(meter.state, [Publish(args.meter, "event", body)], now)
+    checks = asyncio.run(run())
+    body = report_body(checks)
+    store_report(config, args.meter, body)
     for c in checks:
         print(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<8} {c.detail}")
     print(

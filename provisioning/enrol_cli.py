@@ -102,6 +102,9 @@ def run_enrol(args: argparse.Namespace) -> int:
     fields = _flag_fields(args)
     planned: list[tuple[int, PlannedMeter]]
     if args.csv is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("meter", "unit") if getattr(args, n)]
+        if given:
+            raise ProvisionError(f"{given[0]} names one meter: give it in the CSV, not with --csv")
         planned = plan_csv(args.csv, fields, config, now)
         where = f"{args.csv}: "
     else:

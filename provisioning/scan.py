@@ -44,9 +44,9 @@ class Responder:
 def parse_units(text: str) -> range:
     """``"1-247"`` or ``"5"``: a range of unit ids within 1..247."""
     try:
-        first, _, last = text.partition("-")
+        first, dash, last = text.partition("-")
         low = int(first)
-        high = int(last) if last else low
+        high = int(last) if dash else low
     except ValueError:
         raise ProvisionError(f"--units {text!r}: write a unit id or a range like 1-247") from None
     if not 1 <= low <= high <= 247:

@@ -67,8 +67,10 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ProvisionError(f"keys.{what} is missing")
     try:
-        return base64.b64decode(str(text), validate=True)
+        return base64.b64decode(text, validate=True)
     except ValueError:
         raise ProvisionError(f"keys.{what} is not base64") from None
 
@@ -96,19 +98,21 @@ def encrypt_keys(keys: dict[str, str], passphrase: str) -> dict[str, JsonValue]:
 def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
     if sealed.get("kdf") != "scrypt" or sealed.get("cipher") != "aes-256-gcm":
         raise ProvisionError("keys: unknown encryption (expected scrypt + aes-256-gcm)")
+    if (sealed.get("n"), sealed.get("r"), sealed.get("p")) != (_SCRYPT_N, 8, 1):
+        raise ProvisionError(f"keys: scrypt parameters must be n={_SCRYPT_N}, r=8, p=1")
     salt = _unb64(sealed.get("salt"), "salt")
+    nonce = _unb64(sealed.get("nonce"), "nonce")
+    ciphertext = _unb64(sealed.get("ciphertext"), "ciphertext")
+    if len(salt) != 16 or len(nonce) != 12:
+        raise ProvisionError("keys: salt must be 16 bytes and nonce 12")
     key = _kdf(salt).derive(passphrase.encode())
     try:
-        plain = AESGCM(key).decrypt(
-            _unb64(sealed.get("nonce"), "nonce"),
-            _unb64(sealed.get("ciphertext"), "ciphertext"),
-            FORMAT.encode(),
-        )
+        plain = AESGCM(key).decrypt(nonce, ciphertext, FORMAT.encode())
     except (InvalidTag, ValueError):
         raise ProvisionError("keys: wrong passphrase or a damaged file") from None
     out: dict[str, bytes] = {}
     for meter, text in json.loads(plain).items():
-        raw = bytes.fromhex(text)
+        raw = bytes.fromhex(str(text))
         if len(raw) != METER_KEY_BYTES:
             raise ProvisionError(f"keys: {meter}: not a {METER_KEY_BYTES}-byte key")
         out[meter] = raw

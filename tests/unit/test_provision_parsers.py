@@ -1,0 +1,142 @@
+"""The provisioning CLI's parsers (unit ranges, CSV files, enrolment fields, sealed key
+blobs) accept what they document and refuse everything else with a ProvisionError."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.config import GatewayConfig, parse_config
+from provisioning.enrol import COLUMNS, FieldError, plan_csv, plan_meter
+from provisioning.errors import ProvisionError
+from provisioning.scan import parse_units
+from provisioning.transfer import decrypt_keys, encrypt_keys
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+CONFIG: GatewayConfig = parse_config(
+    """
+gateway_id = "gw-u"
+store = "/nonexistent/gateway.db"
+[[buses]]
+name = "tcp-1"
+kind = "tcp"
+host = "127.0.0.1"
+[mqtt]
+brokers = [{ host = "127.0.0.1", port = 1883, tls = false }]
+""",
+    "test",
+    env={},
+)
+
+
+@given(st.integers(1, 247), st.integers(0, 246))
+def test_unit_ranges_parse_to_their_ids(low: int, width: int) -> None:
+    high = min(247, low + width)
+    assert parse_units(f"{low}-{high}") == range(low, high + 1)
+    assert parse_units(str(low)) == range(low, low + 1)
+
+
+@given(st.text(max_size=12))
+def test_unit_range_text_is_a_range_or_a_provision_error(text: str) -> None:
+    try:
+        units = parse_units(text)
+    except ProvisionError:
+        return
+    assert 1 <= units.start <= units.stop - 1 <= 247
+
+
+@pytest.mark.parametrize("text", ["0", "248", "9-3", "a-b", "", "1-", "-4"])
+def test_bad_unit_ranges_are_refused(text: str) -> None:
+    with pytest.raises(ProvisionError):
+        parse_units(text)
+
+
+def _key_file(folder: Path) -> Path:
+    path = folder / "m.key"
+    if not path.exists():
+        path.write_text("ab" * 32 + "\n")
+        path.chmod(0o600)
+    return path
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(COLUMNS),
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12),
+        max_size=8,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_any_fields_plan_a_meter_or_name_the_bad_field(fields: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        full = {
+            "meter_id": "PE1-000001",
+            "bus": "tcp-1",
+            "unit_id": "1",
+            "key_file": str(_key_file(base)),
+            "price_per_kwh": "10",
+            **fields,
+        }
+        try:
+            planned = plan_meter(full, CONFIG, NOW, base=base)
+        except FieldError as exc:
+            assert exc.field in COLUMNS or exc.field == "settings"
+            return
+        assert 1 <= planned.record.unit_id <= 247
+        assert planned.state.ledger.balance <= planned.state.settings.max_balance
+
+
+@given(st.lists(st.lists(st.text(max_size=10), max_size=6), max_size=5), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_any_csv_is_planned_whole_or_refused_by_line(rows: list[list[str]], header: bool) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if header:
+        writer.writerow(["meter_id", "bus", "unit_id", "key_file"])
+    writer.writerows(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.csv"
+        path.write_text(buffer.getvalue())
+        _key_file(Path(tmp))
+        try:
+            planned = plan_csv(path, {"price_per_kwh": "1"}, CONFIG, NOW)
+        except ProvisionError as exc:
+            assert str(exc)
+            assert "\n" not in str(exc)
+            return
+    assert planned
+    assert all(line >= 2 for line, _ in planned)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["salt", "nonce", "ciphertext", "n", "junk"]),
+        st.one_of(
+            st.text(max_size=30), st.binary(max_size=24).map(lambda b: base64.b64encode(b).decode())
+        ),
+        max_size=4,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_garbled_key_blobs_are_refused(blob: dict[str, str]) -> None:
+    with pytest.raises(ProvisionError):
+        decrypt_keys({"kdf": "scrypt", "cipher": "aes-256-gcm", **blob}, "a passphrase long enough")
+
+
+def test_sealed_keys_open_with_the_passphrase_only() -> None:
+    keys = {"PE1-000001": "11" * 32, "PE1-000002": "22" * 32}
+    sealed = encrypt_keys(keys, "correct horse battery")
+    assert "11" * 32 not in str(sealed)
+    opened = decrypt_keys(sealed, "correct horse battery")
+    assert {m: k.hex() for m, k in opened.items()} == keys
+    with pytest.raises(ProvisionError, match="wrong passphrase"):
+        decrypt_keys(sealed, "correct horse batterY")
