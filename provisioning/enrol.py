@@ -116,7 +116,9 @@ def _path(fields: Mapping[str, str], name: str, base: Path) -> Path | None:
     text = fields.get(name, "").strip()
     if not text:
         return None
-    path = Path(text).expanduser()
+    if "\x00" in text:
+        raise FieldError(name, "a path cannot hold a NUL character")
+    path = Path(text)
     return path if path.is_absolute() else base / path
 
 
