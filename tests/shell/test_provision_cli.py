@@ -191,6 +191,21 @@ async def test_scan_identifies_a_third_party_map(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_scan_over_rtu_finds_the_units_that_answer(tmp_path: Path) -> None:
+    async with Simulator.start(meters=2, tcp_port=None, rtu_pty=True, seed=5) as sim:
+        assert sim.rtu_pty_path is not None
+        world = GatewayWorld(tmp_path, tmp_path / "gateway.db", gateway_id=GW)
+        (tmp_path / "gateway.toml").write_text(to_toml(world.config_data(rtu=sim.rtu_pty_path)))
+        ran = await acli(
+            "scan", "--config", tmp_path / "gateway.toml", "--bus", "rtu-1", "--units", "1-4",
+            "--timeout", "0.1",
+        )  # fmt: skip
+    assert ran.rc == 0, ran.err
+    assert [line.split()[:2] for line in ran.out.splitlines()[1:]] == [["1", "pe1"], ["2", "pe1"]]
+    assert "4/4 units, 2 found" in ran.err
+
+
+@pytest.mark.asyncio
 async def test_scan_refuses_unknown_bus_and_bad_range(site: Site) -> None:
     ran = await acli("scan", "--config", site.config, "--bus", "nope")
     assert ran.rc == 2
@@ -198,6 +213,15 @@ async def test_scan_refuses_unknown_bus_and_bad_range(site: Site) -> None:
     ran = await acli("scan", "--config", site.config, "--bus", "tcp-1", "--units", "0-300")
     assert ran.rc == 2
     assert "unit ids are 1..247" in ran.err
+
+
+def test_scan_of_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
+    world = GatewayWorld(tmp_path, tmp_path / "gateway.db", gateway_id=GW)
+    # Port 1 on loopback: nothing listens there, the connection is refused.
+    (tmp_path / "gateway.toml").write_text(to_toml(world.config_data(tcp=("127.0.0.1", 1))))
+    ran = cli("scan", "--config", tmp_path / "gateway.toml", "--bus", "tcp-1", "--units", "1-3")
+    assert ran.rc == 2
+    assert "cannot reach the bus tcp-1" in ran.err
 
 
 # ---------------------------------------------------------------------------- enrol
