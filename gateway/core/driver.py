@@ -98,6 +98,8 @@ class MeterState:
     relay_observed: bool | None = None
     #: a relay_mismatch event was published and the relay still disagrees
     relay_mismatch_reported: bool = False
+    #: the last reading saw the relay open (consumption since then is bypass)
+    open_at_last_reading: bool = False
 
     @property
     def relay_closed(self) -> bool:
@@ -328,8 +330,10 @@ class _Run:
                 self.publish_event(
                     "register_rollover", "register wrapped", energy_wh=delta.energy_wh
                 )
-            opened = event.relay_closed is False or not state.relay_closed
-            if opened and delta.energy_wh > 0:
+            # Bypass only when the relay was seen open at both ends of the interval: the
+            # first reading after a cut-off still holds the energy used before it.
+            bypassed = state.open_at_last_reading and event.relay_closed is False
+            if bypassed and delta.energy_wh > 0:
                 self.publish_event(
                     "tamper",
                     "bypass: consumption while the relay is open",
@@ -360,6 +364,7 @@ class _Run:
             ledger=ledger,
             spend=add_sample(state.spend, SpendSample(event.read_at, ledger.charged)),
             flags=flags,
+            open_at_last_reading=event.relay_closed is False,
         )
         self.commands.append(
             Publish(

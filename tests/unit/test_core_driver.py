@@ -259,9 +259,21 @@ def test_top_up_over_the_maximum_balance_is_rejected_whole() -> None:
 
 def test_bypass_consumption_while_open_is_an_event_and_charged() -> None:
     run = exhausted_and_off()
+    run.read(12_000, MONDAY + timedelta(minutes=30), relay_closed=False)
+    assert "tamper" not in run.events()
     run.read(13_000, MONDAY + timedelta(hours=1), relay_closed=False)
     assert "tamper" in run.events()
     assert run.state.ledger.balance == -200
+
+
+def test_energy_used_before_the_cut_off_is_not_bypass() -> None:
+    run = exhausted_and_off()
+    # The first reading after the relay opened still holds the energy used between the
+    # exhausting reading and the moment the relay opened: charged, but no tamper.
+    run.read(12_050, MONDAY + timedelta(minutes=1), relay_closed=False)
+    assert "tamper" not in run.events()
+    run.read(12_050, MONDAY + timedelta(minutes=2), relay_closed=False)
+    assert "tamper" not in run.events()
 
 
 def test_tamper_and_load_limit_raise_events_on_the_rising_edge() -> None:
