@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import queue
 import shutil
@@ -55,6 +56,7 @@ HOST = "127.0.0.1"
 REFRESH_S = 0.5
 STARTUP_TIMEOUT_S = 30.0
 STORY_LINES_SHOWN = 8
+MAX_SPEED = 100_000  # the gateway's [simulation] clock_speed limit
 
 
 class DemoError(Exception):
@@ -71,15 +73,26 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def _speed(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_SPEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: the gateway's clock runs at most {MAX_SPEED}x")
     return value
 
 
 def _meters(text: str) -> int:
-    if not text.isdigit() or not 2 <= int(text) <= 247:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 2 <= value <= 247:
         raise argparse.ArgumentTypeError(f"{text!r}: the demo runs 2 to 247 meters")
-    return int(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--meters", type=_meters, default=20, help="simulated meters (default 20)")
     parser.add_argument(
-        "--speed", type=_positive_float, default=60.0, help="simulated seconds per second (60)"
+        "--speed", type=_speed, default=60.0, help="simulated seconds per second (60)"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of loads and balances (1)")
     parser.add_argument(

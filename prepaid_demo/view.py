@@ -91,6 +91,8 @@ class ViewModel:
             return [f"message on {topic} breaks the contract: ignored"]
         self.messages += 1
         if parts[-1] == "status":
+            if status.state == self.gateway_state:
+                return []  # a periodic health update
             self.gateway_state = status.state
             return [f"gateway {status.gateway} is {status.state}"]
         self.latest_ts = max(self.latest_ts or message.ts, message.ts)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import TcpBus, parse_config
+from prepaid_demo.__main__ import _meters, _positive_float, _speed, build_parser
 from prepaid_demo.story import PAUSE_S, Director, Phase
 from prepaid_demo.view import ViewModel, money, render
 from prepaid_demo.world import (
@@ -70,6 +74,7 @@ def test_messages_fill_rows_and_tell_the_story() -> None:
     model = ViewModel("gw-demo", "mosquitto")
     status = StatusMessage(gateway="gw-demo", state="online", ts=T0)
     assert model.apply(f"{ROOT}/status", dump(status)) == ["gateway gw-demo is online"]
+    assert model.apply(f"{ROOT}/status", dump(status)) == []  # health updates say nothing new
     reading = ReadingMessage(
         gateway="gw-demo", meter="PE1-000002", seq=_seq(), ts=T0, energy_import_wh=10,
         power_w=9000, relay_closed=True, charged=3,
@@ -189,3 +194,25 @@ def test_the_written_config_is_a_valid_gateway_config(tmp_path: Path) -> None:
     bus = config.buses[0]
     assert isinstance(bus, TcpBus)
     assert bus.port == 5020
+
+
+@given(text=st.text(max_size=12))
+def test_demo_flags_parse_or_say_why(text: str) -> None:
+    for parse in (_meters, _positive_float, _speed):
+        try:
+            value = parse(text)
+        except argparse.ArgumentTypeError as exc:
+            assert repr(text) in str(exc)
+        else:
+            assert 0 < value < float("inf")
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        assert 2 <= _meters(text) <= 247
+
+
+def test_bad_flags_end_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--meters", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "2 to 247 meters" in err
