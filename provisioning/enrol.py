@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, StoredMeter
 from protocol.errors import MapError
 from protocol.regmap import Capability, load_map
-from protocol.tokens.keys import METER_KEY_BYTES
+from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
 from provisioning.errors import ProvisionError
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import Extras
@@ -59,6 +60,7 @@ COLUMNS = (
 )
 REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
 _INT_SETTINGS = ("alarm1", "alarm2", "overdraft_limit", "reconnect_threshold", "max_balance")
+_METER_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _EXTRA = "\x00extra"
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
@@ -173,6 +175,15 @@ def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSett
         raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
 
 
+def check_meter_id(meter_id: str) -> str:
+    """A meter id that fits both a token's MAC input and an MQTT topic level."""
+    if not _METER_ID.fullmatch(meter_id):
+        raise FieldError(
+            "meter_id", f"{meter_id!r} must be 1..32 of letters, digits, '.', '_' and '-'"
+        )
+    return meter_id
+
+
 def plan_meter(
     fields: Mapping[str, str],
     config: GatewayConfig,
@@ -187,7 +198,7 @@ def plan_meter(
     for name in REQUIRED:
         if not fields.get(name, "").strip():
             raise FieldError(name, "required")
-    meter_id = fields["meter_id"].strip()
+    meter_id = check_meter_id(fields["meter_id"].strip())
     bus = fields["bus"].strip()
     if bus not in {b.name for b in config.buses}:
         known = ", ".join(b.name for b in config.buses) or "none in the config"
@@ -212,6 +223,8 @@ def plan_meter(
         )
     epoch = _int(fields, "key_epoch", 0)
     assert epoch is not None
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise FieldError("key_epoch", f"{epoch} must be 0..{MAX_EPOCH}")
     key_file = _path(fields, "key_file", base)
     assert key_file is not None
     try:

@@ -34,7 +34,7 @@ from gateway.core.json_forms import (
 )
 from gateway.store import MeterRecord, StoreError, TokenWindow
 from protocol.tokens.keys import METER_KEY_BYTES
-from provisioning.enrol import PlannedMeter, check_unique
+from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import (
@@ -214,6 +214,7 @@ def _planned(
         raise ProvisionError("meters: every entry must be an object")
     meter = str(item.get("meter_id", ""))
     try:
+        check_meter_id(meter)
         settings = settings_from_json(item["settings"])
         if "state" in item:
             state = state_from_json({**item["state"], "settings": settings})

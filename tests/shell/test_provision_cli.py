@@ -244,6 +244,62 @@ async def test_enrol_one_meter_then_status_shows_it(site: Site) -> None:
 
 
 @pytest.mark.asyncio
+async def test_enrol_takes_tariff_and_windows_files_and_flags(site: Site) -> None:
+    tariff = site.folder / "tariff.json"
+    tariff.write_text(
+        json.dumps(
+            {
+                "currency": "KES",
+                "energy": {"kind": "flat", "price_per_kwh": "2500"},
+                "standing_charge_per_day": 30,
+            }
+        )
+    )
+    windows = site.folder / "windows.toml"
+    windows.write_text(
+        'timezone = "Africa/Nairobi"\n'
+        "[[weekly]]\n"
+        'name = "nights"\nweekdays = [0, 1, 2, 3, 4, 5, 6]\nstart = "18:00:00"\nend = "06:00:00"\n'
+    )
+    ran = site.enrol(
+        1, "--price-per-kwh", "", "--tariff", tariff, "--windows", windows, "--alarm1", "900",
+        "--alarm2", "300", "--overdraft-limit", "250", "--reconnect-needs-button", "--protected",
+    )  # fmt: skip
+    assert ran.rc == 0, ran.err
+    assert "state protected" in ran.out
+    with Store.open(site.store) as store:
+        (meter,) = store.load_meters()
+    settings = meter.state.settings
+    assert (settings.alarm1, settings.alarm2, settings.overdraft_limit) == (900, 300, 250)
+    assert settings.reconnect_needs_button is True
+    assert settings.windows.timezone == "Africa/Nairobi"
+    assert [w.name for w in settings.windows.weekly] == ["nights"]
+    assert settings.tariffs.entries[0].tariff.standing_charge_per_day == 30
+    both = site.enrol(2, "--tariff", tariff)
+    assert both.rc == 2
+    assert "give a tariff_file or a price_per_kwh, not both" in both.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--meter", "has space"), "meter_id: 'has space' must be 1..32"),
+        (("--meter", "PE1/1"), "meter_id: 'PE1/1' must be 1..32"),
+        (("--meter", "PE1-1", "--key-epoch", "9000"), "key_epoch: 9000 must be 0..8191"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_enrol_refuses_ids_that_cannot_be_tokens_or_topics(
+    site: Site, argv: tuple[str, ...], message: str
+) -> None:
+    key = site.meter_key("PE1-000001")
+    ran = cli("enrol", "--config", site.config, "--bus", "tcp-1", "--unit", "1",
+              "--key-file", key, "--price-per-kwh", "1", *argv)  # fmt: skip
+    assert ran.rc == 2
+    assert message in ran.err
+
+
+@pytest.mark.asyncio
 async def test_enrol_refuses_duplicates_and_leaves_the_store_unchanged(site: Site) -> None:
     assert site.enrol(1).rc == 0
     before = site.snapshot()
