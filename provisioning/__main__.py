@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         result: int = args.func(args)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"meter-provision {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
     except (ProvisionError, KeyFileError, VendError, StoreError, ValueError) as exc:
         print(f"meter-provision {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -47,6 +47,8 @@ def run_init(args: argparse.Namespace) -> int:
         raise ProvisionError("--self-signed-days must be a positive number of days")
     if config.exists() and not args.force:
         raise ProvisionError(f"{config} exists: refusing to replace it without --force")
+    if store.parent != folder and not store.parent.is_dir():
+        raise ProvisionError(f"--store {store}: the folder {store.parent} does not exist")
     text = starter_config(args.gateway_id, folder, store)
     # Validate the starter config (the gateway id) before anything is written.
     try:

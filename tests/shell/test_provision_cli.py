@@ -154,6 +154,22 @@ def test_init_refuses_a_bad_gateway_id_before_writing(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_init_with_a_store_in_a_missing_folder_writes_nothing(tmp_path: Path) -> None:
+    ran = cli("init", "--dir", tmp_path / "gw", "--gateway-id", "gw-1",
+              "--store", tmp_path / "nowhere" / "gateway.db")  # fmt: skip
+    assert ran.rc == 2
+    assert "does not exist" in ran.err
+    assert not (tmp_path / "gw").exists()
+
+
+def test_export_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    assert cli("init", "--dir", tmp_path, "--gateway-id", "gw-1").rc == 0
+    ran = cli("export", "--config", tmp_path / "gateway.toml", "--out", tmp_path / "no" / "x.json")
+    assert ran.rc == 2
+    assert ran.err.count("\n") == 1
+    assert "No such file or directory" in ran.err
+
+
 # ---------------------------------------------------------------------------- scan
 
 
