@@ -407,3 +407,37 @@ async def test_home_assistant_discovery_is_published_retained(site: Site) -> Non
         f"prepaid/v1/gw-test/meters/{M1}/reading",
         f"prepaid/v1/gw-test/meters/{M2}/reading",
     ]
+
+
+async def test_rtu_bus_cutoff_and_keypad_top_up(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The same story over Modbus RTU (RTU framing over TCP, as a serial device server
+    speaks it), with the simulator emulating the wire time of a 115200 baud line."""
+    start_f, start = sim_start(SPEED)
+    async with Simulator.start(
+        meters=3,
+        seed=11,
+        clock=ScaledClock(SPEED, start_f),
+        tcp_port=None,
+        rtu_tcp_port=0,
+        baud=115200,
+    ) as sim:
+        assert sim.rtu_tcp_address is not None
+        world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
+        world.enrol([1], bus="rtu-1", opening_balance=100)
+        world.enrol([2, 3], bus="rtu-1", opening_balance=1_000_000)
+        sim.set_load(1, 6000)
+        config = world.config(
+            rtu="socket://{}:{}".format(*sim.rtu_tcp_address),
+            broker=(mosquitto.host, mosquitto.port),
+            speed=SPEED,
+            start=start,
+        )
+        async with running_gateway(config) as runner:
+            gw = runner.gateway
+            await eventually(lambda: sim.state(1)["relay_closed"] is False, 40, "cut-off")
+            assert gw.meters[M1].state.credit is CreditState.DISCONNECTED
+            seq = sim.keypad(1, world.keypad_token(1, 5000))
+            await eventually(lambda: sim.state(1)["relay_closed"] is True, 20, "reconnect")
+            await eventually(lambda: sim.state(1)["keypad_ack"] == seq, 10, "keypad ack")
+            assert all(sim.state(u)["relay_closed"] for u in (2, 3))
+            assert gw.counters.poll_failures == 0
