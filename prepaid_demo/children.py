@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP_TIMEOUT_S = 10.0
+_PR_SET_PDEATHSIG = 1
+# Loaded once here, in the parent: the code between fork and exec must not import or load.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the demo dies, even by SIGKILL, so a
+    demo killed hard still leaves nothing running."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildError(RuntimeError):
@@ -106,6 +118,7 @@ class Children:
                 stderr=err,
                 start_new_session=True,
                 env=env,
+                preexec_fn=_die_with_parent,  # one prctl call, nothing that takes a lock
             )
         child = Child(name, proc, log)
         child.pump = asyncio.create_task(child._pump(), name=f"pump:{name}")

@@ -1,4 +1,4 @@
-"""`make demo`'s program run unattended tells the whole story (low credit, disconnection, keypad top-up accepted, reconnection, replay rejected) with the real mosquitto and with the embedded broker, exits 0, and leaves no process behind, also when stopped with Ctrl-C."""
+"""`make demo`'s program run unattended tells the whole story (low credit, disconnection, keypad top-up accepted, reconnection, replay rejected) with the real mosquitto and with the embedded broker, exits 0, and leaves no process behind, also when stopped with Ctrl-C or killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,11 +65,24 @@ def _alive_mentioning(text: str) -> list[str]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """``pid`` is a live process (not a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _survivors(children: dict[str, int], workdir: Path) -> list[str]:
+    """The demo's children still running, by pid, and anything else using its folder."""
+    left = [f"{name} (pid {pid})" for name, pid in children.items() if _running(pid)]
+    return left + _alive_mentioning(str(workdir))
+
+
 def _assert_nothing_left(children: dict[str, int], workdir: Path) -> None:
     assert set(children) == {"broker", "simulator", "gateway"}
-    for name, pid in children.items():
-        assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) survived the demo"
-    assert _alive_mentioning(str(workdir)) == []
+    assert _survivors(children, workdir) == []
 
 
 def _story_order(lines: list[str]) -> None:
@@ -168,3 +183,28 @@ def test_ctrl_c_stops_every_child_and_exits_0(tmp_path: Path) -> None:
     output = "".join(seen)
     assert "demo over (Ctrl-C); exit 0" in output
     _assert_nothing_left(_children(output), workdir)
+
+
+@pytest.mark.broker
+def test_a_demo_killed_hard_takes_its_children_with_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "site"
+    log = tmp_path / "demo.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_demo(workdir), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: "gateway gw-demo is online" in log.read_text(), 60, "the gateway online")
+        children = _children(log.read_text())
+        assert set(children) == {"broker", "simulator", "gateway"}
+        assert all(_running(pid) for pid in children.values())
+    finally:
+        proc.kill()  # SIGKILL: the demo cleans up nothing itself
+        proc.wait()
+    _until(lambda: _survivors(children, workdir) == [], 20, "every child gone")
+
+
+def _until(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait for another process's state, which offers nothing to await."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        time.sleep(0.05)
