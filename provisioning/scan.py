@@ -1,8 +1,9 @@
 """`meter-provision scan --bus NAME`: probe unit ids on a bus and name each responder's map.
 
 A PE-1 answers input register 0 (map_version) with 1. A third-party meter is recognised
-by reading its energy register and decoding it with each shipped map: the first map whose
-reading decodes to a plausible, finite, non-negative value is named (a guess, said so).
+by reading, with each shipped map, its voltages, frequency and energy: a map fits when all
+of them are plausible, and the fitting map that explains the most points is named (a
+guess, and the table says so).
 Probes use short timeouts; an RS-485 line answers one request at a time.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from gateway.meter_io import energy_wh
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from protocol import modbus
-from protocol.codec import decode
+from protocol.codec import Value, decode, physical
 from protocol.errors import DecodeError
 from protocol.modbus import ExceptionReplyError
 from protocol.regmap import RegisterMap, Table, load_map, shipped_map_names
@@ -74,34 +75,84 @@ def _request(regmap: RegisterMap, name: str, unit: int) -> modbus.Request:
     return modbus.read_input(unit, p.address, count)
 
 
-async def probe_unit(port: ModbusPort, unit: int, maps: Sequence[RegisterMap]) -> Responder | None:
-    """What answers at ``unit``; None for silence (or a Modbus exception to everything)."""
-    answered = False
-    for regmap in maps:
-        name = "map_version" if regmap.has("map_version") else "energy_import"
+class _NobodyAnsweredError(Exception):
+    """Nothing answered at this unit."""
+
+
+#: Points read to fingerprint a third-party meter, and the plausible range of each unit.
+_PROBES = ("voltage", "voltage_l2", "voltage_l3", "frequency", "energy_import")
+_PLAUSIBLE = {"V": (50.0, 500.0), "Hz": (45.0, 65.0)}
+
+
+async def _read_point(port: ModbusPort, regmap: RegisterMap, name: str, unit: int) -> Value:
+    """One point; :class:`_NobodyAnsweredError` when nobody is there, MeterIOError when refused."""
+    try:
+        regs = await port.request(_request(regmap, name, unit))
+    except MeterIOError as exc:
+        if exc.kind == IOFailure.CONNECTION:
+            raise ProvisionError(f"cannot reach the bus {port.name}: {exc.cause}") from None
+        if _silent(exc):
+            raise _NobodyAnsweredError from None
+        raise
+    try:
+        return decode(regmap.point(name), regs)
+    except DecodeError as exc:
+        raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from None
+
+
+async def _fingerprint(port: ModbusPort, regmap: RegisterMap, unit: int) -> list[str] | None:
+    """Each probe point of ``regmap`` read and plausible (voltages 50..500 V, frequency
+    45..65 Hz, energy finite and >= 0): what was seen; None if any is not."""
+    seen: list[str] = []
+    for name in _PROBES:
+        if not regmap.has(name):
+            continue
+        point = regmap.point(name)
+        value = await _read_point(port, regmap, name, unit)
         try:
-            regs = await port.request(_request(regmap, name, unit))
-        except MeterIOError as exc:
-            if exc.kind == IOFailure.CONNECTION:
-                raise ProvisionError(f"cannot reach the bus {port.name}: {exc.cause}") from None
-            if _silent(exc) and not answered:
+            if name == "energy_import":
+                seen.append(f"{energy_wh(point, value)} Wh")
+                continue
+            reading = float(physical(point, value))
+        except (DecodeError, ValueError, ArithmeticError):
+            return None
+        low, high = _PLAUSIBLE.get(point.unit, (-math.inf, math.inf))
+        if not (math.isfinite(reading) and low <= reading <= high):
+            return None
+        seen.append(f"{reading:.1f} {point.unit}")
+    return seen
+
+
+async def probe_unit(port: ModbusPort, unit: int, maps: Sequence[RegisterMap]) -> Responder | None:
+    """What answers at ``unit``; None for silence. A map with a version register must
+    return its version; any other map must give plausible readings at all its probe
+    points, and the map that explains the most points is named."""
+    answered = False
+    fits: list[tuple[int, str, list[str]]] = []
+    for regmap in maps:
+        try:
+            if regmap.has("map_version"):
+                version = await _read_point(port, regmap, "map_version", unit)
+                answered = True
+                if version == regmap.version:
+                    return Responder(unit, regmap.name, f"map_version {version}")
+                continue
+            seen = await _fingerprint(port, regmap, unit)
+        except _NobodyAnsweredError:
+            if not answered:
                 return None  # silence: no other map will get an answer either
-            answered = answered or exc.kind == IOFailure.EXCEPTION
+            continue
+        except MeterIOError:
+            answered = True
             continue
         answered = True
-        point = regmap.point(name)
-        try:
-            value = decode(point, regs)
-            if name == "map_version":
-                if value == regmap.version:
-                    return Responder(unit, regmap.name, f"map_version {value}")
-                continue
-            wh = energy_wh(point, value)
-        except (DecodeError, ValueError, ArithmeticError):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            continue
-        return Responder(unit, regmap.name, f"energy {wh} Wh decodes (probable)")
+        if seen is not None:
+            fits.append((len(seen), regmap.name, seen))
+    if fits:
+        best = max(n for n, _, _ in fits)
+        names = [name for n, name, _ in fits if n == best]
+        seen = next(s for n, _, s in fits if n == best)
+        return Responder(unit, " or ".join(names), f"probable: {', '.join(seen)}")
     if answered:
         return Responder(unit, "unknown", "answers, but no shipped map fits")
     return None

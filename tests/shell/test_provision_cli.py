@@ -185,25 +185,19 @@ async def test_scan_finds_the_simulated_meters_and_names_their_map(site: Site) -
     assert "s left" in ran.err
 
 
+@pytest.mark.parametrize("map_name", ["sdm120", "sdm630", "em24", "iem3000"])
 @pytest.mark.asyncio
-async def test_scan_identifies_a_third_party_map(tmp_path: Path) -> None:
-    async with Simulator.start(meters=1, map_name="sdm120") as sim:
+async def test_scan_identifies_third_party_maps(tmp_path: Path, map_name: str) -> None:
+    async with Simulator.start(meters=1, map_name=map_name) as sim:
         write_site_config(tmp_path, sim)
         ran = await acli(
-            "scan",
-            "--config",
-            tmp_path / "gateway.toml",
-            "--bus",
-            "tcp-1",
-            "--units",
-            "1-2",
-            "--timeout",
-            "0.1",
-        )
+            "scan", "--config", tmp_path / "gateway.toml", "--bus", "tcp-1", "--units", "1-2",
+            "--timeout", "0.1",
+        )  # fmt: skip
     assert ran.rc == 0, ran.err
-    rows = [line.split()[:2] for line in ran.out.splitlines()[1:]]
-    assert rows[0][0] == "1"
-    assert rows[0][1] != "pe1"
+    rows = [line.split(maxsplit=2) for line in ran.out.splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["1", map_name]]
+    assert rows[0][2].startswith("probable: ")
 
 
 @pytest.mark.asyncio
