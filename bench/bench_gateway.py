@@ -290,7 +290,7 @@ async def _role_gateway(p: dict[str, Any]) -> dict[str, Any]:
         else:
             await asyncio.sleep(p["warmup"])
             r0, c0, t0 = gw.counters.readings, own_cpu(), time.monotonic()
-            pub0, s0 = runner.drain.published, gw.counters.steps
+            pub0, s0, b0 = runner.drain.published, gw.counters.steps, gw.counters.batches
             await asyncio.sleep(p["window"])
             r1, c1, t1 = gw.counters.readings, own_cpu(), time.monotonic()
             result.update(
@@ -301,7 +301,7 @@ async def _role_gateway(p: dict[str, Any]) -> dict[str, Any]:
                 steps=gw.counters.steps - s0,
                 failures=gw.counters.poll_failures,
                 outbox_depth=store.outbox_depth(),
-                batches=gw.counters.batches,
+                batches=gw.counters.batches - b0,
             )
         result["rss_kib"] = rss_kib(os.getpid())
         result["meters"] = len(gw.meters)
@@ -436,18 +436,20 @@ async def _role_drain(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _role_paho(p: dict[str, Any]) -> dict[str, Any]:
-    """Baseline for (d): a bare paho client publishing N QoS 1 messages of the same size
-    with the same in-flight window, waiting for every PUBACK."""
+    """Baseline for (d): a bare paho client publishing N QoS 1 messages of the same size,
+    never more than the same in-flight window outstanding (like the drain), waiting for
+    every PUBACK. (Queueing all N at once makes paho quadratic: not a fair baseline.)"""
     payload = b"x" * p["size"]
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-paho", protocol=paho.MQTTv5)
     client.max_inflight_messages_set(p["inflight"])
-    client.max_queued_messages_set(0)
+    window = threading.Semaphore(p["inflight"])
     acked = 0
     done = threading.Event()
 
     def on_publish(*_a: Any) -> None:
         nonlocal acked
         acked += 1
+        window.release()
         if acked == p["messages"]:
             done.set()
 
@@ -456,6 +458,7 @@ def _role_paho(p: dict[str, Any]) -> dict[str, Any]:
     client.loop_start()
     c0, t0 = own_cpu(), time.monotonic()
     for i in range(p["messages"]):
+        window.acquire()
         client.publish(f"prepaid/v1/gw-bench/meters/PE1-{i % 1000:06d}/reading", payload, qos=1)
     done.wait(300)
     t1, c1 = time.monotonic(), own_cpu()
@@ -465,22 +468,19 @@ def _role_paho(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(role: str, params: dict[str, Any]) -> None:
-    if role == "gateway" and params.get("profile"):
-        profiler = cProfile.Profile()
+    roles = {"gateway": _role_gateway, "pymodbus": _role_pymodbus, "drain": _role_drain}
+    profiler = cProfile.Profile() if params.get("profile") else None
+    if profiler is not None:
         profiler.enable()
-        result = asyncio.run(_role_gateway(params))
-        profiler.disable()
-        profiler.dump_stats(params["profile"])
-    elif role == "gateway":
-        result = asyncio.run(_role_gateway(params))
-    elif role == "pymodbus":
-        result = asyncio.run(_role_pymodbus(params))
-    elif role == "drain":
-        result = asyncio.run(_role_drain(params))
-    elif role == "paho":
+    if role == "paho":
         result = _role_paho(params)
+    elif role in roles:
+        result = asyncio.run(roles[role](params))
     else:
         raise SystemExit(f"unknown role {role}")
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(params["profile"])
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -600,6 +600,11 @@ def line(name: str, r: dict[str, Any]) -> float:
 
 
 def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
+    report_a(a, measure_a(a, work, mqtt_port))
+
+
+def measure_a(a: Any, work: Path, mqtt_port: int) -> dict[str, dict[str, Any]]:
+    """The runs of (a): gateway (disk, tmpfs), bare pymodbus, gateway at 100, modpoll."""
     meters = a.meters
     print(f"(a) Modbus TCP polling throughput, {meters} PE-1 meters, full work per reading")
     ports = (meters + UNITS_PER_PORT - 1) // UNITS_PER_PORT
@@ -613,6 +618,16 @@ def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
         cfg = config_data(store, tcp_buses(sim.tcp, a.concurrency), mqtt_port, interval=0.01)
         params = {"config": cfg, "warmup": a.warmup, "window": a.window}
         g = run_child("gateway", {**params, "profile": profile_path(a, "a")})
+        # Diagnostic only: the same run with the store on tmpfs (fsync costs nothing).
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            subprocess.run(["cp", str(store), str(shm / "a.db")], check=True)
+            cfg_shm = config_data(
+                shm / "a.db", tcp_buses(sim.tcp, a.concurrency), mqtt_port, interval=0.01
+            )
+            g_shm = run_child("gateway", {**params, "config": cfg_shm})
+        finally:
+            subprocess.run(["rm", "-rf", str(shm)], check=True)
         sim_cpu0 = cpu_seconds(sim.proc.pid)
         b = run_child("pymodbus", {"tcp": sim.tcp, "meters": meters, **params})
         sim_cpu_b = cpu_seconds(sim.proc.pid) - sim_cpu0
@@ -635,10 +650,22 @@ def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
             )
     finally:
         sim100.stop()
+    return {"g": g, "g_shm": g_shm, "b": b, "sim": {"cpu": sim_cpu_b}, "g100": g100, "m": m or {}}
+
+
+def report_a(a: Any, runs: dict[str, dict[str, Any]]) -> None:
+    g, g_shm, b, g100, m = runs["g"], runs["g_shm"], runs["b"], runs["g100"], runs["m"]
+    meters = a.meters
+    sim_cpu_b = runs["sim"]["cpu"]
     gr = line(f"gateway, {meters} meters (c={a.concurrency}/port)", g)
     print(
         f"    published QoS 1 in window: {g['published']:,}  outbox depth at end: "
         f"{g['outbox_depth']:,}  batches: {g['batches']:,}  poll failures: {g['failures']}"
+    )
+    line("  same, store on tmpfs (NOT durable)", g_shm)
+    print(
+        f"    (batches {g_shm['batches']:,}, steps per batch {g_shm['steps'] / max(1, g_shm['batches']):.1f}"
+        f" vs {g['steps'] / max(1, g['batches']):.1f} on disk)"
     )
     br = line(f"bare pymodbus, {meters} meters", b)
     print(f"    (simulator CPU while pymodbus ran: {sim_cpu_b:.1f} s)")
@@ -647,7 +674,7 @@ def bench_a(a: Any, work: Path, mqtt_port: int) -> None:
         f"  gateway / bare pymodbus: {gr / br:.2f}x readings/s, CPU per reading "
         f"{per_1000(g['cpu'], g['readings']) / per_1000(b['cpu'], b['readings']):.2f}x"
     )
-    if m is not None:
+    if m:
         mr = line("modpoll 1.6.0, 100 meters", m)
         print(
             f"  gateway 1000 / modpoll: {gr / mr:.2f}x readings/s (target >= 3x); "
@@ -753,7 +780,7 @@ def bench_d(a: Any, work: Path, mqtt_port: int) -> None:
         opening_balance=5_000,
         settings=big_credit(),
     )
-    for inflight in (64, 256):
+    for inflight in (int(x) for x in a.inflight.split(",")):
         # a fresh copy of the store per run: the same 100k rows each time
         run_store = work / f"d{inflight}.db"
         subprocess.run(["cp", str(store), str(run_store)], check=True)
@@ -764,9 +791,11 @@ def bench_d(a: Any, work: Path, mqtt_port: int) -> None:
                 "messages": total,
                 "mqtt_port": mqtt_port,
                 "inflight": inflight,
+                "profile": profile_path(a, f"d{inflight}"),
             },
             timeout=600,
         )
+        show_profile(a, f"d{inflight}")
         rate = r["depth"] / r["seconds"]
         print(
             f"  gateway drain, max_inflight {inflight:>3}: {rate:8,.0f} msg/s "
@@ -830,10 +859,13 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--outbox", type=int, default=100_000)
     parser.add_argument(
+        "--inflight", default="64", help="MQTT in-flight windows for (d), e.g. 64,256"
+    )
+    parser.add_argument(
         "--profile",
         default="",
         metavar="PREFIX",
-        help="cProfile the gateway runs of (a) and (b) into PREFIX.a, PREFIX.b9600, ...",
+        help="cProfile the gateway runs of (a), (b), (d) into PREFIX.a, PREFIX.b9600, PREFIX.d64",
     )
     parser.add_argument("--modpoll", default="/tmp/modpoll-venv/bin/modpoll")  # noqa: S108
     args = parser.parse_args()
