@@ -281,30 +281,38 @@ class Store:
     # ------------------------------------------------------------------ meters
     def add_meter(self, record: MeterRecord, state: MeterState, now: datetime) -> None:
         """Enrol a meter with its initial state."""
-        if record.meter_id != state.meter_id:
-            raise ValueError("record and state name different meters")
-        settings_json = json.dumps(settings_to_json(state.settings))
+        self.add_meters([(record, state)], now)
+
+    def add_meters(self, meters: Sequence[tuple[MeterRecord, MeterState]], now: datetime) -> None:
+        """Enrol several meters in ONE transaction: all of them or, on any error, none."""
+        for record, state in meters:
+            if record.meter_id != state.meter_id:
+                raise ValueError("record and state name different meters")
+        current = ""
         try:
             with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO meters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.meter_id,
-                        record.bus,
-                        record.unit_id,
-                        record.map_name,
-                        record.meter_key,
-                        record.key_epoch,
-                        settings_json,
-                        _iso(now),
-                    ),
-                )
-                self._write_ledger(db, state, now)
-                db.execute("INSERT INTO outbox_seq VALUES (?, 0)", (record.meter_id,))
+                for record, state in meters:
+                    current = record.meter_id
+                    db.execute(
+                        "INSERT INTO meters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            record.meter_id,
+                            record.bus,
+                            record.unit_id,
+                            record.map_name,
+                            record.meter_key,
+                            record.key_epoch,
+                            json.dumps(settings_to_json(state.settings)),
+                            _iso(now),
+                        ),
+                    )
+                    self._write_ledger(db, state, now)
+                    db.execute("INSERT INTO outbox_seq VALUES (?, 0)", (record.meter_id,))
         except sqlite3.IntegrityError as exc:
-            raise DuplicateMeterError(f"meter {record.meter_id} is already enrolled") from exc
-        self._seq[record.meter_id] = 0
-        self._settings[record.meter_id] = state.settings
+            raise DuplicateMeterError(f"meter {current} is already enrolled") from exc
+        for record, state in meters:
+            self._seq[record.meter_id] = 0
+            self._settings[record.meter_id] = state.settings
 
     def load_meters(self) -> list[StoredMeter]:
         """Every enrolled meter with its state, token window and lockout, by meter id."""

@@ -116,11 +116,10 @@ def run_enrol(args: argparse.Namespace) -> int:
         except ProvisionError as exc:
             raise ProvisionError(f"{where}{exc}") from None
         save_extras(config, merge_extras(load_extras(config), planned))
-        for _, p in planned:
-            try:
-                store.add_meter(p.record, p.state, now)
-            except StoreError as exc:
-                raise ProvisionError(f"{p.record.meter_id}: {exc}") from None
+        try:
+            store.add_meters([(p.record, p.state) for _, p in planned], now)
+        except StoreError as exc:
+            raise ProvisionError(f"{where}{exc}: nothing enrolled") from None
     for _, p in planned:
         r = p.record
         print(
