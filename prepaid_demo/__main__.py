@@ -182,9 +182,11 @@ class Demo:
     control: tuple[str, int] = (HOST, 0)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str = ""
+    director: Director = field(default_factory=lambda: Director(LOW_CREDIT_UNITS))
 
     def __post_init__(self) -> None:
         self.children = Children(self.folder)
+        self.director = Director(tuple(u for u in LOW_CREDIT_UNITS if u <= self.args.meters))
 
     def say(self, text: str) -> None:
         """A story line: shown under the live view, or printed at once in plain mode."""
@@ -303,18 +305,19 @@ class Demo:
         viewer = Viewer(broker, mqtt5)
         viewer.start()
         try:
-            gateway = await self.children.start(
+            await self.children.start(
                 "gateway", [sys.executable, "-m", "gateway", "run", "--config", str(config_path)]
             )
             self.say(
                 "started: " + ", ".join(f"{c.name} pid {c.pid}" for c in self.children.started)
             )
-            return await self.watch(viewer, gateway, status_file(config))
+            return await self.watch(viewer, status_file(config))
         finally:
             viewer.stop()
 
-    async def watch(self, viewer: Viewer, gateway: Child, status_path: Path) -> int:
-        director = Director(tuple(u for u in LOW_CREDIT_UNITS if u <= self.args.meters))
+    async def watch(self, viewer: Viewer, status_path: Path) -> int:
+        """Feed the view, step the script and redraw until the end; 0, or ChildError."""
+        director = self.director
         deadline = None if self.args.duration is None else time.monotonic() + self.args.duration
         windows = settings_for("residential").windows
         while not self.stop.is_set():
@@ -344,7 +347,6 @@ class Demo:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REFRESH_S):
                     await self.stop.wait()
-        del gateway
         return 0
 
     def _sim_now(self) -> datetime:
@@ -447,6 +449,8 @@ async def _main(args: argparse.Namespace, folder: Path, live: bool) -> int:
         code = 1
     finally:
         report = await demo.children.stop_all()
+        if demo.director.phase is not Phase.DONE:
+            demo.say(f"story not complete: the demo was {demo.director.phase}")
         if live:
             sys.stdout.write("\x1b[?25h\x1b[?1049l")
             for line in demo.story:
