@@ -27,10 +27,11 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the demo dies, even by SIGKILL, so a
-    demo killed hard still leaves nothing running."""
+    """In the child before exec (Linux): SIGKILL when the demo dies, even by SIGKILL, so a
+    demo killed hard still leaves nothing running. SIGKILL rather than SIGTERM: nobody is
+    left to wait for a clean stop, and the gateway's store is built to survive a kill."""
     if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ChildError(RuntimeError):
