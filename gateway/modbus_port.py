@@ -108,9 +108,8 @@ class TcpPort:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.connect_timeout
-                )
+                async with asyncio.timeout(self.connect_timeout):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
             except (OSError, TimeoutError) as exc:
                 raise MeterIOError(
                     unit, IOFailure.CONNECTION, f"cannot connect to {self.host}:{self.port}: {exc}"
@@ -166,7 +165,8 @@ class TcpPort:
             self._pending[tid] = (request, fut)
             writer.write(mbap_frame(tid, request.unit, request.pdu()))
             try:
-                pdu = await asyncio.wait_for(fut, self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    pdu = await fut
             except TimeoutError:
                 if self._mid_frame:
                     # A frame started and never finished: the stream cannot be trusted
@@ -235,7 +235,8 @@ class _ByteLine:
                 return None
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
         out = bytes(self.buffer[:n])
         del self.buffer[:n]
         return out
@@ -286,9 +287,8 @@ class RtuPort:
         try:
             if self.device.startswith("socket://"):
                 host, _, port = self.device.removeprefix("socket://").rpartition(":")
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port)), 3.0
-                )
+                async with asyncio.timeout(3.0):
+                    reader, writer = await asyncio.open_connection(host, int(port))
                 self._writer = writer
                 asyncio.get_running_loop().create_task(
                     self._pump(reader, line), name=f"modbus-rtu-rx:{self.name}"

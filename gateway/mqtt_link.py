@@ -236,15 +236,15 @@ class MqttLink:
 
     async def __aenter__(self) -> MqttLink:
         try:
-            await asyncio.wait_for(
-                self._loop.run_in_executor(
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that arrives as the connect finishes, and a stop would be lost.
+            async with asyncio.timeout(self._connect_timeout):
+                await self._loop.run_in_executor(
                     None,
                     lambda: self._client.connect(
                         self.broker.host, self.broker.port, keepalive=self._keepalive
                     ),
-                ),
-                self._connect_timeout,
-            )
+                )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self._drop()
             raise MqttError(
@@ -252,7 +252,8 @@ class MqttLink:
             ) from exc
         self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc:{self.broker}")
         try:
-            await asyncio.wait_for(asyncio.shield(self._connack), self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.shield(self._connack)
         except TimeoutError as exc:
             await self._teardown()
             raise MqttError(f"no CONNACK from {self.broker}") from exc
@@ -278,7 +279,8 @@ class MqttLink:
         if not self.closed.done():
             self._client.disconnect()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.closed), 2.0)
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self.closed)
         if self._misc_task is not None:
             self._misc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -142,7 +142,8 @@ class BusPoller:
                 if delay > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
                     continue
                 heapq.heappop(self._heap)
                 await slots.acquire()

@@ -161,9 +161,8 @@ class Runner:
             self.mqtt_ready.clear()
             # A clean stop: say so before disconnecting (the Last Will is for crashes).
             with contextlib.suppress(MqttError, TimeoutError):
-                await asyncio.wait_for(
-                    link.publish(self.topics.status, self.status_message(False), retain=True), 2.0
-                )
+                async with asyncio.timeout(2.0):
+                    await link.publish(self.topics.status, self.status_message(False), retain=True)
             raise
 
     async def _publish_discovery(self, link: MqttLink) -> None:
