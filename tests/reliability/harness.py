@@ -1,0 +1,121 @@
+"""Shared pieces of the reliability suite: the gateway as a killable subprocess, online
+tokens, headend collection, and the counts that grow behind environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from examples.headend import Headend
+from gateway.store import Store
+from protocol.tokens.online import issue_online
+from protocol.tokens.token_class import TokenClass
+from tests.support.gateway_env import ONLINE_KEY, GatewayWorld, meter_id
+from tests.support.mqtt import TestClient
+
+
+def env_count(name: str, ci: int, big: int) -> int:
+    """``ci`` in CI; ``big`` when PREPAID_EDGE_SOAK=1; an explicit number in ``name`` wins."""
+    raw = os.environ.get(name)
+    if raw:
+        return int(raw)
+    return big if os.environ.get("PREPAID_EDGE_SOAK") == "1" else ci
+
+
+def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m gateway run`` as an operator starts it, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def outbox_depth(store_path: Path) -> int:
+    with Store.open(store_path) as store:
+        return store.outbox_depth()
+
+
+def online_token(
+    unit: int, counter: int, amount: int, *, valid_for: timedelta | None = None
+) -> str:
+    """A vending-service online credit token for meter ``unit``."""
+    now = datetime.now(UTC)
+    return issue_online(
+        ONLINE_KEY,
+        "vend-1",
+        meter_id(unit),
+        counter,
+        TokenClass.CREDIT,
+        amount,
+        "KES",
+        counter.to_bytes(16, "big"),
+        now - timedelta(minutes=1),
+        now + (valid_for or timedelta(days=2)),
+    )
+
+
+@dataclass
+class Purchases:
+    """Every purchase made for every meter, by channel, sharing one counter per meter."""
+
+    world: GatewayWorld
+    made: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+
+    def next_counter(self, unit: int) -> int:
+        mid = meter_id(unit)
+        counter = self.world.counters.get(mid, 0) + 1
+        self.world.counters[mid] = counter
+        return counter
+
+    def keypad(self, unit: int, amount: int) -> str:
+        counter = self.next_counter(unit)
+        self.made.setdefault(meter_id(unit), []).append((counter, amount, "keypad"))
+        return self.world.keypad_token(unit, amount, counter)
+
+    def online(self, unit: int, amount: int) -> tuple[str, dict[str, Any]]:
+        counter = self.next_counter(unit)
+        mid = meter_id(unit)
+        self.made.setdefault(mid, []).append((counter, amount, "online"))
+        token = online_token(unit, counter, amount)
+        request = f"topup-{mid}-{counter}"
+        return request, {
+            "v": 1,
+            "id": request,
+            "cmd": "topup",
+            "token": token,
+            "correlation": request,
+        }
+
+
+def feed(client: TestClient, headend: Headend, results: dict[str, dict[str, Any]]) -> int:
+    """Hand everything the client received to the headend; command results by request id."""
+    count = 0
+    while True:
+        try:
+            msg = client.messages.get_nowait()
+        except queue.Empty:
+            return count
+        count += 1
+        if msg.topic.endswith("/cmd/result"):
+            body = json.loads(msg.payload)
+            if isinstance(body.get("correlation"), str):
+                results[body["correlation"]] = body
+            continue
+        if msg.topic.endswith("/cmd"):
+            continue
+        headend.handle(msg.topic, msg.payload)
