@@ -9,6 +9,7 @@ import queue
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,3 +120,12 @@ def feed(client: TestClient, headend: Headend, results: dict[str, dict[str, Any]
         if msg.topic.endswith("/cmd"):
             continue
         headend.handle(msg.topic, msg.payload)
+
+
+def detail(event: Mapping[str, object], key: str) -> int:
+    """An integer field of a stored event's ``details``."""
+    details = event.get("details")
+    assert isinstance(details, dict), event
+    value = details.get(key)
+    assert isinstance(value, int), event
+    return value

@@ -19,7 +19,15 @@ from gateway.store import Store
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import eventually, sim_start
-from tests.reliability.harness import Purchases, env_count, feed, kill9, outbox_depth, start_gateway
+from tests.reliability.harness import (
+    Purchases,
+    detail,
+    env_count,
+    feed,
+    kill9,
+    outbox_depth,
+    start_gateway,
+)
 from tests.support.gateway_env import GatewayWorld, meter_id
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
@@ -121,7 +129,7 @@ async def test_crash_torture(tmp_path: Path) -> None:
             ledger = meters[mid].state.ledger
             made = purchases.made.get(mid, [])
             accepted = [e for e in store.events(mid) if e.get("event") == "token_accepted"]
-            counters = sorted(int(e["details"]["counter"]) for e in accepted)  # type: ignore[index,call-overload,arg-type]
+            counters = sorted(detail(e, "counter") for e in accepted)
             assert counters == sorted(c for c, _, _ in made), f"{mid}: {counters} vs {made}"
             exact = (final_energy[unit] - baseline[unit]) * PRICE_PER_WH
             assert ledger.held_wh == 0, mid

@@ -16,7 +16,7 @@ from gateway.store import Store, StoreError
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import sim_start
-from tests.reliability.harness import env_count, kill9, start_gateway
+from tests.reliability.harness import detail, env_count, kill9, start_gateway
 from tests.support.gateway_env import GatewayWorld, meter_id
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.reliability]
@@ -95,9 +95,9 @@ def _check_whole(store: Store, n: int) -> None:
         ledger = stored.state.ledger
         assert ledger.conserved(), (n, mid)
         accepted = [e for e in store.events(mid) if e.get("event") == "token_accepted"]
-        amounts = sum(int(e["details"]["amount"]) for e in accepted)  # type: ignore[index,call-overload,arg-type]
+        amounts = sum(detail(e, "amount") for e in accepted)
         assert ledger.topups == amounts, (n, mid, ledger.topups, amounts)
-        counters = {int(e["details"]["counter"]) for e in accepted}  # type: ignore[index,call-overload,arg-type]
+        counters = {detail(e, "counter") for e in accepted}
         window = stored.token_window
         highest = window.highest if window is not None else -1
         assert (max(counters) if counters else -1) <= highest or not counters, (n, mid)
