@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.reliability]
 SPEED = 60.0
 METERS = 50
 KILLS = env_count("PREPAID_EDGE_KILLS", 30, 100)
-OPENING = 300
+OPENING = 100
 #: fast_settings(): 100 minor units per kWh, no standing charge
 PRICE_PER_WH = Fraction(100, 1000)
 TOPIC = "prepaid/v1/gw-test"
@@ -83,7 +83,7 @@ async def test_crash_torture(tmp_path: Path) -> None:
                 finally:
                     kill9(proc)
                 for unit in units:
-                    sim.set_load(unit, rng.choice([2000, 4000, 6000]))
+                    sim.set_load(unit, rng.choice([4000, 6000, 8000]))
                 for _ in range(KILLS):
                     proc = start_gateway(config(), log)
                     try:
