@@ -141,6 +141,8 @@ class Gateway:
     counters: Counters = field(default_factory=Counters)
     on_commit: Callable[[], None] = lambda: None
     relay_attempts: int = 4
+    #: how long the core lets items gather before one commit (adds at most this latency)
+    commit_window: float = 0.01
     #: gateway seconds per real second (an accelerated clock for demos and tests)
     speed: float = 1.0
     relay_first_delay: float = 0.2
@@ -273,6 +275,9 @@ class Gateway:
     async def run_core(self) -> None:
         while True:
             items = [await self.queue.get()]
+            # Group commit: let a poll cycle's worth of items gather for a moment, so one
+            # durable commit (one fsync) carries many readings.
+            await asyncio.sleep(self.commit_window)
             while len(items) < MAX_BATCH:
                 try:
                     items.append(self.queue.get_nowait())

@@ -189,6 +189,8 @@ def _check_file(path: Path) -> int | None:
 class _Batch:
     """The rows one ``commit_cycle`` writes, prepared before the transaction opens."""
 
+    #: only the meters this batch touches: the work is proportional to the batch, not
+    #: to the number of meters enrolled
     seqs: dict[str, int]
     settings_cache: dict[str, MeterSettings]
     ledgers: list[tuple[int, int, str, str, str, str]] = field(default_factory=list)
@@ -396,24 +398,26 @@ class Store:
                     f"a token in this batch was already applied: {exc}"
                 ) from exc
             raise StoreError(f"commit refused: {exc}") from exc
-        self._seq = batch.seqs
-        self._settings = batch.settings_cache
+        self._seq.update(batch.seqs)
+        self._settings.update(batch.settings_cache)
         return [
             OutboxRow(first_id + i, r.meter_id, r.seq, r.kind, r.ts, r.body)
             for i, r in enumerate(batch.rows)
         ]
 
     def _prepare(self, updates: Iterable[MeterUpdate]) -> _Batch:
-        batch = _Batch(dict(self._seq), dict(self._settings))
+        batch = _Batch({}, {})
         seqs = batch.seqs
         stamps: dict[datetime, str] = {}
         for update in updates:
             state, meter = update.state, update.state.meter_id
             if meter not in seqs:
-                raise UnknownMeterError(f"meter {meter} is not enrolled")
+                if meter not in self._seq:
+                    raise UnknownMeterError(f"meter {meter} is not enrolled")
+                seqs[meter] = self._seq[meter]
             ts = stamps.get(update.now) or stamps.setdefault(update.now, _iso(update.now))
             batch.ledgers.append(self._ledger_row(state, ts))
-            cached = batch.settings_cache.get(meter)
+            cached = batch.settings_cache.get(meter) or self._settings.get(meter)
             if cached is not state.settings and cached != state.settings:
                 batch.settings.append((json.dumps(settings_to_json(state.settings)), meter))
                 batch.settings_cache[meter] = state.settings
@@ -515,11 +519,18 @@ class Store:
         )
 
     def mark_acked(self, ids: Iterable[int], at: datetime) -> None:
-        with self._transaction() as db:
-            db.executemany(
-                "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
-                [(_iso(at), i) for i in ids],
-            )
+        """Record broker acknowledgements. Not synced on its own (the next durable commit
+        syncs it): a power cut can only lose acknowledgements, which means a message is
+        sent again, never lost."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
+                    [(_iso(at), i) for i in ids],
+                )
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def purge_acked(self, older_than: datetime) -> int:
         """Delete rows acknowledged before ``older_than``; the seq counters are kept."""

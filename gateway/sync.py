@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,10 @@ from protocol.mqtt import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
 
+#: Acknowledgements are written to the store in batches, at least this often...
+ACK_FLUSH_S = 0.25
+#: ... or when this many are waiting.
+ACK_FLUSH_ROWS = 1024
 #: Kinds whose latest message is retained by the broker.
 RETAINED_KINDS = frozenset({"balance"})
 
@@ -71,6 +76,8 @@ class OutboxDrain:
         self.clock = clock
         self.batch = batch
         self.wake = asyncio.Event()
+        self._acked: list[int] = []
+        self._acked_since = time.monotonic()
         self.published = 0
         self.last_sync: datetime | None = None
 
@@ -84,7 +91,7 @@ class OutboxDrain:
                 if not rows:
                     if inflight:
                         await asyncio.wait(inflight)
-                    self._collect(inflight)
+                    self._collect(inflight, flush=True)
                     await self._idle(link)
                     continue
                 for row in rows:
@@ -104,7 +111,7 @@ class OutboxDrain:
             if inflight:
                 await asyncio.wait(inflight)
             with contextlib.suppress(MqttError, asyncio.CancelledError):
-                self._collect(inflight)
+                self._collect(inflight, flush=True)
 
     async def _send(self, link: MqttLink, row: OutboxRow) -> int:
         await link.publish(
@@ -114,16 +121,21 @@ class OutboxDrain:
         )
         return row.id
 
-    def _collect(self, inflight: set[asyncio.Task[int]]) -> None:
-        """Record the acknowledged rows of finished publishes; re-raise a failure."""
+    def _collect(self, inflight: set[asyncio.Task[int]], *, flush: bool = False) -> None:
+        """Record the acknowledged rows of finished publishes (in batches: at most every
+        ACK_FLUSH_S, or ACK_FLUSH_ROWS rows, and whenever the drain pauses); re-raise a
+        failure."""
         done = {t for t in inflight if t.done()}
         inflight -= done
-        acked = sorted(t.result() for t in done if not t.cancelled() and t.exception() is None)
-        if acked:
+        self._acked += [t.result() for t in done if not t.cancelled() and t.exception() is None]
+        due = time.monotonic() - self._acked_since >= ACK_FLUSH_S
+        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS):
             now = self.clock()
-            self.outbox.mark_acked(acked, now)
-            self.published += len(acked)
+            self.outbox.mark_acked(sorted(self._acked), now)
+            self.published += len(self._acked)
             self.last_sync = now
+            self._acked = []
+            self._acked_since = time.monotonic()
         for t in done:
             if not t.cancelled() and (exc := t.exception()) is not None:
                 raise exc
