@@ -7,12 +7,15 @@ sequence numbers to detect gaps and duplicates, asks the gateway to resend a gap
 stores readings in SQLite and prints a per-gateway summary.
 
     python examples/headend.py --broker 127.0.0.1:1883 --db headend.db --duration 60
+    python examples/headend.py --broker 127.0.0.1:1883 --topup gw-001/PE1-000042 \
+        --amount 50000 --currency KES --counter 18 --signing-key vend.key --key-id vend-2026
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sqlite3
 import sys
@@ -21,14 +24,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from protocol.tokens.online import issue_online
+from protocol.tokens.token_class import TokenClass
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 SHARE_GROUP = "headend"
@@ -245,6 +253,41 @@ class HeadendClient:
         props.CorrelationData = str(body.get("id", "")).encode()
         self._client.publish(topic, json.dumps(body), qos=1, properties=props).wait_for_publish(5)
 
+    def vend_online(
+        self,
+        gateway: str,
+        meter: str,
+        *,
+        signing_key: Ed25519PrivateKey,
+        key_id: str,
+        counter: int,
+        amount: int,
+        currency: str,
+        timeout: float = 15.0,
+    ) -> dict[str, Any]:
+        """Sell an online top-up end to end: sign the token, send the ``topup`` command,
+        and wait for the gateway's result (on our MQTT 5 response topic)."""
+        now = datetime.now(UTC)
+        token = issue_online(
+            signing_key,
+            key_id,
+            meter,
+            counter,
+            TokenClass.CREDIT,
+            amount,
+            currency,
+            os.urandom(16),
+            now,
+            now + timedelta(days=7),
+        )
+        request_id = f"topup-{uuid.uuid4().hex[:12]}"
+        self.command(gateway, meter, {"v": 1, "id": request_id, "cmd": "topup", "token": token})
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            if reply.get("id") == request_id:
+                return reply
+
     def request_resends(self) -> int:
         """Ask for every gap seen so far; returns how many requests went out."""
         with self.headend.lock:
@@ -273,11 +316,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--duration", type=float, default=0, help="seconds to run (0 = until Ctrl-C)"
     )
+    vend = parser.add_argument_group("sell an online top-up first")
+    vend.add_argument("--topup", metavar="GATEWAY/METER", help="e.g. gw-001/PE1-000042")
+    vend.add_argument("--amount", type=int, help="minor units, e.g. 50000 for 500.00")
+    vend.add_argument("--currency", default="USD")
+    vend.add_argument("--counter", type=int, help="the meter's next purchase counter")
+    vend.add_argument(
+        "--signing-key",
+        type=Path,
+        help="hex Ed25519 key file (meter-provision keys new-signing-key)",
+    )
+    vend.add_argument("--key-id", help="the id the gateways know its public key by")
     args = parser.parse_args(argv)
     host, _, port = args.broker.rpartition(":")
     headend = Headend(args.db)
     client = HeadendClient(headend, host, int(port))
     client.start()
+    if args.topup:
+        gateway, _, meter = args.topup.partition("/")
+        needed = ("amount", "counter", "signing_key", "key_id")
+        missing = [n for n in needed if getattr(args, n) is None]
+        if missing or not meter:
+            parser.error(
+                "--topup needs GATEWAY/METER, --amount, --counter, --signing-key, --key-id"
+            )
+        key = Ed25519PrivateKey.from_private_bytes(
+            bytes.fromhex(args.signing_key.read_text().strip())
+        )
+        result = client.vend_online(
+            gateway,
+            meter,
+            signing_key=key,
+            key_id=args.key_id,
+            counter=args.counter,
+            amount=args.amount,
+            currency=args.currency,
+        )
+        verdict = "credited" if result["ok"] else f"refused ({result['error']})"
+        print(f"top-up {verdict}: {result}")
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         while deadline is None or time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from examples.headend import Headend
+from examples.headend import Headend, HeadendClient
 from gateway.config import GatewayConfig
 from gateway.core.states import CreditState
 from gateway.store import Store
@@ -441,3 +441,30 @@ async def test_rtu_bus_cutoff_and_keypad_top_up(tmp_path: Path, mosquitto: Mosqu
             await eventually(lambda: sim.state(1)["keypad_ack"] == seq, 10, "keypad ack")
             assert all(sim.state(u)["relay_closed"] for u in (2, 3))
             assert gw.counters.poll_failures == 0
+
+
+async def test_reference_headend_vends_an_online_top_up_end_to_end(site: Site) -> None:
+    site.world.enrol([1], opening_balance=60)
+    site.sim.set_load(1, 6000)
+    headend = Headend()
+    client = HeadendClient(headend, site.broker.host, site.broker.port)
+    async with running_gateway(_config(site)) as runner:
+        await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
+        client.start()
+        try:
+            result = await asyncio.to_thread(
+                client.vend_online,
+                "gw-test",
+                M1,
+                signing_key=ONLINE_KEY,
+                key_id="vend-1",
+                counter=1,
+                amount=9000,
+                currency="KES",
+            )
+        finally:
+            client.stop()
+        assert result["ok"] is True
+        assert result["details"]["credited"] == 9000
+        await eventually(lambda: site.sim.state(1)["relay_closed"] is True, 20, "reconnect")
