@@ -9,6 +9,7 @@ and the process exits before touching anything.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -250,3 +251,33 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> GatewayConf
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), None, f"cannot read: {exc}") from None
     return parse_config(text, str(path), env)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """TOML text of a config document (scalars, tables and arrays of tables, one level):
+    what provisioning, the demo and the tests write for the gateway to read."""
+    head: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables += [f"\n[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                tables += [f"\n[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
+        else:
+            head.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(head + tables) + "\n"

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import parse_config
+from gateway.config import parse_config, to_toml
 from gateway.runner import status_file
 from meter_sim.control import request
 from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
@@ -48,7 +48,6 @@ from prepaid_demo.world import (
     plan_site,
     provision,
     settings_for,
-    to_toml,
 )
 
 PROG = "prepaid-demo"

@@ -10,7 +10,6 @@ credit on their customer class's profile.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -180,32 +179,3 @@ def gateway_config(
         "tokens": {"currency": CURRENCY},
         "simulation": {"clock_speed": speed, "clock_start": clock_start.isoformat()},
     }
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """TOML for a gateway config: scalars, tables and arrays of tables (one level)."""
-    head: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables += [f"\n[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:
-                tables += [f"\n[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
-        else:
-            head.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(head + tables) + "\n"

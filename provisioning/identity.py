@@ -32,19 +32,24 @@ class IdentityFiles:
     cert: Path | None
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret owner-only, atomically (a crash leaves the old file or none)."""
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` whole: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret owner-only, atomically."""
+    write_atomic(path, data, 0o600)
 
 
 def _new_key(kind: KeyType) -> PrivateKey:

@@ -4,13 +4,15 @@ enrolment extras the store has no columns for yet (customer account, expected se
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, RtuBus, TcpBus, load_config
 from gateway.modbus_port import ModbusPort, RtuPort, TcpPort
 from gateway.store import Store, StoreError
 from provisioning.errors import ProvisionError
+from provisioning.identity import write_atomic
+
+__all__ = ["write_atomic"]  # the other commands write their files through site
 
 Extras = dict[str, dict[str, str]]
 
@@ -77,21 +79,6 @@ def load_extras(config: GatewayConfig) -> Extras:
     if not isinstance(data, dict):
         raise ProvisionError(f"{path} is not an enrolment extras file")
     return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` whole: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def save_extras(config: GatewayConfig, extras: Extras) -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import TcpBus, parse_config
+from gateway.config import TcpBus, parse_config, to_toml
 from prepaid_demo.__main__ import _meters, _positive_float, _speed, build_parser
 from prepaid_demo.story import PAUSE_S, Director, Phase
 from prepaid_demo.view import ViewModel, money, render
@@ -23,7 +23,6 @@ from prepaid_demo.world import (
     gateway_config,
     keypad_token,
     plan_site,
-    to_toml,
 )
 from protocol.mqtt import BalanceMessage, EventMessage, ReadingMessage, StatusMessage, dump
 
