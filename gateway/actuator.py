@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import MeterIOError, ModbusPort
+from protocol import modbus
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,47 @@ class RelayOutcome:
         return self.observed is self.desired
 
 
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """Where a meter's supply relay is: the meter's own relay coil, or a relay output on
+    a relay module for a meter without one (any unit on any bus the gateway polls)."""
+
+    port: ModbusPort
+    unit: int
+    coil: int
+
+    async def write(self, closed: bool) -> None:
+        await self.port.request(modbus.write_coil(self.unit, self.coil, closed))
+
+    async def read(self) -> bool:
+        (bit,) = await self.port.request(modbus.read_coils(self.unit, self.coil, 1))
+        return bool(bit)
+
+
+def parse_relay_output(text: str) -> tuple[str, int, int]:
+    """``BUS:UNIT:COIL`` -> (bus, unit, coil); ValueError says what is wrong."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise ValueError(f"relay output {text!r} must be BUS:UNIT:COIL")
+    try:
+        unit, coil = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"relay output {text!r}: unit and coil are numbers") from None
+    if not 1 <= unit <= 247 or not 0 <= coil <= 0xFFFF:
+        raise ValueError(f"relay output {text!r}: unit 1..247, coil 0..65535")
+    return parts[0], unit, coil
+
+
 @dataclass
 class MeterTarget:
-    """Where a meter lives: its port, unit id and register map."""
+    """Where a meter lives: its port, unit id and register map, and its relay (None for a
+    metering-only meter)."""
 
     meter_id: str
     port: ModbusPort
     unit: int
     io: MeterIO
+    relay: RelayTarget | None = None
 
 
 async def drive_relay(
@@ -56,10 +90,13 @@ async def drive_relay(
     observed: bool | None = None
     error: str | None = None
     delay = first_delay
+    relay = target.relay
+    if relay is None:
+        return RelayOutcome(target.meter_id, closed, None, 0, "this meter has no relay")
     for attempt in range(1, attempts + 1):
         try:
-            await target.io.write_relay(target.port, target.unit, closed)
-            observed = await target.io.read_relay(target.port, target.unit)
+            await relay.write(closed)
+            observed = await relay.read()
         except MeterIOError as exc:
             error = str(exc)
         else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.actuator import MeterTarget, drive_relay
+from gateway.actuator import MeterTarget, RelayTarget, drive_relay, parse_relay_output
 from gateway.config import GatewayConfig, RtuBus, TcpBus
 from gateway.core.commands import (
     Command,
@@ -42,7 +42,7 @@ from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import MeterIOError, ModbusPort, RtuPort, TcpPort
 from gateway.poll_schedule import interval_for
 from gateway.poller import BusPoller, PolledMeter
-from gateway.store import MeterUpdate, Store, StoredMeter, StoreError
+from gateway.store import MeterRecord, MeterUpdate, Store, StoredMeter, StoreError
 from gateway.token_intake import (
     KeypadEntry,
     LockoutState,
@@ -207,7 +207,9 @@ class Gateway:
                 state=stored.state,
                 window=window,
                 lockout=LockoutState.from_stored(stored.lockout),
-                target=MeterTarget(rec.meter_id, poller.port, rec.unit_id, io),
+                target=MeterTarget(
+                    rec.meter_id, poller.port, rec.unit_id, io, self._relay_of(rec, poller.port, io)
+                ),
                 polled=polled,
                 poller=poller,
                 key=MeterKey(rec.meter_key),
@@ -215,6 +217,19 @@ class Gateway:
             self.meters[rec.meter_id] = runtime
             poller.add(polled)
             self._adapt_interval(runtime, self.clock())
+
+    def _relay_of(self, rec: MeterRecord, port: ModbusPort, io: MeterIO) -> RelayTarget | None:
+        """The meter's own relay coil, or its enrolled relay output, or None."""
+        if io.regmap.has("relay"):
+            return RelayTarget(port, rec.unit_id, io.regmap.point("relay").address)
+        if rec.relay_output is None:
+            return None
+        try:
+            bus, unit, coil = parse_relay_output(rec.relay_output)
+            return RelayTarget(self.ports[bus], unit, coil)
+        except (ValueError, KeyError) as exc:
+            log.error("meter %s: relay output %r unusable: %s", rec.meter_id, rec.relay_output, exc)
+            return None
 
     # ------------------------------------------------------------------ pollers → queue
 

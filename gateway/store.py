@@ -96,6 +96,9 @@ class MeterRecord:
     map_name: str
     meter_key: bytes
     key_epoch: int = 0
+    #: for a meter without a relay of its own: "BUS:UNIT:COIL" of the relay that switches
+    #: its supply (a relay module on a bus the gateway polls)
+    relay_output: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +299,9 @@ class Store:
                 for record, state in meters:
                     current = record.meter_id
                     db.execute(
-                        "INSERT INTO meters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO meters (meter_id, bus, unit_id, map_name, meter_key,"
+                        " key_epoch, settings_json, enrolled_at, relay_output)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             record.meter_id,
                             record.bus,
@@ -306,6 +311,7 @@ class Store:
                             record.key_epoch,
                             json.dumps(settings_to_json(state.settings)),
                             _iso(now),
+                            record.relay_output,
                         ),
                     )
                     self._write_ledger(db, state, now)
@@ -332,9 +338,10 @@ class Store:
         out = []
         rows = db.execute(
             "SELECT m.meter_id, bus, unit_id, map_name, meter_key, key_epoch, settings_json,"
-            " state_json FROM meters m JOIN ledgers l USING (meter_id) ORDER BY m.meter_id"
+            " state_json, relay_output FROM meters m JOIN ledgers l USING (meter_id)"
+            " ORDER BY m.meter_id"
         )
-        for meter_id, bus, unit_id, map_name, key, epoch, settings_json, state_json in rows:
+        for meter_id, bus, unit_id, map_name, key, epoch, settings_json, state_json, relay in rows:
             try:
                 settings = settings_from_json(json.loads(settings_json))
                 body = json.loads(state_json)
@@ -345,7 +352,7 @@ class Store:
                     f"meter {meter_id}: stored state unreadable: {exc}"
                 ) from exc
             self._settings[meter_id] = settings
-            record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch)
+            record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch, relay)
             out.append(StoredMeter(record, state, windows.get(meter_id), lockouts.get(meter_id)))
         return out
 

@@ -77,6 +77,9 @@ CREATE TABLE executed_commands (
     executed_at TEXT NOT NULL
 ) STRICT, WITHOUT ROWID;
 """,
+    3: """
+ALTER TABLE meters ADD COLUMN relay_output TEXT;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

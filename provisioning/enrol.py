@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from gateway.actuator import parse_relay_output
 from gateway.config import GatewayConfig
 from gateway.core.driver import MeterState, enrol
 from gateway.core.json_forms import SettingsError, settings_from_json, settings_to_json
@@ -27,7 +28,7 @@ from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, StoredMeter
 from protocol.errors import MapError
-from protocol.regmap import Capability, load_map
+from protocol.regmap import Capability, RegisterMap, load_map
 from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
 from provisioning.errors import ProvisionError
 from provisioning.key_files import KeyFileError, read_secret_file
@@ -184,6 +185,29 @@ def check_meter_id(meter_id: str) -> str:
     return meter_id
 
 
+def _relay_output(
+    fields: Mapping[str, str], regmap: RegisterMap, map_name: str, config: GatewayConfig
+) -> str | None:
+    """A relay-less meter is prepaid only with a relay output (a relay module's coil)."""
+    relay_output = fields.get("relay_output", "").strip() or None
+    if relay_output is not None:
+        if Capability.RELAY in regmap.capabilities:
+            raise FieldError("relay_output", f"map {map_name} has its own relay")
+        try:
+            relay_bus, _unit, _coil = parse_relay_output(relay_output)
+        except ValueError as exc:
+            raise FieldError("relay_output", str(exc)) from None
+        if relay_bus not in {b.name for b in config.buses}:
+            raise FieldError("relay_output", f"unknown bus {relay_bus!r}")
+    elif Capability.RELAY not in regmap.capabilities:
+        raise FieldError(
+            "map",
+            f"map {map_name} has no relay: refused as prepaid unless a relay_output "
+            "(BUS:UNIT:COIL of a relay module) is given",
+        )
+    return relay_output
+
+
 def plan_meter(
     fields: Mapping[str, str],
     config: GatewayConfig,
@@ -211,16 +235,7 @@ def plan_meter(
         regmap = load_map(map_name)
     except MapError as exc:
         raise FieldError("map", str(exc)) from None
-    if Capability.RELAY not in regmap.capabilities:
-        if fields.get("relay_output", "").strip():
-            raise FieldError(
-                "relay_output",
-                f"map {map_name} has no relay; a separate relay output cannot be recorded by "
-                "this gateway's store yet, so it cannot be enrolled as prepaid",
-            )
-        raise FieldError(
-            "map", f"map {map_name} has no relay: refused as prepaid unless a relay_output is given"
-        )
+    relay_output = _relay_output(fields, regmap, map_name, config)
     epoch = _int(fields, "key_epoch", 0)
     assert epoch is not None
     if not 0 <= epoch <= MAX_EPOCH:
@@ -239,7 +254,7 @@ def plan_meter(
     protected = _bool(fields, "protected")
     try:
         state = enrol(meter_id, settings, now, opening_balance=credit, protected=protected)
-        record = MeterRecord(meter_id, bus, unit, map_name, key, epoch)
+        record = MeterRecord(meter_id, bus, unit, map_name, key, epoch, relay_output)
     except ValueError as exc:
         raise FieldError("meter_id", str(exc)) from None
     extras = {

@@ -83,7 +83,11 @@ def add_enrol_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--reconnect-needs-button", action="store_true", help="reconnect only after the button"
     )
     p.add_argument("--expected-serial", help="serial number commissioning must read")
-    p.add_argument("--relay-output", help="external relay for a relay-less meter")
+    p.add_argument(
+        "--relay-output",
+        metavar="BUS:UNIT:COIL",
+        help="the relay module coil that switches a relay-less meter's supply",
+    )
     p.set_defaults(func=run_enrol)
 
 

@@ -15,15 +15,24 @@ import pytest_asyncio
 
 from examples.headend import Headend, HeadendClient
 from gateway.config import GatewayConfig
+from gateway.core.driver import enrol
 from gateway.core.states import CreditState
-from gateway.store import Store
+from gateway.store import MeterRecord, Store
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from protocol.command_auth import sign_command
+from protocol.tokens.keys import derive_meter_key
 from protocol.tokens.online import issue_online
 from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
-from tests.support.gateway_env import HEADEND_KEY, ONLINE_KEY, GatewayWorld, meter_id
+from tests.support.gateway_env import (
+    HEADEND_KEY,
+    ONLINE_KEY,
+    VENDING_KEY,
+    GatewayWorld,
+    fast_settings,
+    meter_id,
+)
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -468,3 +477,39 @@ async def test_reference_headend_vends_an_online_top_up_end_to_end(site: Site) -
         assert result["ok"] is True
         assert result["details"]["credited"] == 9000
         await eventually(lambda: site.sim.state(1)["relay_closed"] is True, 20, "reconnect")
+
+
+async def test_relay_less_meter_is_switched_through_its_relay_output(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """An Eastron SDM120 (no relay) billed as prepaid: the cut-off opens the coil of the
+    relay module enrolled as its relay output, on another bus."""
+    start_f, start = sim_start(SPEED)
+    clock = ScaledClock(SPEED, start_f)
+    async with (
+        Simulator.start(meters=1, map_name="sdm120", seed=3, clock=clock) as meters,
+        Simulator.start(meters=5, map_name="pe1", seed=4, clock=clock) as relays,
+    ):
+        meters.set_load(1, 6000)
+        world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
+        now = datetime.now(UTC)
+        key = derive_meter_key(VENDING_KEY, M1, 0)
+        with Store.open(world.store_path) as store:
+            store.add_meter(
+                MeterRecord(M1, "tcp-1", 1, "sdm120", key.secret, 0, relay_output="relays:5:0"),
+                enrol(M1, fast_settings(), now, opening_balance=100),
+                now,
+            )
+        data = world.config_data(
+            tcp=meters.tcp_address,
+            broker=(mosquitto.host, mosquitto.port),
+            speed=SPEED,
+            start=start,
+        )
+        host, port = relays.tcp_address
+        data["buses"].append({"name": "relays", "kind": "tcp", "host": host, "port": port})
+        async with running_gateway(GatewayConfig.model_validate(data)) as runner:
+            gw = runner.gateway
+            await eventually(lambda: relays.state(5)["relay_closed"] is False, 40, "cut-off")
+            assert gw.meters[M1].state.credit is CreditState.DISCONNECTED
+            assert all(relays.state(u)["relay_closed"] for u in (1, 2, 3, 4))

@@ -342,7 +342,9 @@ async def test_enrol_refuses_duplicates_and_leaves_the_store_unchanged(site: Sit
     [
         (("--map", "nosuch"), "map: "),
         (("--map", "sdm120"), "map sdm120 has no relay"),
-        (("--map", "sdm120", "--relay-output", "ext-1"), "cannot be recorded"),
+        (("--map", "sdm120", "--relay-output", "ext-1"), "must be BUS:UNIT:COIL"),
+        (("--map", "sdm120", "--relay-output", "rs485-9:5:0"), "unknown bus 'rs485-9'"),
+        (("--relay-output", "tcp-1:5:0"), "map pe1 has its own relay"),
         (("--alarm1", "10", "--alarm2", "20"), "alarm1 > alarm2"),
         (("--credit", "lots"), "credit: 'lots' is not a whole number"),
         (("--price-per-kwh", "cheap"), "price_per_kwh"),
@@ -358,6 +360,16 @@ async def test_enrol_bad_input_is_one_line_and_writes_nothing(
     assert message in ran.err
     assert ran.err.count("\n") == 1
     assert site.snapshot() == before
+
+
+@pytest.mark.asyncio
+async def test_relay_less_meter_is_enrolled_with_a_relay_output(site: Site) -> None:
+    ran = site.enrol(2, "--map", "sdm120", "--relay-output", "tcp-1:5:0")
+    assert ran.rc == 0, ran.err
+    with Store.open(site.store) as store:
+        record = next(m.record for m in store.load_meters() if m.record.meter_id == "PE1-000002")
+    assert record.map_name == "sdm120"
+    assert record.relay_output == "tcp-1:5:0"
 
 
 @pytest.mark.asyncio
