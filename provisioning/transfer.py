@@ -178,6 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
             "unit_id": r.unit_id,
             "map": r.map_name,
             "key_epoch": r.key_epoch,
+            "relay_output": r.relay_output,
             "settings": settings_to_json(m.state.settings),
             "extras": dict(extras.get(r.meter_id, {})),
         }
@@ -234,6 +235,7 @@ def _planned(
             str(item["map"]),
             key,
             int(item.get("key_epoch", 0)),
+            str(item["relay_output"]) if item.get("relay_output") else None,
         )
         w = item.get("token_window")
         window = TokenWindow(int(w["epoch"]), int(w["highest"]), int(w["bitmap"])) if w else None
