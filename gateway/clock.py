@@ -11,22 +11,26 @@ from datetime import UTC, datetime
 
 @dataclass
 class GatewayClock:
-    """UTC ``now()``; with ``speed`` > 1, time runs that much faster from ``start``."""
+    """UTC ``now()``; with ``speed`` > 1, time runs that much faster: the clock read
+    ``start`` at the real instant ``anchor``. A fixed anchor keeps the clock where it was
+    across restarts (a restarted gateway must not see time go back)."""
 
     speed: float = 1.0
     start: datetime | None = None
-    _t0: float = field(default_factory=time.monotonic)
+    anchor: datetime | None = None
+    _anchor_s: float = field(init=False)
+    _start_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError("clock speed must be positive")
-        if self.start is None:
-            self.start = datetime.now(UTC)
+        real_now = time.time()
+        self._anchor_s = self.anchor.timestamp() if self.anchor is not None else real_now
+        self._start_s = self.start.timestamp() if self.start is not None else self._anchor_s
 
     def now(self) -> datetime:
-        assert self.start is not None
-        elapsed = (time.monotonic() - self._t0) * self.speed
-        return datetime.fromtimestamp(self.start.timestamp() + elapsed, UTC)
+        elapsed = (time.time() - self._anchor_s) * self.speed
+        return datetime.fromtimestamp(self._start_s + elapsed, UTC)
 
     def real_seconds(self, clock_seconds: float) -> float:
         """How long ``clock_seconds`` of gateway time takes in real time."""

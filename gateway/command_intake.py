@@ -95,6 +95,8 @@ class CommandIntake:
             raw = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):
             return None, None, Answer(False, "malformed", "not JSON")
+        except RecursionError:
+            return None, None, Answer(False, "malformed", "JSON nested too deeply")
         request_id = (
             raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
         )

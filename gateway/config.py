@@ -176,7 +176,12 @@ class SimulationSettings(_Strict):
         default=1.0, gt=0, le=100_000, description="gateway seconds per real second"
     )
     clock_start: AwareDatetime | None = Field(
-        default=None, description="gateway time at start; default: now"
+        default=None, description="gateway time at clock_anchor; default: now"
+    )
+    clock_anchor: AwareDatetime | None = Field(
+        default=None,
+        description="the real instant the clock read clock_start (kept across restarts); "
+        "default: when the gateway starts",
     )
 
 

@@ -255,7 +255,8 @@ def run_gateway(config: GatewayConfig) -> int:
 
     async def main() -> None:
         sim = config.simulation
-        runner = Runner(config, clock=GatewayClock(sim.clock_speed, sim.clock_start).now)
+        clock = GatewayClock(sim.clock_speed, sim.clock_start, sim.clock_anchor)
+        runner = Runner(config, clock=clock.now)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop.set)

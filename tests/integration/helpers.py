@@ -38,7 +38,8 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Runner]:
     """The gateway service in this event loop, stopped cleanly at the end."""
     sim = config.simulation
     store = Store.open(config.store)
-    runner = Runner(config, clock=GatewayClock(sim.clock_speed, sim.clock_start).now)
+    clock = GatewayClock(sim.clock_speed, sim.clock_start, sim.clock_anchor)
+    runner = Runner(config, clock=clock.now)
     task = asyncio.create_task(runner.run(store), name="gateway-under-test")
     try:
         await asyncio.wait_for(runner.started.wait(), 10)

@@ -158,7 +158,12 @@ class GatewayWorld:
             },
             "simulation": {
                 "clock_speed": speed,
-                **({"clock_start": start.isoformat()} if start else {}),
+                # The simulator's clock read `start` at that same real instant.
+                **(
+                    {"clock_start": start.isoformat(), "clock_anchor": start.isoformat()}
+                    if start
+                    else {}
+                ),
             },
         }
         if extra:
