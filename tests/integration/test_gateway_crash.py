@@ -112,6 +112,7 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
             credited = sum(a for _, a in tokens)
             ledger = state.ledger
             assert ledger.balance == 2_000 + credited - ledger.charged, meter
+            assert ledger.held_wh == 0, f"{meter}: energy held as implausible after a restart"
             assert store.last_seq(meter) == headend.gateways["gw-test"].meters[meter].highest
     summary = headend.gateways["gw-test"]
     assert summary.violations == 0, headend.violation_log[:3]
