@@ -22,8 +22,6 @@ from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from protocol.command_auth import sign_command
 from protocol.tokens.keys import derive_meter_key
-from protocol.tokens.online import issue_online
-from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.support.gateway_env import (
     HEADEND_KEY,
@@ -32,6 +30,7 @@ from tests.support.gateway_env import (
     GatewayWorld,
     fast_settings,
     meter_id,
+    online_token,
 )
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
@@ -69,24 +68,6 @@ def _config(site: Site, **kw: Any) -> GatewayConfig:
         speed=SPEED,
         start=start,
         **kw,
-    )
-
-
-def _online_token(
-    unit: int, counter: int, amount: int, *, expires_in: timedelta | None = None
-) -> str:
-    now = datetime.now(UTC)
-    return issue_online(
-        ONLINE_KEY,
-        "vend-1",
-        meter_id(unit),
-        counter,
-        TokenClass.CREDIT,
-        amount,
-        "KES",
-        bytes(16),
-        now - timedelta(minutes=1),
-        now + (expires_in or timedelta(days=2)),
     )
 
 
@@ -153,7 +134,7 @@ async def test_online_topup_reconnects_and_replay_is_refused(site: Site) -> None
         gw = runner.gateway
         await eventually(lambda: site.sim.state(1)["relay_closed"] is False, 40, "cut-off")
         await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
-        token = _online_token(1, 1, 8000)
+        token = online_token(1, 1, 8000)
         cmd = {"v": 1, "id": "topup-1", "cmd": "topup", "token": token}
         site.headend.publish(f"prepaid/v1/gw-test/meters/{M1}/cmd", json.dumps(cmd).encode())
         await eventually(lambda: site.sim.state(1)["relay_closed"] is True, 20, "reconnect")

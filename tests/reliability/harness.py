@@ -11,15 +11,12 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from examples.headend import Headend
 from gateway.store import Store
-from protocol.tokens.online import issue_online
-from protocol.tokens.token_class import TokenClass
-from tests.support.gateway_env import ONLINE_KEY, GatewayWorld, meter_id
+from tests.support.gateway_env import GatewayWorld, meter_id, online_token
 from tests.support.mqtt import TestClient
 
 
@@ -49,25 +46,6 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
 def outbox_depth(store_path: Path) -> int:
     with Store.open(store_path) as store:
         return store.outbox_depth()
-
-
-def online_token(
-    unit: int, counter: int, amount: int, *, valid_for: timedelta | None = None
-) -> str:
-    """A vending-service online credit token for meter ``unit``."""
-    now = datetime.now(UTC)
-    return issue_online(
-        ONLINE_KEY,
-        "vend-1",
-        meter_id(unit),
-        counter,
-        TokenClass.CREDIT,
-        amount,
-        "KES",
-        counter.to_bytes(16, "big"),
-        now - timedelta(minutes=1),
-        now + (valid_for or timedelta(days=2)),
-    )
 
 
 @dataclass

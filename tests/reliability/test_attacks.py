@@ -19,8 +19,7 @@ from protocol.command_auth import sign_command
 from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
-from tests.reliability.harness import online_token
-from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, to_toml
+from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, online_token, to_toml
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 from tests.support.pki import TestCA

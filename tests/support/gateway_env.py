@@ -21,6 +21,7 @@ from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, Store
 from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.keys import derive_meter_key
+from protocol.tokens.online import issue_online
 from protocol.tokens.token_class import TokenClass
 
 VENDING_KEY = bytes(range(32))
@@ -173,3 +174,22 @@ class GatewayWorld:
 
 def in_future(minutes: int = 5) -> datetime:
     return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def online_token(
+    unit: int, counter: int, amount: int, *, valid_for: timedelta | None = None
+) -> str:
+    """A vending-service online credit token for meter ``unit``."""
+    now = datetime.now(UTC)
+    return issue_online(
+        ONLINE_KEY,
+        "vend-1",
+        meter_id(unit),
+        counter,
+        TokenClass.CREDIT,
+        amount,
+        "KES",
+        counter.to_bytes(16, "big"),
+        now - timedelta(minutes=1),
+        now + (valid_for or timedelta(days=2)),
+    )
