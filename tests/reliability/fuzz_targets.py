@@ -1,0 +1,77 @@
+"""atheris (coverage-guided) fuzz targets for the parsers that face the outside world:
+Modbus RTU and TCP replies, keypad digits and online tokens. Each target accepts only a
+typed rejection; anything else is a crash that atheris reports with its input.
+
+Run one: ``python tests/reliability/fuzz_targets.py modbus -runs=100000``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import atheris
+
+with atheris.instrument_imports():
+    from protocol.errors import DecodeError
+    from protocol.modbus import (
+        ExceptionReplyError,
+        parse_mbap_header,
+        parse_reply_pdu,
+        parse_rtu_reply,
+        read_coils,
+        read_input,
+        write_coil,
+    )
+    from protocol.tokens.keypad import verify_keypad
+    from protocol.tokens.keys import derive_meter_key
+    from protocol.tokens.online import verify_online
+    from protocol.tokens.replay import ReplayWindow
+    from protocol.tokens.results import Accepted, Rejected
+
+KEY = derive_meter_key(bytes(32), "PE1-000001", 0)
+WINDOW = ReplayWindow.fresh(0)
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+REQUESTS = [read_input(1, 0, 22), read_input(7, 16, 1), read_coils(1, 0, 1), write_coil(3, 0, True)]
+
+
+def modbus(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    request = REQUESTS[fdp.ConsumeIntInRange(0, len(REQUESTS) - 1)]
+    raw = fdp.ConsumeBytes(fdp.remaining_bytes())
+    for parse in (parse_rtu_reply, parse_reply_pdu):
+        try:
+            values = parse(request, raw)
+        except (DecodeError, ExceptionReplyError):
+            continue
+        assert isinstance(values, tuple)
+    with contextlib.suppress(DecodeError):
+        parse_mbap_header(raw[:7])
+
+
+def keypad(data: bytes) -> None:
+    text = data.decode("latin-1")
+    verdict = verify_keypad(text, "PE1-000001", KEY, WINDOW)
+    assert isinstance(verdict, Rejected | Accepted)
+    assert not isinstance(verdict, Accepted), f"accepted a fuzzed token: {text!r}"
+
+
+def online(data: bytes) -> None:
+    for token in (data, data.decode("latin-1")):
+        verdict = verify_online(token, "PE1-000001", {}, WINDOW, NOW)
+        assert isinstance(verdict, Rejected), verdict
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {"modbus": modbus, "keypad": keypad, "online": online}
+
+
+def main() -> None:
+    target = TARGETS[sys.argv[1]]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
