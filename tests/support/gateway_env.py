@@ -159,9 +159,13 @@ class GatewayWorld:
             },
             "simulation": {
                 "clock_speed": speed,
-                # The simulator's clock read `start` at that same real instant.
+                # `start` is the simulator's time now: the gateway's clock reads it at this
+                # real instant, whenever the gateway (re)starts from this config.
                 **(
-                    {"clock_start": start.isoformat(), "clock_anchor": start.isoformat()}
+                    {
+                        "clock_start": start.isoformat(),
+                        "clock_anchor": datetime.now(UTC).isoformat(),
+                    }
                     if start
                     else {}
                 ),
