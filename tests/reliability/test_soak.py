@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import GatewayConfig
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import eventually, running_gateway, sim_start
@@ -55,10 +56,17 @@ async def _sample(depth: Callable[[], int]) -> dict[str, int]:
 async def test_soak_stays_flat(tmp_path: Path, mosquitto: Mosquitto) -> None:
     world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
     units = range(1, METERS + 1)
-    world.enrol(units, opening_balance=10_000_000)
     start_f, _ = sim_start(SPEED)
     async with Simulator.start(meters=METERS, seed=8, clock=ScaledClock(SPEED, start_f)) as sim:
-        config = world.config(
+        # 247 unit ids per Modbus TCP port: one bus per simulator port.
+        ports = {address: f"tcp-{k + 1}" for k, address in enumerate(sim.tcp_addresses)}
+
+        def place(n: int) -> tuple[str, int]:
+            address, unit = sim.tcp_endpoint_of(n)
+            return ports[address], unit
+
+        world.enrol(units, opening_balance=10_000_000, place=place)
+        data = world.config_data(
             tcp=sim.tcp_address,
             broker=(mosquitto.host, mosquitto.port),
             speed=SPEED,
@@ -66,6 +74,18 @@ async def test_soak_stays_flat(tmp_path: Path, mosquitto: Mosquitto) -> None:
             interval=1.0,
             timeout=0.5,
         )
+        data["buses"] = [
+            {
+                "name": name,
+                "kind": "tcp",
+                "host": host,
+                "port": port,
+                "timeout_s": 0.5,
+                "retries": 0,
+            }
+            for (host, port), name in ports.items()
+        ]
+        config = GatewayConfig.model_validate(data)
         with TestClient(mosquitto, "soak-headend") as headend:
             headend.subscribe("prepaid/v1/gw-test/#")
             async with running_gateway(config) as runner:

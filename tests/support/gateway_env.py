@@ -4,6 +4,7 @@ at a simulator and a broker, and the vending keys to make tokens for them."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -70,20 +71,26 @@ class GatewayWorld:
         settings: MeterSettings | None = None,
         now: datetime | None = None,
         protected: bool = False,
+        place: Callable[[int], tuple[str, int]] | None = None,
     ) -> None:
+        """Enrol meters ``meter_id(n)`` for each n, at unit n of ``bus``, or where
+        ``place(n)`` says ((bus, unit): more than 247 meters span several ports)."""
         now = now or datetime.now(UTC)
+        meters = []
+        for n in units:
+            mid = meter_id(n)
+            where, unit = place(n) if place is not None else (bus, n)
+            key = derive_meter_key(VENDING_KEY, mid, 0)
+            state = enrol(
+                mid,
+                settings or fast_settings(),
+                now,
+                opening_balance=opening_balance,
+                protected=protected,
+            )
+            meters.append((MeterRecord(mid, where, unit, "pe1", key.secret, 0), state))
         with Store.open(self.store_path) as store:
-            for unit in units:
-                mid = meter_id(unit)
-                key = derive_meter_key(VENDING_KEY, mid, 0)
-                state = enrol(
-                    mid,
-                    settings or fast_settings(),
-                    now,
-                    opening_balance=opening_balance,
-                    protected=protected,
-                )
-                store.add_meter(MeterRecord(mid, bus, unit, "pe1", key.secret, 0), state, now)
+            store.add_meters(meters, now)
 
     def keypad_token(self, unit: int, amount: int, counter: int | None = None) -> str:
         mid = meter_id(unit)
