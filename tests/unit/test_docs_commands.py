@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import re
 import shlex
@@ -137,8 +138,10 @@ def test_documented_command_still_parses(doc: str, command: str) -> None:
     if "$" in command and prog not in PARSERS:
         args = [a for a in args if "$" not in a]
     if prog.endswith("/python") or prog in ("python", "python3"):
-        if args[:1] == ["-m"]:
+        if args[:1] == ["-m"] and args[1] in PARSERS:
             _parse(args[1], args[2:])
+        elif args[:1] == ["-m"]:
+            assert importlib.util.find_spec(args[1]) is not None, f"{doc}: no module {args[1]}"
         else:
             assert (ROOT / args[0]).exists(), f"{doc}: no script {args[0]}"
         return
