@@ -82,6 +82,10 @@ class MeterRuntime:
     poller: BusPoller
     key: MeterKey
     relay_task: asyncio.Task[None] | None = None
+    #: the one task writing display/alarm/keypad ack to this meter, and what it writes next
+    write_task: asyncio.Task[None] | None = None
+    pending_writes: dict[str, Any] = field(default_factory=dict)
+    pending_ack: int | None = None
     relay_failures: int = 0
     relay_desired: bool | None = None
     last_snapshot: MeterSnapshot | None = None
@@ -412,9 +416,15 @@ class Gateway:
                     pass
         ack = outcome.ack_keypad_seq if outcome is not None else None
         if writes or ack is not None:
-            asyncio.get_running_loop().create_task(
-                self._write_meter(rt, writes, ack), name=f"write:{rt.meter_id}"
-            )
+            # Coalesced: at most one write in flight per meter, the latest values win, so a
+            # slow or busy meter never piles up writes (or tasks) behind it.
+            rt.pending_writes.update(writes)
+            if ack is not None:
+                rt.pending_ack = ack
+            if rt.write_task is None or rt.write_task.done():
+                rt.write_task = asyncio.get_running_loop().create_task(
+                    self._write_meter(rt), name=f"write:{rt.meter_id}"
+                )
         if relay is not None:
             running = rt.relay_task is not None and not rt.relay_task.done()
             if running and rt.relay_desired is relay.closed:
@@ -426,15 +436,22 @@ class Gateway:
                 self._drive_relay(rt, relay.closed), name=f"relay:{rt.meter_id}"
             )
 
-    async def _write_meter(self, rt: MeterRuntime, writes: dict[str, Any], ack: int | None) -> None:
-        """Display first (the customer sees the result), then acknowledge the keypad entry."""
-        try:
-            if writes:
-                await rt.target.io.write_points(rt.target.port, rt.target.unit, writes)
-            if ack is not None:
-                await rt.target.io.write_points(rt.target.port, rt.target.unit, {"keypad_ack": ack})
-        except MeterIOError as exc:
-            log.warning("write to %s failed: %s (retried at the next poll)", rt.meter_id, exc)
+    async def _write_meter(self, rt: MeterRuntime) -> None:
+        """Write what is pending until nothing is: display first (the customer sees the
+        result), then acknowledge the keypad entry. A failed write is dropped; the next
+        step that changes the display, or the keypad entry seen again, writes anew."""
+        while rt.pending_writes or rt.pending_ack is not None:
+            writes, ack = rt.pending_writes, rt.pending_ack
+            rt.pending_writes, rt.pending_ack = {}, None
+            try:
+                if writes:
+                    await rt.target.io.write_points(rt.target.port, rt.target.unit, writes)
+                if ack is not None:
+                    await rt.target.io.write_points(
+                        rt.target.port, rt.target.unit, {"keypad_ack": ack}
+                    )
+            except MeterIOError as exc:
+                log.warning("write to %s failed: %s (retried at the next poll)", rt.meter_id, exc)
 
     async def _drive_relay(self, rt: MeterRuntime, closed: bool) -> None:
         if rt.relay_failures:
@@ -496,8 +513,9 @@ class Gateway:
 
     async def close(self) -> None:
         for rt in self.meters.values():
-            if rt.relay_task is not None:
-                rt.relay_task.cancel()
+            for task in (rt.relay_task, rt.write_task):
+                if task is not None:
+                    task.cancel()
         for port in self.ports.values():
             with contextlib.suppress(Exception):
                 await port.close()
