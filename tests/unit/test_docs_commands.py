@@ -1,4 +1,4 @@
-"""Every command shown in README.md and docs/ still works as written: our own CLIs parse it (subcommands, flags and arguments exist), make targets exist, scripts exist, and anything else is a named system tool; `--help` of each of our programs runs."""
+"""Every command shown in README.md and docs/ still works as written: our own CLIs parse it (subcommands, flags and arguments exist), make targets exist, scripts exist, and anything else is a named system tool; `--help` of each of our programs runs. The simulator page and the field guide are also executed, in order, by tests/shell/test_docs_walkthrough.py."""
 
 from __future__ import annotations
 
