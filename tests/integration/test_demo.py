@@ -1,10 +1,12 @@
-"""`make demo`'s program run unattended tells the whole story (low credit, disconnection, keypad top-up accepted, reconnection, replay rejected) with the real mosquitto and with the embedded broker, exits 0, and leaves no process behind, also when stopped with Ctrl-C or killed with SIGKILL."""
+"""`make demo`'s program run unattended tells the whole story (low credit, disconnection, keypad top-up accepted, reconnection, replay rejected) with the real mosquitto, with the embedded broker chosen by flag, and with no mosquitto on the machine (the binary hidden in a private mount namespace), exits 0, and leaves no process behind, also when stopped with Ctrl-C or killed with SIGKILL."""
 
 from __future__ import annotations
 
 import os
 import queue
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,11 +107,38 @@ def _story_order(lines: list[str]) -> None:
     assert positions == sorted(positions), mine
 
 
+def _without_mosquitto(command: list[str]) -> list[str]:
+    """``command`` as on a machine without mosquitto: in a private mount namespace where
+    the installed binary is covered by /dev/null (not executable), with a PATH that has no
+    mosquitto either. Needs root and util-linux's unshare, as in CI."""
+    binary = mosquitto_binary()
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("hiding the mosquitto binary needs root and unshare (CI has both)")
+    hide = f"mount --bind /dev/null {shlex.quote(binary)} && " if binary else ""
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if not (Path(d) / "mosquitto").exists()
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'{hide}PATH={shlex.quote(path)} exec "$@"',
+        "sh",
+        *command,
+    ]
+
+
 @pytest.mark.parametrize(
     "broker",
     [
         pytest.param("mosquitto", marks=pytest.mark.broker),
         pytest.param("embedded", id="embedded-amqtt"),
+        pytest.param("uninstalled", id="no-mosquitto-anywhere"),
     ],
 )
 def test_unattended_demo_tells_the_story_and_cleans_up(tmp_path: Path, broker: str) -> None:
@@ -119,8 +148,11 @@ def test_unattended_demo_tells_the_story_and_cleans_up(tmp_path: Path, broker: s
     flags = ["--duration", str(DURATION_S)]
     if broker == "embedded":
         flags.append("--no-mosquitto")
+    command = _demo(workdir, *flags)
+    if broker == "uninstalled":
+        command = _without_mosquitto(command)
     done = subprocess.run(
-        _demo(workdir, *flags),
+        command,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -130,6 +162,8 @@ def test_unattended_demo_tells_the_story_and_cleans_up(tmp_path: Path, broker: s
     output = done.stdout
     assert done.returncode == 0, output + done.stderr
     expected_broker = "broker: mosquitto (real broker" if broker == "mosquitto" else "broker: amqtt"
+    if broker == "uninstalled":
+        assert "mosquitto" not in output.split("broker:", 1)[1].splitlines()[0], output
     assert expected_broker in output
     for marker in STORY:
         assert marker in output, f"{marker!r} missing from the demo's output:\n{output}"
