@@ -53,6 +53,7 @@ async def _sample(depth: Callable[[], int]) -> dict[str, int]:
     }
 
 
+@pytest.mark.timeout(SECONDS + 600)
 async def test_soak_stays_flat(tmp_path: Path, mosquitto: Mosquitto) -> None:
     world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
     units = range(1, METERS + 1)
