@@ -43,6 +43,7 @@ PRICE_PER_WH = Fraction(100, 1000)
 TOPIC = "prepaid/v1/gw-test"
 
 
+@pytest.mark.timeout(180 + 6 * KILLS)
 async def test_crash_torture(tmp_path: Path) -> None:
     rng = random.Random(9)
     folder = tmp_path / "broker"
