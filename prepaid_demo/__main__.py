@@ -203,7 +203,12 @@ class Demo:
         binary = None if self.args.no_mosquitto else mosquitto_binary()
         if binary is not None:
             conf = self.folder / "mosquitto.conf"
-            lines = [f"listener {port} {HOST}", "allow_anonymous true", "persistence false"]
+            lines = [
+                f"listener {port} {HOST}",
+                "allow_anonymous true",
+                "persistence false",
+                "max_queued_messages 100000",  # see docs/mqtt.md, Connection
+            ]
             if os.geteuid() == 0:
                 lines.append("user root")
             conf.write_text("\n".join(lines) + "\n")

@@ -65,6 +65,9 @@ class Mosquitto:
             "log_type all",
             "connection_messages true",
             f"persistence {'true' if persistence else 'false'}",
+            # A headend's session must hold a gateway's post-outage burst: the default
+            # (1,000) drops the rest (docs/mqtt.md, Connection).
+            "max_queued_messages 100000",
             f"persistence_location {folder}/",
         ]
         if os.geteuid() == 0:
