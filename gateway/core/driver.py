@@ -40,6 +40,7 @@ from gateway.core.events import (
     TopUpAccepted,
 )
 from gateway.core.forecast import SpendSample, add_sample, exhaustion_time
+from gateway.core.frozen import quick_init
 from gateway.core.ledger import DeltaKind, Ledger, max_plausible_wh, register_delta
 from gateway.core.money import round_ratio
 from gateway.core.settings import MeterSettings
@@ -86,6 +87,7 @@ REMOTE_TRIGGERS = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MeterState:
     """Everything the core knows about one meter; the store persists it whole."""
