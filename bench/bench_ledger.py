@@ -2,8 +2,8 @@
 stepped through the core and committed in ONE transaction (WAL, synchronous=FULL).
 
 Run: ``.venv/bin/python bench/bench_ledger.py [--meters N] [--cycles C] [--dir PATH]``.
-Prints the time of the core steps and of the commit per cycle, cycles per second and
-ledger updates per second. The target is a full cycle in under one second.
+Prints the time of the core steps and of the commit per cycle, the core's time per reading
+step, cycles per second and ledger updates per second. The target is a full cycle in under one second.
 """
 
 from __future__ import annotations
@@ -59,23 +59,24 @@ def main() -> None:
         print(
             f"enrolled {args.meters} meters in {time.perf_counter() - began:.1f} s (one commit each)"
         )
-        step_times, commit_times, totals = [], [], []
+        step_times, step_cpu, commit_times, totals = [], [], [], []
         for cycle in range(args.cycles + 1):
             now = START + timedelta(minutes=15 * cycle)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             updates = []
             for n, (meter_id, state) in enumerate(states.items()):
                 reading = ReadingReceived(meter_id, cycle * (200 + n % 300), now, power_w=800)
                 new_state, commands = step(state, reading, now)
                 states[meter_id] = new_state
                 updates.append(MeterUpdate(new_state, commands, now))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             rows = store.commit_cycle(updates)
             t2 = time.perf_counter()
             if cycle == 0:
                 print(f"baseline cycle: {len(rows)} outbox rows, {t2 - t0:.3f} s")
                 continue
             step_times.append(t1 - t0)
+            step_cpu.append(c1 - c0)
             commit_times.append(t2 - t1)
             totals.append(t2 - t0)
             print(
@@ -88,6 +89,12 @@ def main() -> None:
     print(
         f"median full cycle ({args.meters} readings, durable, one transaction): {total:.3f} s"
         f" (core {statistics.median(step_times):.3f} s, commit {statistics.median(commit_times):.3f} s)"
+    )
+    per_step = [t / args.meters * 1e6 for t in step_times]
+    print(
+        f"core per reading step: {statistics.median(per_step):.1f} µs"
+        f" (median; cycles {', '.join(f'{t:.1f}' for t in per_step)}),"
+        f" CPU {statistics.median(step_cpu) / args.meters * 1e6:.1f} µs"
     )
     print(f"cycles per second: {1 / total:.2f}")
     print(f"ledger updates per second: {args.meters / total:,.0f}")

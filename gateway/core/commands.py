@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import JsonValue
 
+from gateway.core.frozen import quick_init
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:
@@ -51,6 +53,7 @@ class SetRelay:
     reason: Reason
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WriteDisplay:
     meter_id: str
@@ -69,6 +72,7 @@ class SetAlarm:
 PublishKind = Literal["reading", "balance", "event"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Publish:
     """A message for the headend. The body holds neither ``seq`` nor ``ts``: the store

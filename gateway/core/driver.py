@@ -8,7 +8,8 @@ commands that report the outcome (balance, display, alarm) are added.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
+from fractions import Fraction
 from typing import Any
 
 from pydantic import JsonValue
@@ -39,7 +40,9 @@ from gateway.core.events import (
     TopUpAccepted,
 )
 from gateway.core.forecast import SpendSample, add_sample, exhaustion_time
+from gateway.core.frozen import quick_init
 from gateway.core.ledger import DeltaKind, Ledger, max_plausible_wh, register_delta
+from gateway.core.money import round_ratio
 from gateway.core.settings import MeterSettings
 from gateway.core.states import (
     RELAY_OPEN_STATES,
@@ -48,7 +51,7 @@ from gateway.core.states import (
     Trigger,
     apply_trigger,
 )
-from gateway.core.tariff import price_consumption
+from gateway.core.tariff import price_consumption, steady_day
 
 ALARM_STATES = frozenset(
     {CreditState.LOW, CreditState.VERY_LOW, CreditState.EMERGENCY, CreditState.EXHAUSTED}
@@ -75,6 +78,7 @@ TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_
 SWITCHING_TRIGGERS = frozenset(
     {Trigger.DISCONNECT_DUE, Trigger.RECONNECT_ALLOWED, Trigger.RECONNECT_ARM}
 )
+_NO_FLAGS: frozenset[str] = frozenset()
 REMOTE_TRIGGERS = {
     RemoteKind.DISCONNECT: Trigger.REMOTE_DISCONNECT,
     RemoteKind.RECONNECT: Trigger.REMOTE_RECONNECT,
@@ -83,6 +87,7 @@ REMOTE_TRIGGERS = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MeterState:
     """Everything the core knows about one meter; the store persists it whole."""
@@ -528,6 +533,157 @@ def step(state: MeterState, event: Event, now: datetime) -> tuple[MeterState, li
         raise ValueError(f"event for {event.meter_id} given to meter {state.meter_id}")
     if now.tzinfo is None:
         raise ValueError("now must carry a time zone")
+    if type(event) is ReadingReceived:
+        quick = _steady_reading(state, event, now)
+        if quick is not None:
+            return quick
+    return _step(state, event, now)
+
+
+def _settled(credit: CreditState, balance: int, settings: MeterSettings) -> bool:
+    """Whether ``level_trigger`` has nothing to fire for this credit state and balance;
+    ``EXHAUSTED`` is never settled here (its disconnection depends on windows and comm)."""
+    if credit in SUPPLIED_LEVELS:
+        return credit != CreditState.EXHAUSTED and credit_level(balance, settings) == credit
+    if credit == CreditState.DISCONNECTED:
+        return balance <= settings.reconnect_threshold
+    if credit == CreditState.RECONNECT_ARMED:
+        return balance > -settings.overdraft_limit
+    return True
+
+
+def _steady_reading(
+    state: MeterState, event: ReadingReceived, now: datetime
+) -> tuple[MeterState, list[Command]] | None:
+    """``_step`` for the common reading, or None to let ``_step`` do it.
+
+    Common means: one tariff in the schedule; the standing charge already taken for today;
+    a normal register step inside one price segment of one steady local day; no flag,
+    button or relay disagreement; and a balance that moves no credit state. The result is
+    then ``_step``'s to the last field and command (tests/unit/test_core_fast_path.py), but
+    priced in integers and built without the general walk.
+    """
+    settings = state.settings
+    entries = settings.tariffs.entries
+    ledger = state.ledger
+    start, end = ledger.read_at, event.read_at
+    previous, current = ledger.register_wh, event.energy_import_wh
+    credit = state.credit
+    if (
+        len(entries) != 1
+        or start is None
+        or previous is None
+        or not start < end
+        # wall-clock arithmetic on these is the absolute one (the interpolation's midpoint)
+        or type(start.tzinfo) is not timezone
+        or type(end.tzinfo) is not timezone
+        or event.button_pressed
+        or event.cover_open
+        or event.magnetic_tamper
+        or event.load_limit_tripped
+        or event.reverse_energy
+        or not previous <= current < 1 << settings.register_width_bits
+    ):
+        return None
+    observed = event.relay_closed
+    relay_closed = credit not in RELAY_OPEN_STATES
+    if observed is not None and observed != relay_closed:
+        return None  # a disagreement to report
+    if observed is False and state.open_at_last_reading:
+        return None  # maybe a bypass to report
+    tariff = entries[0].tariff
+    today = steady_day(tariff, now)
+    paid = ledger.standing_paid_through
+    if today is None or paid is None or paid < today.day:
+        return None
+    energy_wh = current - previous
+    elapsed = end - start
+    if energy_wh > max_plausible_wh(
+        settings.rated_power_w, elapsed, settings.plausibility_margin_percent
+    ):
+        return None
+    segment = today.segment(start, end)
+    balance = ledger.balance
+    if segment is None or not _settled(credit, balance, settings):
+        return None
+    # Ledger.charge_cost in integers: exact = unbilled + energy * rate, rounded once.
+    unbilled = ledger.unbilled
+    denominator = unbilled.denominator * segment.rate_denominator
+    exact = (
+        unbilled.numerator * segment.rate_denominator
+        + energy_wh * segment.rate_numerator * unbilled.denominator
+    )
+    charged = round_ratio(exact, denominator)
+    balance -= charged
+    if not _settled(credit, balance, settings):
+        return None
+    new_ledger = Ledger(
+        balance,
+        ledger.debt,
+        current,
+        end,
+        Fraction(exact - charged * denominator, denominator),
+        ledger.held_wh,
+        ledger.tier,
+        paid,
+        ledger.opening_balance,
+        ledger.topups,
+        ledger.charged + charged,
+        ledger.debt_recovered,
+        ledger.standing_to_debt,
+    )
+    after = MeterState(
+        state.meter_id,
+        settings,
+        new_ledger,
+        credit,
+        state.comm_ok,
+        _NO_FLAGS,
+        add_sample(state.spend, SpendSample(end, new_ledger.charged)),
+        state.relay_observed if observed is None else observed,
+        state.relay_mismatch_reported and observed is None,
+        observed is False,
+    )
+    meter = state.meter_id
+    commands: list[Command] = [
+        Publish(
+            meter,
+            "reading",
+            {
+                "kind": "reading",
+                "energy_import_wh": current,
+                "power_w": event.power_w,
+                "voltage_v": event.voltage_v,
+                "relay_closed": observed,
+                "charged": charged,
+            },
+        )
+    ]
+    if charged:
+        exhaustion = exhaustion_time(
+            after.spend, balance + settings.overdraft_limit, tariff.standing_charge_per_day, now
+        )
+        commands.append(
+            Publish(
+                meter,
+                "balance",
+                {
+                    "kind": "balance",
+                    "balance": balance,
+                    "currency": tariff.currency,
+                    "credit_state": str(credit),
+                    "debt": new_ledger.debt,
+                    "relay": after.relay_word(),
+                    "forecast_exhaustion": exhaustion.isoformat() if exhaustion else None,
+                },
+            )
+        )
+        commands.append(WriteDisplay(meter, DISPLAY_FOR_STATE[credit], balance))
+    return after, commands
+
+
+def _step(state: MeterState, event: Event, now: datetime) -> tuple[MeterState, list[Command]]:
+    """The general step: every event, every case (``step`` checks the arguments)."""
     before = state
     run = _Run(state, now)
     run.accrue_standing_charges()

@@ -8,11 +8,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from gateway.core.frozen import quick_init
 from gateway.core.tariff import Tariff
 
 Channel = Literal["keypad", "online"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ReadingReceived:
     """A good read of the meter's registers (a failed read is ``PollFailed``)."""

@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.core.frozen import quick_init
+
 #: how many recent samples the forecast keeps, and how far back
 SAMPLES_KEPT = 12
 HORIZON = timedelta(hours=48)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SpendSample:
     """The meter's cumulative energy charge (minor units) at a reading."""

@@ -15,8 +15,11 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from gateway.core.frozen import quick_init
 from gateway.core.money import round_money
 from gateway.core.tariff import TierPosition
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class DeltaKind(StrEnum):
@@ -36,7 +39,7 @@ class RegisterDelta:
 def max_plausible_wh(rated_power_w: int, elapsed: timedelta, margin_percent: int) -> int:
     """The most energy a meter rated ``rated_power_w`` can use in ``elapsed``, plus a margin
     and one Wh of register resolution, rounded up."""
-    micros = max(elapsed // timedelta(microseconds=1), 0)
+    micros = max(elapsed // _MICROSECOND, 0)
     numerator = rated_power_w * micros * (100 + margin_percent)
     denominator = 3_600_000_000 * 100
     return -(-numerator // denominator) + 1
@@ -72,6 +75,7 @@ class TopUpSplit:
     debt_recovered: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """One meter's money and its last trusted register."""

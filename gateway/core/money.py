@@ -17,7 +17,18 @@ def round_money(amount: Fraction) -> int:
     ``Ledger.unbilled``), so rounding never loses or invents money over time: it only
     decides in which reading a fraction of a minor unit is billed.
     """
-    return round(amount)
+    return round_ratio(amount.numerator, amount.denominator)
+
+
+def round_ratio(numerator: int, denominator: int) -> int:
+    """``round_money`` of ``numerator / denominator`` (``denominator > 0``) in integers, for
+    the per-reading fast path that keeps the exact amount as a ratio rather than a Fraction.
+    Ties go to the even neighbour, as ``round(Fraction)`` does."""
+    floor, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice < denominator or (twice == denominator and floor % 2 == 0):
+        return floor
+    return floor + 1
 
 
 @lru_cache(maxsize=1024)
