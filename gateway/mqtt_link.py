@@ -12,13 +12,14 @@ piles up in RAM while disconnected: undelivered messages stay in the store's out
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -70,9 +71,47 @@ class Will:
     retain: bool = True
 
 
-@dataclass
-class _Pending:
-    futures: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+class InflightWindow:
+    """The bound on unacknowledged QoS 1 publishes of one session, shared by those that
+    await their PUBACK (:meth:`MqttLink.publish`) and the outbox drain, which takes slots
+    without waiting (:meth:`MqttLink.publish_nowait`). Waiters are served in order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_take(self) -> bool:
+        if self.used >= self.size or self._waiters:
+            return False
+        self.used += 1
+        return True
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the slot was handed over by give()
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give()  # handed over as we were cancelled: pass it on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def give(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot moves to the waiter: used stays
+                return
+        self.used -= 1
+
+    def resize(self, size: int) -> None:
+        self.size = size
 
 
 class MqttLink:
@@ -102,11 +141,15 @@ class MqttLink:
             protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,
             clean_session=None if protocol == "5" else True,
         )
-        self._client.max_inflight_messages_set(max_inflight)
-        # paho queues without bound while disconnected: cap it at the window we keep.
+        # The window is ours (InflightWindow): paho's own in-flight limit would only add
+        # a scan of every queued message per PUBACK. Its queue is capped at the window,
+        # so nothing piles up in paho while disconnected.
+        self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(max_inflight)
         self.max_inflight = max_inflight
-        self._window = asyncio.Semaphore(max_inflight)
+        self.window = InflightWindow(max_inflight)
+        self._ack_sink: Callable[[int, bool], None] | None = None
+        self._ack_wake: asyncio.Event | None = None
         if broker.tls is not None:
             self._client.tls_set_context(broker.tls)
         if will is not None:
@@ -176,8 +219,12 @@ class MqttLink:
             return
         if rc.is_failure:
             self._connack.set_exception(MqttError("connection refused", str(rc)))
-        else:
-            self._connack.set_result(None)
+            return
+        # MQTT 5: never more unacknowledged publishes than the broker says it takes.
+        receive_max = getattr(_p, "ReceiveMaximum", None) if _p is not None else None
+        if isinstance(receive_max, int) and 0 < receive_max < self.window.size:
+            self.window.resize(receive_max)
+        self._connack.set_result(None)
 
     def _on_disconnect(
         self, _c: paho.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
@@ -192,12 +239,21 @@ class MqttLink:
         self._subscribes.clear()
         if not self.closed.done():
             self.closed.set_result(None)
+        if self._ack_wake is not None:
+            self._ack_wake.set()
 
     def _on_publish(
         self, _c: paho.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
     ) -> None:
         fut = self._publishes.pop(mid, None)
-        if fut is None or fut.done():
+        if fut is None:
+            if self._ack_sink is not None:
+                self.window.give()
+                self._ack_sink(mid, not rc.is_failure)
+                if self._ack_wake is not None:
+                    self._ack_wake.set()
+            return
+        if fut.done():
             return
         if rc.is_failure:
             fut.set_exception(PublishRefusedError("publish refused", str(rc)))
@@ -312,7 +368,8 @@ class MqttLink:
         At most ``max_inflight`` publishes wait at once; more callers queue here, in
         asyncio, never in paho.
         """
-        async with self._window:
+        await self.window.take()
+        try:
             if self.closed.done():
                 raise MqttError("not connected")
             props = None
@@ -329,6 +386,32 @@ class MqttLink:
                 fut = self._loop.create_future()
                 self._publishes[info.mid] = fut
             await fut
+        finally:
+            self.window.give()
+            if self._ack_wake is not None:
+                self._ack_wake.set()  # a slot is free: the drain may be waiting for one
+
+    def attach_acks(self, sink: Callable[[int, bool], None], wake: asyncio.Event) -> None:
+        """Where the PUBACKs of :meth:`publish_nowait` go: ``sink(mid, ok)`` on the loop
+        thread, then ``wake`` is set (also when the session closes)."""
+        self._ack_sink = sink
+        self._ack_wake = wake
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
+        """A QoS 1 publish in a free window slot, without a future or a task (the outbox
+        drain's path, at thousands a second); ``None`` when the window is full. The PUBACK
+        goes to the sink given to :meth:`attach_acks`. Its message id is returned."""
+        if self._ack_sink is None:
+            raise RuntimeError("attach_acks first")
+        if self.closed.done():
+            raise MqttError("not connected")
+        if not self.window.try_take():
+            return None
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.window.give()
+            raise MqttError("publish failed", paho.error_string(info.rc))
+        return info.mid
 
     async def subscribe(self, *topics: str, qos: int = 1) -> None:
         for topic in topics:

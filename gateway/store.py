@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self
 
 from pydantic import JsonValue
 
@@ -578,3 +578,27 @@ class Store:
                 "SELECT body_json FROM event_log WHERE meter_id = ? ORDER BY id", (meter_id,)
             )
         ]
+
+    # ---------------------------------------------------------- the drain's fast read
+    def outbox_pending_raw(self, limit: int = 256, after_id: int = 0) -> list[RawOutboxRow]:
+        """:meth:`outbox_pending` as stored (time and body as text), for the drain, which
+        splices the stored JSON into the envelope instead of decoding it."""
+        return [
+            RawOutboxRow(*r)
+            for r in self._db.execute(
+                "SELECT id, meter_id, seq, kind, ts, body_json FROM outbox"
+                " WHERE acked_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        ]
+
+
+class RawOutboxRow(NamedTuple):
+    """One unacknowledged outbox row as stored: ``ts`` ISO 8601, ``body_json`` the body."""
+
+    id: int
+    meter_id: str
+    seq: int
+    kind: str
+    ts: str
+    body_json: str

@@ -10,6 +10,7 @@ loop you can read: brokers in turn, jittered exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
-from gateway.store import OutboxRow
+from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
+from gateway.store import OutboxRow, RawOutboxRow
 from protocol.mqtt import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,46 @@ class Outbox(Protocol):
 
     def outbox_pending(self, limit: int = ..., after_id: int = ...) -> Sequence[OutboxRow]: ...
 
+    def outbox_pending_raw(
+        self, limit: int = ..., after_id: int = ...
+    ) -> Sequence[RawOutboxRow]: ...
+
     def mark_acked(self, ids: Sequence[int], at: datetime) -> None: ...
 
 
 def utc_iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def envelope_raw(
+    gateway_id: str, row: RawOutboxRow, stamps: dict[str, str], quoted: dict[str, str]
+) -> bytes:
+    """:func:`envelope` of a row as stored, without decoding its body: the common fields,
+    then the stored body spliced in after its leading ``kind`` (the same bytes).
+    ``stamps`` caches stored time -> envelope time, ``quoted`` id -> JSON string (a drain
+    sees the same few over and over); the caller bounds their size."""
+    ts = stamps.get(row.ts)
+    if ts is None:
+        ts = stamps[row.ts] = utc_iso(datetime.fromisoformat(row.ts))
+    kind = quoted.get(row.kind) or quoted.setdefault(row.kind, json.dumps(row.kind))
+    head = '{"kind":' + kind
+    body = row.body_json
+    if not (body.startswith(head) and body[len(head) : len(head) + 1] in (",", "}")):
+        parsed = OutboxRow(
+            row.id,
+            row.meter_id,
+            row.seq,
+            row.kind,
+            datetime.fromisoformat(row.ts),
+            json.loads(body),
+        )
+        return envelope(gateway_id, parsed)
+    gateway = quoted.get(gateway_id) or quoted.setdefault(gateway_id, json.dumps(gateway_id))
+    meter = quoted.get(row.meter_id) or quoted.setdefault(row.meter_id, json.dumps(row.meter_id))
+    return (
+        f'{{"v":{SCHEMA_VERSION},"gateway":{gateway},"meter":{meter},"seq":{row.seq},'
+        f'"ts":"{ts}","kind":{kind}{body[len(head) :]}'
+    ).encode()
 
 
 def envelope(gateway_id: str, row: OutboxRow) -> bytes:
@@ -61,7 +97,11 @@ def envelope(gateway_id: str, row: OutboxRow) -> bytes:
 
 
 class OutboxDrain:
-    """Publishes the outbox in id order over one session; wake it when rows are added."""
+    """Publishes the outbox in id order over one session; wake it when rows are added.
+
+    The hot path has no task or future per message: rows go out through
+    :meth:`MqttLink.publish_nowait` while the window has room, PUBACKs come back as
+    message ids, and acknowledged rows are written to the store in batches."""
 
     def __init__(
         self,
@@ -84,61 +124,88 @@ class OutboxDrain:
     async def run(self, link: MqttLink) -> None:
         """Drain until the session ends (raises :class:`MqttError` then)."""
         after_id = 0
-        inflight: set[asyncio.Task[int]] = set()
+        inflight: dict[int, int] = {}  # message id -> outbox row id
+        pubacks: collections.deque[tuple[int, bool]] = collections.deque()
+        acked = asyncio.Event()
+        link.attach_acks(lambda mid, ok: pubacks.append((mid, ok)), acked)
+        gateway_id, meter_topic = self.topics.gateway_id, self.topics.meter
+        stamps: dict[str, str] = {}
+        quoted: dict[str, str] = {}
         try:
             while True:
-                rows = self.outbox.outbox_pending(self.batch, after_id)
+                rows = self._pending(after_id)
                 if not rows:
-                    if inflight:
-                        await asyncio.wait(inflight)
-                    self._collect(inflight, flush=True)
+                    while inflight:
+                        await self._await_acks(link, acked, pubacks)
+                        self._collect(inflight, pubacks)
+                    self._collect(inflight, pubacks, flush=True)
                     await self._idle(link)
                     continue
+                if len(stamps) > 4096 or len(quoted) > 65536:
+                    stamps.clear()
+                    quoted.clear()
                 for row in rows:
-                    while len(inflight) >= link.max_inflight:
-                        await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                        self._collect(inflight)
-                    inflight.add(
-                        asyncio.create_task(
-                            self._send(link, row), name=f"publish:{row.meter_id}:{row.seq}"
-                        )
-                    )
+                    payload = envelope_raw(gateway_id, row, stamps, quoted)
+                    topic = meter_topic(row.meter_id, row.kind)
+                    retain = row.kind in RETAINED_KINDS
+                    while (mid := link.publish_nowait(topic, payload, retain=retain)) is None:
+                        await self._await_acks(link, acked, pubacks)
+                        self._collect(inflight, pubacks)
+                    inflight[mid] = row.id
                     after_id = row.id
-                self._collect(inflight)
+                self._collect(inflight, pubacks)
         finally:
-            for task in inflight:
-                task.cancel()
-            if inflight:
-                await asyncio.wait(inflight)
-            with contextlib.suppress(MqttError, asyncio.CancelledError):
-                self._collect(inflight, flush=True)
+            with contextlib.suppress(MqttError):
+                self._collect(inflight, pubacks, flush=True)
 
-    async def _send(self, link: MqttLink, row: OutboxRow) -> int:
-        await link.publish(
-            self.topics.meter(row.meter_id, row.kind),
-            envelope(self.topics.gateway_id, row),
-            retain=row.kind in RETAINED_KINDS,
-        )
-        return row.id
+    def _pending(self, after_id: int) -> Sequence[RawOutboxRow]:
+        return self.outbox.outbox_pending_raw(self.batch, after_id)
 
-    def _collect(self, inflight: set[asyncio.Task[int]], *, flush: bool = False) -> None:
-        """Record the acknowledged rows of finished publishes (in batches: at most every
-        ACK_FLUSH_S, or ACK_FLUSH_ROWS rows, and whenever the drain pauses); re-raise a
-        failure."""
-        done = {t for t in inflight if t.done()}
-        inflight -= done
-        self._acked += [t.result() for t in done if not t.cancelled() and t.exception() is None]
+    @staticmethod
+    async def _await_acks(
+        link: MqttLink, acked: asyncio.Event, pubacks: collections.deque[tuple[int, bool]]
+    ) -> None:
+        """Until a PUBACK frees a window slot (or the session ends); at once when
+        acknowledgements are already waiting to be collected."""
+        if link.closed.done():
+            raise MqttError("session closed")
+        if pubacks:
+            return
+        acked.clear()
+        await acked.wait()
+        if link.closed.done():
+            raise MqttError("session closed")
+
+    def _collect(
+        self,
+        inflight: dict[int, int],
+        pubacks: collections.deque[tuple[int, bool]],
+        *,
+        flush: bool = False,
+    ) -> None:
+        """Record the acknowledged rows (in batches: at most every ACK_FLUSH_S, or
+        ACK_FLUSH_ROWS rows, and whenever the drain pauses); a refused publish raises
+        (its row stays unacknowledged and goes again in the next session)."""
+        refused: int | None = None
+        while pubacks:
+            mid, ok = pubacks.popleft()
+            row_id = inflight.pop(mid, None)
+            if row_id is None:
+                continue
+            if ok:
+                self._acked.append(row_id)
+            elif refused is None:
+                refused = row_id
         due = time.monotonic() - self._acked_since >= ACK_FLUSH_S
-        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS):
+        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS or refused):
             now = self.clock()
             self.outbox.mark_acked(sorted(self._acked), now)
             self.published += len(self._acked)
             self.last_sync = now
             self._acked = []
             self._acked_since = time.monotonic()
-        for t in done:
-            if not t.cancelled() and (exc := t.exception()) is not None:
-                raise exc
+        if refused is not None:
+            raise PublishRefusedError("the broker refused outbox row", str(refused))
 
     async def _idle(self, link: MqttLink) -> None:
         """Sleep until new rows are announced or the session closes."""

@@ -101,3 +101,30 @@ async def test_broker_death_fails_pending_and_publishes_will(mosquitto: Mosquitt
             with pytest.raises(MqttError):
                 await link.publish("prepaid/v1/gw-test/x", b"late")
         assert headend.next_message().payload == b"offline"
+
+
+async def test_publish_nowait_fills_the_window_and_acks_free_it(mosquitto: Mosquitto) -> None:
+    acks: list[tuple[int, bool]] = []
+    wake = asyncio.Event()
+    with TestClient(mosquitto, "headend") as headend:
+        headend.subscribe("prepaid/v1/gw-test/#")
+        async with MqttLink(
+            BrokerEndpoint(mosquitto.host, mosquitto.port), client_id="gw", max_inflight=4
+        ) as link:
+            link.attach_acks(lambda mid, ok: acks.append((mid, ok)), wake)
+            topic = "prepaid/v1/gw-test/meters/m1/reading"
+            mids = [link.publish_nowait(topic, b"%d" % i) for i in range(4)]
+            assert None not in mids
+            assert link.publish_nowait(topic, b"full") is None  # the window holds 4
+            # a publish that awaits its PUBACK queues behind the same window
+            waiting = asyncio.create_task(link.publish(topic, b"awaited"))
+            async with asyncio.timeout(10):
+                while len(acks) < 4:
+                    wake.clear()
+                    await wake.wait()
+                await waiting
+            assert sorted(m for m, _ in acks) == sorted(m for m in mids if m is not None)
+            assert all(ok for _, ok in acks)
+            assert link.window.used == 0
+        got = [headend.next_message().payload for _ in range(5)]
+    assert got == [b"0", b"1", b"2", b"3", b"awaited"]
