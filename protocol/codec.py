@@ -96,7 +96,9 @@ class BlockDecoder:
         self.start = start
         self.count = count
         self._pack = struct.Struct(f">{count}H").pack
-        steps: list[tuple[int, int, int, int, Point]] = []
+        # Points whose struct items are not their value as is: (kind, first item, items,
+        # register slice) in point order; the rest of the unpacked tuple is the result.
+        steps: list[tuple[int, int, int, int, int, Point]] = []
         fmt, at, item = [">"], start, 0
         for p in self.points:
             a, b = p.address - start, p.end - start
@@ -107,27 +109,26 @@ class BlockDecoder:
             at = p.end
             if p.type in _FAST_INT_CODES and (p.count == 1 or p.word_order is WordOrder.HIGH_FIRST):
                 fmt.append(_FAST_INT_CODES[p.type])
-                steps.append((_AS_IS, item, a, b, p))
                 item += 1
             elif p.type is ValueType.F32 and p.word_order is WordOrder.HIGH_FIRST:
                 fmt.append("f")
-                steps.append((_F32, item, a, b, p))
+                steps.append((_F32, item, 1, a, b, p))
                 item += 1
             elif p.type is ValueType.DIGITS4:
                 fmt.append(f"{p.count}H")
-                steps.append((_DIGITS, item, a, b, p))
+                steps.append((_DIGITS, item, p.count, a, b, p))
                 item += p.count
             elif p.type is ValueType.ASCII:
                 fmt.append(f"{2 * p.count}s")
-                steps.append((_ASCII, item, a, b, p))
+                steps.append((_ASCII, item, 1, a, b, p))
                 item += 1
             else:
                 fmt.append(f"{2 * p.count}x")
-                steps.append((_GENERIC, item, a, b, p))
+                steps.append((_GENERIC, item, 0, a, b, p))
         self._unpack = struct.Struct("".join(fmt)).unpack if fmt else None
         self._steps = tuple(steps)
-        #: every point one item of the struct, in order: the unpacked tuple is the result
-        self._as_is = bool(steps) and all(s[0] == _AS_IS for s in steps)
+        #: digit groups seen lately and their text (a keypad reads the same most of the time)
+        self._digits: dict[tuple[int, ...], str] = {}
 
     def decode(self, regs: Sequence[int]) -> tuple[Value, ...]:
         """The values of ``self.points``, in that order, from the block's registers."""
@@ -138,29 +139,37 @@ class BlockDecoder:
             raw = unpack(self._pack(*regs))
         except struct.error:
             return self._point_by_point(regs)  # raises what decode raises (or copes)
-        if self._as_is:
+        if not self._steps:
             return raw
-        out: list[Value] = []
-        for kind, i, a, b, p in self._steps:
-            if kind == _AS_IS:
-                out.append(raw[i])
-            elif kind == _F32:
-                fvalue = raw[i]
+        out: list[Value] = list(raw)
+        shift = 0  # items replaced so far minus values put in their place
+        for kind, i, n, a, b, p in self._steps:
+            j = i - shift
+            value: Value
+            if kind == _F32:
+                fvalue: float = raw[i]
                 if not math.isfinite(fvalue):
                     raise DecodeError(f"{p.name}: float is not finite ({fvalue})", regs[a:b])
-                out.append(fvalue)
+                value = fvalue
             elif kind == _DIGITS:
-                groups = raw[i : i + p.count]
-                if any(r > 9999 for r in groups):
-                    raise DecodeError(f"{p.name}: a digit group is above 9999", regs[a:b])
-                out.append(("%04d" * p.count) % groups)
+                groups = raw[i : i + n]
+                found = self._digits.get(groups)
+                if found is None:
+                    if max(groups) > 9999:
+                        raise DecodeError(f"{p.name}: a digit group is above 9999", regs[a:b])
+                    if len(self._digits) >= 256:
+                        self._digits.clear()
+                    found = self._digits[groups] = ("%04d" * n) % groups
+                value = found
             elif kind == _ASCII:
                 text = raw[i].rstrip(b"\x00")
                 if b"\x00" in text or any(c < 0x20 or c > 0x7E for c in text):
                     raise DecodeError(f"{p.name}: not printable zero-padded ASCII", regs[a:b])
-                out.append(text.decode("ascii"))
+                value = text.decode("ascii")
             else:
-                out.append(decode(p, regs[a:b]))
+                value = decode(p, regs[a:b])
+            out[j : j + n] = [value]
+            shift += n - 1
         return tuple(out)
 
     def _point_by_point(self, regs: Sequence[int]) -> tuple[Value, ...]:
