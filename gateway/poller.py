@@ -173,5 +173,7 @@ class BusPoller:
         finally:
             for t in workers:
                 t.cancel()
-            await asyncio.wait(workers)
+            if workers:
+                await asyncio.wait(workers)
             self._idle.clear()
+            self._busy.clear()  # nothing is in flight any more
