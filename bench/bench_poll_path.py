@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pymodbus.client import AsyncModbusTcpClient
+
 ROOT = Path(__file__).resolve().parent.parent
 if not os.environ.get("PYTHONPATH"):  # PYTHONPATH=/other/checkout measures that code
     sys.path.insert(0, str(ROOT))
@@ -44,6 +46,7 @@ from gateway.token_intake import KeypadEntry  # noqa: E402
 from protocol.regmap import load_map  # noqa: E402
 
 PY = sys.executable
+SEED = ("--seed", "1")
 UNITS_PER_PORT = 247
 #: The PE-1 block the gateway reads: input registers 1..22 (MeterIO.plan).
 BLOCK_START, BLOCK_COUNT = 1, 22
@@ -63,8 +66,7 @@ def cpu_seconds(pid: int) -> float:
 def start_sim(meters: int) -> tuple[subprocess.Popen[str], list[tuple[str, int]]]:
     """``meter_sim serve`` in its own process and the TCP addresses it prints."""
     proc = subprocess.Popen(
-        [PY, "-m", "meter_sim", "serve", "--meters", str(meters), "--tcp", "127.0.0.1:0"]
-        + ["--seed", "1"],
+        [PY, "-m", "meter_sim", "serve", "--meters", str(meters), "--tcp", "127.0.0.1:0", *SEED],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -194,8 +196,6 @@ async def _role_poll(p: dict[str, Any]) -> dict[str, Any]:
 async def _role_pymodbus(p: dict[str, Any]) -> dict[str, Any]:
     """A bare pymodbus loop: one client per simulator port, each reading its meters
     round-robin, one request in flight per connection (what pymodbus's client offers)."""
-    from pymodbus.client import AsyncModbusTcpClient
-
     count = 0
 
     async def loop(host: str, port: int, units: int, stop: asyncio.Event) -> None:
