@@ -10,12 +10,13 @@ the reads are planned per map. A failed or undecodable read raises
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from protocol import modbus
-from protocol.codec import Value, decode, encode, physical
+from protocol.codec import BlockDecoder, Value, encode, physical
 from protocol.errors import DecodeError
 from protocol.read_plan import BlockRead, plan_reads
 from protocol.regmap import Point, RegisterMap, Table
@@ -107,24 +108,142 @@ def _read_request(unit: int, block: BlockRead) -> modbus.Request:
     return modbus.Request(unit, modbus.Function.READ_DISCRETE_INPUTS, block.start, block.count)
 
 
+def _decimal_fraction(scale: Decimal) -> tuple[int, int] | None:
+    """``scale`` as ``(m, d)``, ``scale == m / d`` with ``d`` a power of ten, if it has at
+    most 4 digits: then ``Decimal`` products with a 64-bit register stay within its 28
+    digits, exact, like int arithmetic."""
+    sign, digits, exponent = scale.as_tuple()
+    if not isinstance(exponent, int) or len(digits) > 4 or not -12 <= exponent <= 6:
+        return None
+    m = int("".join(map(str, digits))) * (-1 if sign else 1)
+    return (m * 10**exponent, 1) if exponent >= 0 else (m, 10**-exponent)
+
+
+def _integral_factor(point: Point, factors: dict[str, Decimal]) -> int | None:
+    """``scale * unit factor`` when it is an integer (and ``scale`` short), else None."""
+    factor = factors.get(point.unit)
+    fraction = _decimal_fraction(point.scale)
+    if factor is None or fraction is None:
+        return None
+    m, d = fraction
+    k = m * int(factor)  # the unit factors are integers
+    return k // d if k % d == 0 else None
+
+
+class _SnapshotRecipe:
+    """:func:`snapshot_from` worked out once per map, for values in plan order.
+
+    Integer registers with decimal scales convert with int arithmetic, which gives the
+    same results as the exact ``Decimal`` path (an int product is exact; an int true
+    division is correctly rounded, as is ``float(Decimal)``); anything else, and every
+    error, goes through the functions above.
+    """
+
+    def __init__(self, regmap: RegisterMap, names: list[str]) -> None:
+        self.regmap = regmap
+        self.names = names
+        at = {name: i for i, name in enumerate(names)}
+        self.energy = regmap.point("energy_import") if "energy_import" in at else None
+        self.energy_at = at.get("energy_import", -1)
+        self.energy_k = _integral_factor(self.energy, _ENERGY_FACTORS) if self.energy else None
+        if self.energy_k is not None and self.energy_k < 0:
+            self.energy_k = None  # a negative scale: energy_wh refuses it with its message
+        self.power = regmap.point("active_power") if "active_power" in at else None
+        self.power_at = at.get("active_power", -1)
+        self.power_k = _integral_factor(self.power, _POWER_FACTORS) if self.power else None
+        self.voltage = regmap.point("voltage") if "voltage" in at else None
+        self.voltage_at = at.get("voltage", -1)
+        self.voltage_md = _decimal_fraction(self.voltage.scale) if self.voltage else None
+        self.status = regmap.point("status") if "status" in at else None
+        self.status_at = at.get("status", -1)
+        self.status_mask = (1 << len(self.status.bits)) - 1 if self.status else 0
+        self.relay_bit = self.status is not None and "relay_closed" in self.status.bits
+        self.flags: dict[int, frozenset[str]] = {}
+        self.seq_at = at.get("keypad_seq", -1)
+        self.digits_at = at.get("keypad_digits", -1)
+
+    def snapshot(self, values: Sequence[Value]) -> MeterSnapshot:
+        if self.energy is None:
+            raise KeyError("energy_import")  # as snapshot_from: no snapshot without energy
+        raw = values[self.energy_at]
+        if self.energy_k is not None and type(raw) is int and raw >= 0:
+            energy = raw * self.energy_k
+        else:
+            energy = energy_wh(self.energy, raw)  # floats, other units, negative: exactly so
+        power: int | None = None
+        if self.power is not None:
+            raw = values[self.power_at]
+            if self.power_k is not None and type(raw) is int:
+                power = raw * self.power_k
+            else:
+                power = power_w(self.power, raw)
+        voltage: float | None = None
+        if self.voltage is not None:
+            raw = values[self.voltage_at]
+            if self.voltage_md is not None and type(raw) is int:
+                m, d = self.voltage_md
+                voltage = raw * m / d
+            else:
+                v = float(physical(self.voltage, raw))
+                voltage = v if math.isfinite(v) else None
+        flags: frozenset[str] = frozenset()
+        relay: bool | None = None
+        if self.status is not None:
+            raw = values[self.status_at]
+            assert isinstance(raw, int)
+            bits = raw & self.status_mask
+            cached = self.flags.get(bits)
+            if cached is None:
+                names = self.status.bits
+                cached = self.flags[bits] = frozenset(
+                    name for i, name in enumerate(names) if bits >> i & 1
+                )
+            flags = cached
+            if self.relay_bit:
+                relay = "relay_closed" in flags
+        seq = values[self.seq_at] if self.seq_at >= 0 else None
+        digits = values[self.digits_at] if self.digits_at >= 0 else None
+        return MeterSnapshot(
+            energy_import_wh=energy,
+            power_w=power,
+            voltage_v=voltage,
+            relay_closed=relay,
+            flags=flags,
+            keypad_seq=seq if isinstance(seq, int) else None,
+            keypad_digits=digits if isinstance(digits, str) else None,
+        )
+
+
 class MeterIO:
     """Reads and writes of one meter model (register map) on any port."""
 
     def __init__(self, regmap: RegisterMap) -> None:
         self.regmap = regmap
         self.plan = plan_reads(regmap, [n for n in _POLLED if regmap.has(n)])
+        self._decoders = [BlockDecoder(b.points, b.start, b.count) for b in self.plan]
+        self._recipe = _SnapshotRecipe(regmap, [p.name for b in self.plan for p in b.points])
+        self._requests: dict[int, list[modbus.Request]] = {}
 
     async def read(self, port: ModbusPort, unit: int) -> MeterSnapshot:
-        values: dict[str, Value] = {}
-        for block in self.plan:
-            regs = await port.request(_read_request(unit, block))
+        requests = self._requests.get(unit)
+        if requests is None:
+            requests = [_read_request(unit, block) for block in self.plan]
+            self._requests[unit] = requests
+        if len(requests) == 1:  # the usual case: one block holds every polled point
+            regs = await port.request(requests[0])
             try:
-                for p in block.points:
-                    values[p.name] = decode(p, regs[p.address - block.start : p.end - block.start])
+                return self._recipe.snapshot(self._decoders[0].decode(regs))
+            except DecodeError as exc:
+                raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
+        values: list[Value] = []
+        for request, decoder in zip(requests, self._decoders, strict=True):
+            regs = await port.request(request)
+            try:
+                values += decoder.decode(regs)
             except DecodeError as exc:
                 raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
         try:
-            return snapshot_from(self.regmap, values)
+            return self._recipe.snapshot(values)
         except DecodeError as exc:
             raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
 

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from enum import StrEnum
 from typing import Protocol
 
@@ -75,8 +76,50 @@ class ModbusPort(Protocol):
 # ---------------------------------------------------------------------------- TCP
 
 
+class _MbapStream(asyncio.Protocol):
+    """One TCP connection of a :class:`TcpPort`: bytes in go to the port, frames out are
+    gathered and written once per loop iteration (one send for a burst of requests)."""
+
+    def __init__(self, port: TcpPort) -> None:
+        self.port = port
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        #: a reply header arrived and its PDU has not (yet) all followed
+        self.mid_frame = False
+        self.outgoing: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.port._received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.port._detach(self, str(exc) if exc is not None else "connection closed by peer")
+
+    def send(self, frame: bytes) -> None:
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outgoing.append(frame)
+
+    def _flush(self) -> None:
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+
 class TcpPort:
-    """Modbus TCP to one endpoint, pipelined up to ``concurrency`` requests."""
+    """Modbus TCP to one endpoint, pipelined up to ``concurrency`` requests.
+
+    A reply resolves its request's future straight from ``data_received``; timeouts
+    share one timer per port (every request has the same timeout, so deadlines expire
+    in the order requests were sent): no task, stream reader or timer per request.
+    """
 
     def __init__(
         self,
@@ -93,91 +136,170 @@ class TcpPort:
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._window = asyncio.Semaphore(concurrency)
+        self._free = concurrency  # the in-flight window: free slots, then waiters in order
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._connect_lock = asyncio.Lock()
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._stream: _MbapStream | None = None
         self._pending: dict[int, tuple[Request, asyncio.Future[bytes]]] = {}
+        self._deadlines: deque[tuple[float, int, asyncio.Future[bytes]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._next_tid = 1
         self.stray_replies = 0
         self.resets = 0
-        self._mid_frame = False
 
-    async def _ensure_connected(self, unit: int) -> asyncio.StreamWriter:
+    @property
+    def _writer(self) -> asyncio.Transport | None:
+        """The connection in use (None between connections)."""
+        return self._stream.transport if self._stream is not None else None
+
+    async def _connect(self, unit: int) -> _MbapStream:
         async with self._connect_lock:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            stream = self._stream
+            if stream is not None and not stream.closing():
+                return stream
+            loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    _, stream = await loop.create_connection(
+                        lambda: _MbapStream(self), self.host, self.port
+                    )
             except (OSError, TimeoutError) as exc:
                 raise MeterIOError(
                     unit, IOFailure.CONNECTION, f"cannot connect to {self.host}:{self.port}: {exc}"
                 ) from exc
-            self._writer = writer
-            self._reader_task = asyncio.create_task(
-                self._read_replies(reader, writer), name=f"modbus-tcp-rx:{self.name}"
-            )
-            return writer
+            self._stream = stream
+            return stream
 
-    async def _read_replies(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        reason = "connection closed by peer"
+    def _received(self, stream: _MbapStream, data: bytes) -> None:
+        """Match every complete reply in the stream to its request, by transaction id
+        and unit id; a reply nobody waits for any more is counted and dropped."""
+        if stream is not self._stream:
+            return  # a connection already given up: nothing it says is trusted
+        buf = stream.buffer + data if stream.buffer else data
+        pending = self._pending
+        pos, size = 0, len(buf)
+        while size - pos >= 7:
+            try:
+                tid, length, unit = parse_mbap_header(buf[pos : pos + 7])
+            except DecodeError as exc:
+                self._drop(stream, str(exc))
+                return
+            end = pos + 7 + length
+            if end > size:
+                break
+            pdu = buf[pos + 7 : end]
+            pos = end
+            entry = pending.pop(tid, None)
+            if entry is None or entry[0].unit != unit:
+                self.stray_replies += 1
+                if entry is not None and not entry[1].done():
+                    # right tid, wrong unit: fail it, never misattribute
+                    entry[1].set_exception(
+                        MeterIOError(entry[0].unit, IOFailure.GARBLED, f"reply from unit {unit}")
+                    )
+                continue
+            if not entry[1].done():
+                entry[1].set_result(pdu)
+        stream.buffer = buf[pos:] if pos else buf
+        stream.mid_frame = size - pos >= 7
+
+    def _detach(self, stream: _MbapStream, reason: str) -> None:
+        """The connection is gone (or given up): every request in flight on it fails."""
+        if stream is not self._stream:
+            return
+        self._stream = None
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for req, fut in pending:
+            if not fut.done():
+                fut.set_exception(MeterIOError(req.unit, IOFailure.CONNECTION, reason))
+
+    def _drop(self, stream: _MbapStream, reason: str) -> None:
+        self._detach(stream, reason)
+        if stream.transport is not None:
+            stream.transport.close()
+
+    def _expire(self) -> None:
+        """The timer: fail the requests past their deadline, re-arm for the next one."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, tid, fut = deadlines[0]
+            if fut.done():
+                deadlines.popleft()
+                continue
+            if deadline > now:
+                break
+            deadlines.popleft()
+            entry = self._pending.pop(tid, None)
+            unit = entry[0].unit if entry is not None else 0
+            stream = self._stream
+            if stream is not None and stream.mid_frame:
+                # A frame started and never finished: the stream cannot be trusted to be
+                # in step any more, so start a fresh connection.
+                fut.set_exception(MeterIOError(unit, IOFailure.GARBLED, "reply truncated"))
+                self.resets += 1
+                self._drop(stream, "connection closed by peer")
+            else:
+                fut.set_exception(
+                    MeterIOError(unit, IOFailure.TIMEOUT, f"no reply within {self.timeout}s")
+                )
+        if deadlines:
+            self._timer = loop.call_at(deadlines[0][0], self._expire)
+
+    async def _slot(self) -> None:
+        """Wait for a free place in the in-flight window (first come, first served)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
         try:
-            while True:
-                header = await reader.readexactly(7)
-                tid, length, unit = parse_mbap_header(header)
-                self._mid_frame = True
-                pdu = await reader.readexactly(length)
-                self._mid_frame = False
-                entry = self._pending.pop(tid, None)
-                if entry is None or entry[0].unit != unit:
-                    self.stray_replies += 1
-                    if entry is not None:  # right tid, wrong unit: fail it, never misattribute
-                        entry[1].set_exception(
-                            MeterIOError(
-                                entry[0].unit, IOFailure.GARBLED, f"reply from unit {unit}"
-                            )
-                        )
-                    continue
-                if not entry[1].done():
-                    entry[1].set_result(pdu)
-        except asyncio.IncompleteReadError:
-            pass
-        except (OSError, DecodeError) as exc:
-            reason = str(exc)
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
-            for req, fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(MeterIOError(req.unit, IOFailure.CONNECTION, reason))
-            self._pending.clear()
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot while being cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
     async def request(self, request: Request) -> tuple[int, ...]:
-        async with self._window:
-            writer = await self._ensure_connected(request.unit)
+        if self._free > 0:
+            self._free -= 1
+        else:
+            await self._slot()
+        try:
+            stream = self._stream
+            if stream is None or stream.closing():
+                stream = await self._connect(request.unit)
+            loop = asyncio.get_running_loop()
             tid = self._next_tid
             self._next_tid = (tid % 0xFFFF) + 1
-            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[bytes] = loop.create_future()
             self._pending[tid] = (request, fut)
-            writer.write(mbap_frame(tid, request.unit, request.pdu()))
+            stream.send(mbap_frame(tid, request.unit, request.pdu()))
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][2].done():
+                deadlines.popleft()  # answered already (most are): keep the queue short
+            deadline = loop.time() + self.timeout
+            deadlines.append((deadline, tid, fut))
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._expire)
             try:
-                async with asyncio.timeout(self.timeout):
-                    pdu = await fut
-            except TimeoutError:
-                if self._mid_frame:
-                    # A frame started and never finished: the stream cannot be trusted
-                    # to be in step any more, so start a fresh connection.
-                    self._reset(writer)
-                    raise MeterIOError(request.unit, IOFailure.GARBLED, "reply truncated") from None
-                raise MeterIOError(
-                    request.unit, IOFailure.TIMEOUT, f"no reply within {self.timeout}s"
-                ) from None
-            finally:
-                self._pending.pop(tid, None)
+                pdu = await fut
+            except asyncio.CancelledError:
+                entry = self._pending.get(tid)
+                if entry is not None and entry[1] is fut:
+                    del self._pending[tid]
+                raise
+        finally:
+            self._release()
         try:
             return parse_reply_pdu(request, pdu)
         except ExceptionReplyError as exc:
@@ -185,23 +307,14 @@ class TcpPort:
         except DecodeError as exc:
             raise MeterIOError(request.unit, IOFailure.GARBLED, str(exc)) from exc
 
-    def _reset(self, writer: asyncio.StreamWriter) -> None:
-        self.resets += 1
-        self._mid_frame = False
-        if self._writer is writer:
-            self._writer = None
-        writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
-        self._writer = None
+        stream = self._stream
+        if stream is not None:
+            self._drop(stream, "connection closed by peer")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
 
 
 # ---------------------------------------------------------------------------- RTU

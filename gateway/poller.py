@@ -57,6 +57,9 @@ class BusPoller:
     _heap: list[tuple[float, int, str]] = field(default_factory=list)
     _counter: int = 0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _busy: set[str] = field(default_factory=set)
+    #: workers with nothing due, each waiting for the dispatcher to hand it a meter
+    _idle: list[asyncio.Future[PolledMeter]] = field(default_factory=list)
 
     def add(self, meter: PolledMeter) -> None:
         self.meters[meter.meter_id] = meter
@@ -66,7 +69,8 @@ class BusPoller:
         meter.next_due = due
         self._counter += 1
         heapq.heappush(self._heap, (due, self._counter, meter.meter_id))
-        self._wake.set()
+        if self._idle:  # busy workers look at the heap themselves when they finish
+            self._wake.set()
 
     def poll_now(self, meter_id: str) -> None:
         """Re-read a meter as soon as the bus is free (after a command, a top-up, ...)."""
@@ -110,49 +114,66 @@ class BusPoller:
             meter.consecutive_failures, interval=meter.interval, cap=self.backoff_cap
         )
 
-    async def run(self) -> None:
-        """Poll forever (until cancelled)."""
-        slots = asyncio.Semaphore(self.concurrency)
-        busy: set[str] = set()
-        tasks: set[asyncio.Task[None]] = set()
+    def _take_due(self) -> PolledMeter | None:
+        """The most overdue meter if it is due now (marked busy), dropping stale entries."""
+        heap = self._heap
+        while heap:
+            due, _, meter_id = heap[0]
+            meter = self.meters.get(meter_id)
+            if meter is None or due != meter.next_due or meter_id in self._busy:
+                heapq.heappop(heap)  # stale entry
+                continue
+            if due > self.monotonic():
+                return None
+            heapq.heappop(heap)
+            self._busy.add(meter_id)
+            return meter
+        return None
 
-        async def one(meter: PolledMeter) -> None:
+    async def _worker(self) -> None:
+        """One of ``concurrency`` polls in flight: takes the next due meter itself, and
+        waits for the dispatcher only when nothing is due."""
+        loop = asyncio.get_running_loop()
+        while True:
+            meter = self._take_due()
+            if meter is None:
+                waiter: asyncio.Future[PolledMeter] = loop.create_future()
+                self._idle.append(waiter)
+                self._wake.set()
+                meter = await waiter
+            ok = False
             try:
                 ok = await self.poll_once(meter)
             except Exception:
                 log.exception("poll of %s on %s crashed", meter.meter_id, self.name)
-                ok = False
             finally:
-                busy.discard(meter.meter_id)
-                slots.release()
+                self._busy.discard(meter.meter_id)
             self._schedule(meter, self._next_due_for(meter, ok))
 
+    async def run(self) -> None:
+        """Poll forever (until cancelled): ``concurrency`` workers, and this dispatcher
+        handing due meters to idle ones (sleeping until the next one is due)."""
+        self._idle.clear()  # waiters of an earlier run's workers, cancelled
+        workers = [
+            asyncio.create_task(self._worker(), name=f"poll:{self.name}:{i}")
+            for i in range(self.concurrency)
+        ]
         try:
             while True:
-                if not self._heap:
-                    self._wake.clear()
+                self._wake.clear()
+                while self._idle and (meter := self._take_due()) is not None:
+                    self._idle.pop().set_result(meter)
+                if not self._idle or not self._heap:
                     await self._wake.wait()
                     continue
-                due, _, meter_id = self._heap[0]
-                meter = self.meters.get(meter_id)
-                if meter is None or due != meter.next_due or meter_id in busy:
-                    heapq.heappop(self._heap)  # stale entry
-                    continue
-                delay = due - self.monotonic()
-                if delay > 0:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._wake.wait()
-                    continue
-                heapq.heappop(self._heap)
-                await slots.acquire()
-                busy.add(meter_id)
-                task = asyncio.create_task(one(meter), name=f"poll:{self.name}:{meter_id}")
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                delay = self._heap[0][0] - self.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
-            for t in tasks:
+            for t in workers:
                 t.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+            if workers:
+                await asyncio.wait(workers)
+            self._idle.clear()
+            self._busy.clear()  # nothing is in flight any more

@@ -10,7 +10,7 @@ and transaction id (TCP) all match. Every parser raises
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from protocol.errors import DecodeError, ProtocolError
@@ -45,6 +45,7 @@ _READS = {
     Function.READ_INPUT_REGISTERS,
 }
 _BIT_READS = {Function.READ_COILS, Function.READ_DISCRETE_INPUTS}
+_REGISTERS, _BITS = 1, 2
 
 
 class ExceptionReplyError(ProtocolError):
@@ -67,21 +68,42 @@ class Request:
     address: int
     count: int = 1
     values: tuple[int, ...] = ()
+    # Worked out once: a poller sends the same request to a meter thousands of times.
+    _pdu: bytes | None = field(init=False, repr=False, compare=False)
+    _reply_length: int = field(init=False, repr=False, compare=False)
+    _reads: int = field(init=False, repr=False, compare=False)  # _REGISTERS, _BITS or 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.unit <= 247:
             raise ValueError(f"unit id {self.unit} outside 0..247")
         if not 0 <= self.address <= 0xFFFF:
             raise ValueError(f"address {self.address} outside 0..65535")
-        limit = 2000 if self.function in _BIT_READS else 125
-        if self.function in _READS and not 1 <= self.count <= limit:
+        fn = self.function
+        bits = fn in _BIT_READS
+        limit = 2000 if bits else 125
+        if fn in _READS and not 1 <= self.count <= limit:
             raise ValueError(f"count {self.count} outside 1..{limit}")
-        if self.function is Function.WRITE_MULTIPLE_REGISTERS and not 1 <= len(self.values) <= 123:
+        if fn is Function.WRITE_MULTIPLE_REGISTERS and not 1 <= len(self.values) <= 123:
             raise ValueError("write of 1..123 registers")
         if any(not 0 <= v <= 0xFFFF for v in self.values):
             raise ValueError("register values are 16-bit")
+        if bits:
+            length = 2 + (self.count + 7) // 8
+        elif fn in _READS:
+            length = 2 + 2 * self.count
+        else:
+            length = 5
+        reads = 0
+        if bits:
+            reads = _BITS
+        elif fn in _READS:
+            reads = _REGISTERS
+            _register_struct(self.count)
+        object.__setattr__(self, "_pdu", self._build_pdu())
+        object.__setattr__(self, "_reply_length", length)
+        object.__setattr__(self, "_reads", reads)
 
-    def pdu(self) -> bytes:
+    def _build_pdu(self) -> bytes | None:
         fn = self.function
         if fn in _READS:
             return struct.pack(">BHH", fn, self.address, self.count)
@@ -92,16 +114,27 @@ class Request:
         if fn is Function.WRITE_MULTIPLE_REGISTERS:
             n = len(self.values)
             return struct.pack(f">BHHB{n}H", fn, self.address, n, 2 * n, *self.values)
-        raise ValueError(f"function {fn} is not supported by this client")
+        return None
+
+    def pdu(self) -> bytes:
+        if self._pdu is None:
+            raise ValueError(f"function {self.function} is not supported by this client")
+        return self._pdu
 
     def reply_pdu_length(self) -> int:
         """Length of a normal (non-exception) reply PDU."""
-        fn = self.function
-        if fn in _BIT_READS:
-            return 2 + (self.count + 7) // 8
-        if fn in _READS:
-            return 2 + 2 * self.count
-        return 5
+        return self._reply_length
+
+
+_REGISTER_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _register_struct(count: int) -> struct.Struct:
+    """Big-endian 16-bit registers after a reply's byte count, one shared ``Struct`` per size."""
+    found = _REGISTER_STRUCTS.get(count)
+    if found is None:
+        found = _REGISTER_STRUCTS[count] = struct.Struct(f">{count}H")
+    return found
 
 
 def read_input(unit: int, address: int, count: int) -> Request:
@@ -132,22 +165,24 @@ def parse_reply_pdu(request: Request, pdu: bytes) -> tuple[int, ...]:
     if not pdu:
         raise DecodeError("empty reply", pdu)
     fn = pdu[0]
-    if fn == request.function | 0x80:
+    function = request.function
+    if fn == function | 0x80:
         if len(pdu) != 2:
             raise DecodeError("exception reply of the wrong length", pdu)
-        raise ExceptionReplyError(request.function, pdu[1])
-    if fn != request.function:
-        raise DecodeError(f"reply to function {fn}, asked {int(request.function)}", pdu)
-    if len(pdu) != request.reply_pdu_length():
-        raise DecodeError(f"reply of {len(pdu)} bytes, expected {request.reply_pdu_length()}", pdu)
-    if request.function in _READS:
+        raise ExceptionReplyError(function, pdu[1])
+    if fn != function:
+        raise DecodeError(f"reply to function {fn}, asked {int(function)}", pdu)
+    if len(pdu) != request._reply_length:
+        raise DecodeError(f"reply of {len(pdu)} bytes, expected {request._reply_length}", pdu)
+    reads = request._reads
+    if reads:
         if pdu[1] != len(pdu) - 2:
             raise DecodeError("byte count does not match the reply length", pdu)
-        if request.function in _BIT_READS:
-            return tuple((pdu[2 + i // 8] >> (i % 8)) & 1 for i in range(request.count))
-        return struct.unpack(f">{request.count}H", pdu[2:])
+        if reads == _REGISTERS:
+            return _REGISTER_STRUCTS[request.count].unpack_from(pdu, 2)
+        return tuple((pdu[2 + i // 8] >> (i % 8)) & 1 for i in range(request.count))
     echo = pdu[1:5]
-    if request.function is Function.WRITE_MULTIPLE_REGISTERS:
+    if function is Function.WRITE_MULTIPLE_REGISTERS:
         expected = struct.pack(">HH", request.address, len(request.values))
     else:
         expected = request.pdu()[1:5]
