@@ -58,8 +58,9 @@ _T = TypeVar("_T")
 #: Rows per multi-row INSERT: one statement (one bind and step from Python, one
 #: AUTOINCREMENT bookkeeping) per chunk instead of per row.
 _CHUNK = 128
-#: The checkpointer runs at most this often; the WAL holds what has not been copied yet.
-CHECKPOINT_INTERVAL_S = 0.5
+#: The checkpointer runs once about this many pages were written to the WAL since the
+#: last run (SQLite's own default for its automatic checkpoint).
+CHECKPOINT_PAGES = 1000
 #: If the checkpointer falls behind, the writer checkpoints itself past this many pages.
 WAL_AUTOCHECKPOINT_PAGES = 16384
 
@@ -292,18 +293,24 @@ def _insert_rows(
 
 class _Checkpointer:
     """Copies committed WAL frames into the database file on its own thread and
-    connection. PASSIVE: it neither waits for nor blocks the writer or the readers, and a
-    crash in the middle leaves the WAL, which still holds every frame, in charge."""
+    connection, once about CHECKPOINT_PAGES were written (an estimate: SQLite does not
+    tell Python). PASSIVE: it neither waits for nor blocks the writer or the readers, and
+    a crash in the middle leaves the WAL, which still holds every frame, in charge."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._pages = 0
         self._due = threading.Event()
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def poke(self) -> None:
-        """Something was committed: checkpoint soon (at most every CHECKPOINT_INTERVAL_S)."""
+    def wrote(self, pages: int) -> None:
+        """About ``pages`` pages were committed (called by the writer thread only)."""
+        self._pages += pages
+        if self._pages < CHECKPOINT_PAGES:
+            return
+        self._pages = 0
         if self._thread is None:
             with self._lock:
                 if self._thread is None and not self._closing.is_set():
@@ -330,8 +337,6 @@ class _Checkpointer:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:
                     log.warning("checkpoint of %s failed: %s", self._path, exc)
-                if self._closing.wait(CHECKPOINT_INTERVAL_S):
-                    return
         finally:
             db.close()
 
@@ -503,7 +508,7 @@ class Store:
         for record, state in meters:
             self._seq[record.meter_id] = 0
             self._settings[record.meter_id] = state.settings
-        self._checkpointer.poke()
+        self._checkpointer.wrote(2 * len(meters))
 
     def load_meters(self) -> list[StoredMeter]:
         """Every enrolled meter with its state, token window and lockout, by meter id."""
@@ -602,7 +607,8 @@ class Store:
             raise StoreError(f"commit refused: {exc}") from exc
         self._seq.update(batch.seqs)
         self._settings.update(batch.settings_cache)
-        self._checkpointer.poke()
+        # A page per meter (their ledger rows are scattered), rows appended share pages.
+        self._checkpointer.wrote(len(batch.ledgers) + len(batch.outbox) // 8 + 4)
         return [
             OutboxRow(first_id + i, meter, seq, kind, ts, body)
             for i, (meter, seq, kind, ts, body) in enumerate(batch.rows)
@@ -779,6 +785,7 @@ class Store:
                     )
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+            self._checkpointer.wrote(len(pairs) // 8 + 2)
         finally:
             with self._ack_lock:
                 for _stamp, i in pairs:
@@ -798,6 +805,7 @@ class Store:
                 "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
                 (_iso(older_than),),
             )
+        self._checkpointer.wrote(cursor.rowcount // 8 + 2)
         return cursor.rowcount
 
     # ------------------------------------------------------------------ remote commands
