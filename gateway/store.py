@@ -12,7 +12,8 @@ refused unchanged.
 
 Threads: every write runs on one writer thread that owns the write connection, in the
 order submitted (``commit_cycle_async`` lets the event loop await a durable commit instead
-of blocking on its fsync; ``mark_acked`` queues without waiting). Reads go through a
+of blocking on its fsync; ``mark_acked`` returns at once, its rows ride in the next
+commit). Reads go through a
 second connection: WAL readers see only committed transactions, which is what the outbox
 drain must see. A third connection copies the WAL into the database file on its own
 thread, so no commit pays for a checkpoint.
@@ -63,6 +64,9 @@ _CHUNK = 128
 CHECKPOINT_PAGES = 1000
 #: If the checkpointer falls behind, the writer checkpoints itself past this many pages.
 WAL_AUTOCHECKPOINT_PAGES = 16384
+#: Acknowledgements ride in the next commit's transaction; this many waiting are written
+#: in one of their own.
+ACK_FLUSH_ROWS = 1024
 
 
 def _compact_encoder() -> Callable[[object], str]:
@@ -372,10 +376,12 @@ class Store:
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._reader.execute("PRAGMA query_only=ON")
         self._read_lock = threading.Lock()
-        #: outbox id -> acked_at of acknowledgements queued but not yet written: reads
-        #: through this store apply them, so an ack is visible as soon as it is recorded
+        #: outbox id -> acked_at of acknowledgements not yet written: reads through this
+        #: store apply them, so an ack is visible as soon as it is recorded
         self._acking: dict[int, str] = {}
         self._ack_lock = threading.Lock()
+        self._ack_flush_queued = False
+        self._closed = False
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -416,7 +422,10 @@ class Store:
                 raise
 
     def close(self) -> None:
-        """Finish the queued writes (acknowledgements included), then close."""
+        """Finish the queued writes, write the waiting acknowledgements, then close."""
+        if not self._closed:
+            self._closed = True
+            self._writer.submit(self._flush_acks).add_done_callback(_log_failure)
         self._writer.shutdown(wait=True)
         self._checkpointer.close()
         with self._read_lock:
@@ -452,6 +461,23 @@ class Store:
     def _acks_in_flight(self) -> dict[int, str]:
         with self._ack_lock:
             return dict(self._acking) if self._acking else {}
+
+    def _take_acks(self, db: sqlite3.Connection) -> list[tuple[str, int]]:
+        """Write the waiting acknowledgements in the open transaction; the caller calls
+        ``_acks_written`` with them once it committed (a rollback leaves them waiting)."""
+        with self._ack_lock:
+            pairs = [(stamp, i) for i, stamp in self._acking.items()]
+        if pairs:
+            db.executemany(
+                "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL", pairs
+            )
+        return pairs
+
+    def _acks_written(self, pairs: list[tuple[str, int]]) -> None:
+        if pairs:
+            with self._ack_lock:
+                for _stamp, i in pairs:
+                    self._acking.pop(i, None)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -598,6 +624,7 @@ class Store:
         batch = self._prepare(updates)
         try:
             with self._transaction() as db:
+                acks = self._take_acks(db)
                 first_id = self._write_batch(db, batch)
         except sqlite3.IntegrityError as exc:
             if "applied_tokens" in str(exc):
@@ -605,10 +632,11 @@ class Store:
                     f"a token in this batch was already applied: {exc}"
                 ) from exc
             raise StoreError(f"commit refused: {exc}") from exc
+        self._acks_written(acks)
         self._seq.update(batch.seqs)
         self._settings.update(batch.settings_cache)
         # A page per meter (their ledger rows are scattered), rows appended share pages.
-        self._checkpointer.wrote(len(batch.ledgers) + len(batch.outbox) // 8 + 4)
+        self._checkpointer.wrote(len(batch.ledgers) + (len(batch.outbox) + len(acks)) // 8 + 4)
         return [
             OutboxRow(first_id + i, meter, seq, kind, ts, body)
             for i, (meter, seq, kind, ts, body) in enumerate(batch.rows)
@@ -755,41 +783,34 @@ class Store:
         ]
 
     def mark_acked(self, ids: Iterable[int], at: datetime) -> None:
-        """Record broker acknowledgements without waiting: queued to the writer thread and
-        not synced on their own (the next durable commit syncs them), so a power cut can
-        only lose acknowledgements, which means a message is sent again, never lost. This
-        store's reads see them at once."""
+        """Record broker acknowledgements without waiting. They are written in the next
+        commit's transaction (or alone, unsynced, once ACK_FLUSH_ROWS wait, and at close),
+        so a power cut or crash can only lose acknowledgements, which means a message is
+        sent again, never lost. This store's reads see them at once."""
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
         stamp = _iso(at)
-        pairs = [(stamp, i) for i in ids]
-        if not pairs:
-            return
         with self._ack_lock:
-            for _stamp, i in pairs:
+            for i in ids:
                 self._acking.setdefault(i, stamp)
-        try:
-            future = self._submit(self._write_acks, pairs)
-        except StoreError:
-            with self._ack_lock:
-                for _stamp, i in pairs:
-                    self._acking.pop(i, None)
-            raise
-        future.add_done_callback(_log_failure)
+            flush = len(self._acking) >= ACK_FLUSH_ROWS and not self._ack_flush_queued
+            self._ack_flush_queued |= flush
+        if flush:
+            self._submit(self._flush_acks).add_done_callback(_log_failure)
 
-    def _write_acks(self, pairs: list[tuple[str, int]]) -> None:
+    def _flush_acks(self) -> None:
+        with self._ack_lock:
+            self._ack_flush_queued = False
+            if not self._acking:
+                return
+        self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._transaction() as db:
-                    db.executemany(
-                        "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL", pairs
-                    )
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._checkpointer.wrote(len(pairs) // 8 + 2)
+            with self._transaction() as db:
+                acks = self._take_acks(db)
         finally:
-            with self._ack_lock:
-                for _stamp, i in pairs:
-                    self._acking.pop(i, None)
+            self._db.execute("PRAGMA synchronous=FULL")
+        self._acks_written(acks)
+        self._checkpointer.wrote(len(acks) // 8 + 2)
 
     def purge_acked(self, older_than: datetime) -> int:
         """Delete rows acknowledged before ``older_than``; the seq counters are kept."""
@@ -801,11 +822,13 @@ class Store:
 
     def _purge_acked(self, older_than: datetime) -> int:
         with self._transaction() as db:
+            acks = self._take_acks(db)
             cursor = db.execute(
                 "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
                 (_iso(older_than),),
             )
-        self._checkpointer.wrote(cursor.rowcount // 8 + 2)
+        self._acks_written(acks)
+        self._checkpointer.wrote((cursor.rowcount + len(acks)) // 8 + 2)
         return cursor.rowcount
 
     # ------------------------------------------------------------------ remote commands
