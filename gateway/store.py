@@ -22,6 +22,7 @@ thread, so no commit pays for a checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -64,8 +65,9 @@ _CHUNK = 128
 CHECKPOINT_PAGES = 1000
 #: If the checkpointer falls behind, the writer checkpoints itself past this many pages.
 WAL_AUTOCHECKPOINT_PAGES = 16384
-#: Acknowledgements ride in the next commit's transaction; this many waiting are written
-#: in one of their own.
+#: Acknowledgements ride in the next commit's transaction; without one within this
+#: delay, or once this many wait, they are written in one of their own.
+ACK_FLUSH_S = 0.25
 ACK_FLUSH_ROWS = 1024
 
 
@@ -380,7 +382,7 @@ class Store:
         #: store apply them, so an ack is visible as soon as it is recorded
         self._acking: dict[int, str] = {}
         self._ack_lock = threading.Lock()
-        self._ack_flush_queued = False
+        self._ack_timer: threading.Timer | None = None
         self._closed = False
 
     @classmethod
@@ -425,6 +427,9 @@ class Store:
         """Finish the queued writes, write the waiting acknowledgements, then close."""
         if not self._closed:
             self._closed = True
+            with self._ack_lock:
+                if self._ack_timer is not None:
+                    self._ack_timer.cancel()
             self._writer.submit(self._flush_acks).add_done_callback(_log_failure)
         self._writer.shutdown(wait=True)
         self._checkpointer.close()
@@ -784,25 +789,37 @@ class Store:
 
     def mark_acked(self, ids: Iterable[int], at: datetime) -> None:
         """Record broker acknowledgements without waiting. They are written in the next
-        commit's transaction (or alone, unsynced, once ACK_FLUSH_ROWS wait, and at close),
-        so a power cut or crash can only lose acknowledgements, which means a message is
-        sent again, never lost. This store's reads see them at once."""
+        commit's transaction (or alone, unsynced, after ACK_FLUSH_S or once ACK_FLUSH_ROWS
+        wait, and at close), so a power cut or crash can only lose acknowledgements, which
+        means a message is sent again, never lost. This store's reads see them at once."""
         if self._closed:
             raise StoreError(f"store {self.path} is closed")
         stamp = _iso(at)
         with self._ack_lock:
             for i in ids:
                 self._acking.setdefault(i, stamp)
-            flush = len(self._acking) >= ACK_FLUSH_ROWS and not self._ack_flush_queued
-            self._ack_flush_queued |= flush
-        if flush:
+            if not self._acking:
+                return
+            now = len(self._acking) >= ACK_FLUSH_ROWS
+            if self._ack_timer is None or now:
+                if self._ack_timer is not None:
+                    self._ack_timer.cancel()
+                self._ack_timer = threading.Timer(0 if now else ACK_FLUSH_S, self._ack_due)
+                self._ack_timer.daemon = True
+                self._ack_timer.start()
+
+    def _ack_due(self) -> None:
+        with self._ack_lock:
+            self._ack_timer = None
+            if not self._acking or self._closed:
+                return
+        with contextlib.suppress(StoreError):
             self._submit(self._flush_acks).add_done_callback(_log_failure)
 
     def _flush_acks(self) -> None:
         with self._ack_lock:
-            self._ack_flush_queued = False
             if not self._acking:
-                return
+                return  # a commit took them meanwhile
         self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._transaction() as db:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from gateway import store as store_module
 from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ReadingReceived, TopUpAccepted
 from gateway.core.settings import MeterSettings
@@ -78,7 +80,10 @@ async def test_async_commits_keep_order_and_seq(tmp_path: Path) -> None:
     assert loaded.state == state
 
 
-def test_acks_are_seen_at_once_and_ride_in_the_next_commit(tmp_path: Path) -> None:
+def test_acks_are_seen_at_once_and_ride_in_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 3600.0)
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
         states = enrolled(store, "a", "b")
@@ -93,7 +98,10 @@ def test_acks_are_seen_at_once_and_ride_in_the_next_commit(tmp_path: Path) -> No
         assert store.outbox_depth() == len(rows) - 1 + len(more)
 
 
-def test_a_refused_commit_keeps_the_acks_waiting_and_close_writes_them(tmp_path: Path) -> None:
+def test_a_refused_commit_keeps_the_acks_waiting_and_close_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 3600.0)
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
         state = enrolled(store, "m1")["m1"]
@@ -105,6 +113,21 @@ def test_a_refused_commit_keeps_the_acks_waiting_and_close_writes_them(tmp_path:
         assert acked_in_file(path) == []
         assert store.outbox_depth() == 0
     assert acked_in_file(path) == [r.id for r in rows]
+
+
+def test_acks_without_a_commit_are_written_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 0.0)
+    path = tmp_path / "gw.db"
+    with Store.open(path) as store:
+        state = enrolled(store, "m1")["m1"]
+        rows = store.commit_cycle([reading(state, 100, NOW)])
+        store.mark_acked([r.id for r in rows], NOW)
+        give_up = time.monotonic() + 60  # a bound for a stuck writer, not a figure
+        while acked_in_file(path) != [r.id for r in rows] and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert acked_in_file(path) == [r.id for r in rows]
 
 
 def test_a_large_batch_keeps_ids_seqs_and_the_last_state(tmp_path: Path) -> None:
