@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Rows per multi-row INSERT: one statement (one bind and step from Python, one
-#: AUTOINCREMENT bookkeeping) per chunk instead of per row.
+#: Rows per multi-row statement: one bind and step from Python (and one AUTOINCREMENT
+#: update) per chunk instead of per row. 128 x 6 parameters stays under SQLite's 999.
 _CHUNK = 128
 #: The checkpointer runs once about this many pages were written to the WAL since the
 #: last run (SQLite's own default for its automatic checkpoint).
@@ -285,16 +285,14 @@ def _insert_rows(
     rows: Sequence[tuple[object, ...]],
     tail: str = "",
 ) -> None:
-    """INSERT ``rows`` in order, ``_CHUNK`` rows per statement (the rest one by one)."""
-    whole = len(rows) - len(rows) % _CHUNK
-    if whole:
-        sql = _values_sql(head, width, _CHUNK, tail)
-        flat = list(itertools.chain.from_iterable(rows[:whole]))
-        span = width * _CHUNK
-        for start in range(0, len(flat), span):
-            db.execute(sql, flat[start : start + span])
-    if whole < len(rows):
-        db.executemany(_values_sql(head, width, 1, tail), rows[whole:])
+    """INSERT ``rows`` in order, up to ``_CHUNK`` rows per statement. Few statements also
+    mean few GIL hand-overs: each step releases and retakes it, which costs the writer
+    thread up to a switch interval while the event loop is busy."""
+    for start in range(0, len(rows), _CHUNK):
+        part = rows[start : start + _CHUNK]
+        db.execute(
+            _values_sql(head, width, len(part), tail), list(itertools.chain.from_iterable(part))
+        )
 
 
 class _Checkpointer:
@@ -472,10 +470,17 @@ class Store:
         ``_acks_written`` with them once it committed (a rollback leaves them waiting)."""
         with self._ack_lock:
             pairs = [(stamp, i) for i, stamp in self._acking.items()]
-        if pairs:
-            db.executemany(
-                "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL", pairs
-            )
+        by_stamp: dict[str, list[int]] = {}
+        for stamp, i in pairs:
+            by_stamp.setdefault(stamp, []).append(i)
+        for stamp, ids in by_stamp.items():
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                db.execute(
+                    f"UPDATE outbox SET acked_at = ? WHERE acked_at IS NULL AND id IN ({marks})",  # noqa: S608
+                    [stamp, *part],
+                )
         return pairs
 
     def _acks_written(self, pairs: list[tuple[str, int]]) -> None:
@@ -697,10 +702,17 @@ class Store:
 
     def _write_batch(self, db: sqlite3.Connection, batch: _Batch) -> int:
         """Write a prepared batch inside the open transaction; the first outbox row id."""
-        db.executemany(
-            "UPDATE ledgers SET balance = ?, debt = ?, credit_state = ?, state_json = ?,"
-            " updated_at = ? WHERE meter_id = ?",
+        # An upsert, so that many rows go in one statement; every meter here is enrolled
+        # (checked in _prepare), so it always updates.
+        _insert_rows(
+            db,
+            "INSERT INTO ledgers (balance, debt, credit_state, state_json, updated_at, meter_id)"
+            " VALUES ",
+            6,
             batch.ledgers,
+            " ON CONFLICT (meter_id) DO UPDATE SET balance = excluded.balance,"
+            " debt = excluded.debt, credit_state = excluded.credit_state,"
+            " state_json = excluded.state_json, updated_at = excluded.updated_at",
         )
         if batch.settings:
             db.executemany("UPDATE meters SET settings_json = ? WHERE meter_id = ?", batch.settings)
