@@ -1,9 +1,9 @@
 """`meter-gateway run`: wire the service, the MQTT sessions and the signals together.
 
 Tasks start inside one TaskGroup with names (``poll:{bus}``, ``core``, ``mqtt``,
-``clock``, ``health``). SIGTERM or SIGINT stops the pollers, lets the core finish the
-transaction in hand (a commit is synchronous, so it is never cut in half), publishes the
-retained ``offline`` status and disconnects.
+``clock``, ``health``). SIGTERM or SIGINT stops the pollers and the core (a commit
+already started finishes on the store's writer thread, which ``Store.close`` waits for:
+it is never cut in half), publishes the retained ``offline`` status and disconnects.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class Runner:
             if time.monotonic() - last_purge > PURGE_PERIOD_S:
                 last_purge = time.monotonic()
                 cutoff = self.clock() - timedelta(seconds=self.config.mqtt.retention_s)
-                purged = self.gateway.store.purge_acked(cutoff)
+                purged = await self.gateway.store.purge_acked_async(cutoff)
                 if purged:
                     log.info("purged %d acknowledged messages older than %s", purged, cutoff)
 

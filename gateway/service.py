@@ -4,7 +4,9 @@ commits; then the shell acts on meters and the outbox drains (DESIGN.md section 
 The core task is the only writer of ledgers, token windows and lockouts, so it needs no
 locks. It takes every item waiting in the queue, steps each through the pure core, and
 commits the whole batch in one durable transaction before anything is done on a meter or
-acknowledged to anyone: a crash loses or doubles nothing.
+acknowledged to anyone: a crash loses or doubles nothing. The commit runs on the store's
+writer thread, so pollers keep their lines busy while SQLite syncs; batches commit
+strictly in order, and the next batch may be stepped (on the states in flight) meanwhile.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class _Pending:
     lockout: LockoutState
 
 
+#: one stepped item, to act on once its batch is committed
+_Action = tuple[MeterRuntime, list[Command], CoreItem, TokenOutcome | None]
+
+
 @dataclass
 class Counters:
     readings: int = 0
@@ -150,6 +156,10 @@ class Gateway:
     #: gateway seconds per real second (an accelerated clock for demos and tests)
     speed: float = 1.0
     relay_first_delay: float = 0.2
+    #: the latest batch's commit-then-act task (the next one waits for it)
+    _committing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    #: meter -> state stepped in a batch whose commit has not returned yet
+    _uncommitted: dict[str, _Pending] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -292,17 +302,30 @@ class Gateway:
         return await fut
 
     async def run_core(self) -> None:
-        while True:
-            items = [await self.queue.get()]
-            # Group commit: let a poll cycle's worth of items gather for a moment, so one
-            # durable commit (one fsync) carries many readings.
-            await asyncio.sleep(self.commit_window)
-            while len(items) < MAX_BATCH:
-                try:
-                    items.append(self.queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            self.process(items)
+        inflight: asyncio.Task[None] | None = None  # the batch being committed
+        try:
+            while True:
+                if inflight is not None and self.queue.empty():
+                    await inflight  # nothing to step meanwhile; raises if the commit failed
+                    inflight = None
+                items = [await self.queue.get()]
+                # Group commit: let a poll cycle's worth of items gather for a moment, so
+                # one durable commit (one fsync) carries many readings.
+                await asyncio.sleep(self.commit_window)
+                while len(items) < MAX_BATCH:
+                    try:
+                        items.append(self.queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        break
+                self.process(items)  # steps now; its commit waits for ``inflight``'s
+                if inflight is not None:
+                    await inflight  # at most one batch waits behind the one committing
+                inflight = self._committing
+        finally:
+            # A commit already started still completes on the writer thread (never cut in
+            # half); what it would have done on meters is left to the next start.
+            if self._committing is not None:
+                self._committing.cancel()
 
     def _verify(
         self, rt: MeterRuntime, work: KeypadEntry | OnlineTopUp, pending: _Pending, now: datetime
@@ -356,18 +379,23 @@ class Gateway:
         return _Pending(state, window, lockout), update, commands, outcome
 
     def process(self, items: Sequence[CoreItem]) -> None:
-        """Step every item, commit them in one transaction, then act."""
+        """Step every item and queue the batch's commit behind the previous batch's; the
+        batch is acted on once its own commit has returned (see ``_commit_and_act``)."""
         now = self.clock()
         tentative: dict[str, _Pending] = {}
         updates: list[MeterUpdate] = []
-        actions: list[tuple[MeterRuntime, list[Command], CoreItem, TokenOutcome | None]] = []
+        actions: list[_Action] = []
         for item in items:
             rt = self.meters.get(item.work.meter_id)
             if rt is None:
                 if item.reply is not None and not item.reply.done():
                     item.reply.set_exception(KeyError(item.work.meter_id))
                 continue
-            pending = tentative.get(rt.meter_id) or _Pending(rt.state, rt.window, rt.lockout)
+            pending = (
+                tentative.get(rt.meter_id)
+                or self._uncommitted.get(rt.meter_id)
+                or _Pending(rt.state, rt.window, rt.lockout)
+            )
             pending, update, commands, outcome = self._step_one(rt, item, pending, now)
             tentative[rt.meter_id] = pending
             updates.append(update)
@@ -375,18 +403,41 @@ class Gateway:
             self.counters.steps += 1
         if not updates:
             return
+        self._uncommitted.update(tentative)
+        self._committing = asyncio.get_running_loop().create_task(
+            self._commit_and_act(self._committing, updates, tentative, actions, now),
+            name="commit",
+        )
+
+    async def _commit_and_act(
+        self,
+        previous: asyncio.Task[None] | None,
+        updates: list[MeterUpdate],
+        tentative: dict[str, _Pending],
+        actions: list[_Action],
+        now: datetime,
+    ) -> None:
+        """Commit one stepped batch after the previous one, then apply and act on it."""
         try:
-            self.store.commit_cycle(updates)
+            if previous is not None:
+                await asyncio.wait([previous])
+                if previous.cancelled() or previous.exception() is not None:
+                    # Stepped on states that never committed: this batch must not either.
+                    raise StoreError("the previous batch was not committed")
+            await self.store.commit_cycle_async(updates)
         except StoreError:
             log.exception("commit of %d updates failed; nothing applied", len(updates))
-            for _rt, _c, item, _o in actions:
-                if item.reply is not None and not item.reply.done():
-                    item.reply.set_exception(RuntimeError("store refused the commit"))
+            self._fail(actions, RuntimeError("store refused the commit"))
+            raise
+        except asyncio.CancelledError:
+            self._fail(actions, RuntimeError("the gateway stopped"))
             raise
         self.counters.batches += 1
         for meter_id, pending in tentative.items():
             rt = self.meters[meter_id]
             rt.state, rt.window, rt.lockout = pending.state, pending.window, pending.lockout
+            if self._uncommitted.get(meter_id) is pending:
+                del self._uncommitted[meter_id]
         self.on_commit()
         for rt, commands, item, outcome in actions:
             self._act(rt, commands, outcome)
@@ -395,6 +446,12 @@ class Gateway:
                 final = outcome.with_decision(decision) if outcome is not None else None
                 item.reply.set_result(StepResult(commands, final))
             self._adapt_interval(rt, now)
+
+    @staticmethod
+    def _fail(actions: list[_Action], error: Exception) -> None:
+        for _rt, _c, item, _o in actions:
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_exception(error)
 
     # ------------------------------------------------------------------ acting on meters
 
