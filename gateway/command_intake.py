@@ -121,7 +121,7 @@ class CommandIntake:
                 verify_command(raw, self._headend_keys(), now, cmd.expires)
             except CommandAuthError as exc:
                 return cmd.id, correlation, Answer(False, exc.failure.value, str(exc))
-            if not self.gateway.store.claim_command(cmd.id, cmd.expires, now):
+            if not await self.gateway.store.claim_command_async(cmd.id, cmd.expires, now):
                 return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
         return cmd.id, correlation, await self._run(link, cmd, meter, now)
 

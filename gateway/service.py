@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 COMM_LOST_AFTER = 3
 #: Most queue items stepped and committed in one transaction.
 MAX_BATCH = 512
+#: Most items waiting for the core: past it pollers wait (the core sets the pace, and
+#: memory stays bounded when the bus outruns the core).
+QUEUE_LIMIT = 4 * MAX_BATCH
 #: Longest wait between attempts at a relay that does not follow its command.
 RELAY_RETRY_CAP_S = 300.0
 
@@ -144,7 +147,7 @@ class Gateway:
     store: Store
     clock: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
-    queue: asyncio.Queue[CoreItem] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[CoreItem] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     meters: dict[str, MeterRuntime] = field(default_factory=dict)
     pollers: dict[str, BusPoller] = field(default_factory=dict)
     ports: dict[str, ModbusPort] = field(default_factory=dict)

@@ -867,6 +867,14 @@ class Store:
         by its signature check anyway."""
         return self._on_writer(self._claim_command, command_id, expires_at, now)
 
+    async def claim_command_async(
+        self, command_id: str, expires_at: datetime, now: datetime
+    ) -> bool:
+        """``claim_command`` awaited from an event loop, which runs on meanwhile."""
+        return await asyncio.wrap_future(
+            self._submit(self._claim_command, command_id, expires_at, now)
+        )
+
     def _claim_command(self, command_id: str, expires_at: datetime, now: datetime) -> bool:
         with self._transaction() as db:
             db.execute("DELETE FROM executed_commands WHERE expires_at < ?", (_iso(now),))
