@@ -768,19 +768,17 @@ class Store:
 
     def outbox_pending(self, limit: int = 100, after_id: int = 0) -> list[OutboxRow]:
         """Unacknowledged rows in commit order. Never waits for the writer."""
-        acking = self._acks_in_flight()
-        out: list[OutboxRow] = []
-        while True:
-            want = limit - len(out)
-            rows = self._rows(
-                "SELECT id, meter_id, seq, kind, ts, body_json, acked_at FROM outbox"
-                " WHERE acked_at IS NULL AND id > ? ORDER BY id LIMIT ?",
-                (after_id, want),
+        return [
+            OutboxRow(
+                r.id,
+                r.meter_id,
+                r.seq,
+                r.kind,
+                datetime.fromisoformat(r.ts),
+                json.loads(r.body_json),
             )
-            out += [r for r in rows if r.id not in acking] if acking else rows
-            if len(rows) < want or len(out) >= limit:
-                return out
-            after_id = rows[-1].id
+            for r in self.outbox_pending_raw(limit, after_id)
+        ]
 
     def outbox_since(self, meter_id: str, seq: int) -> list[OutboxRow]:
         """A meter's rows from ``seq`` on (acknowledged or not, while retained), for resend."""
@@ -923,7 +921,8 @@ class Store:
     # ---------------------------------------------------------- the drain's fast read
     def outbox_pending_raw(self, limit: int = 256, after_id: int = 0) -> list[RawOutboxRow]:
         """:meth:`outbox_pending` as stored (time and body as text), for the drain, which
-        splices the stored JSON into the envelope instead of decoding it."""
+        splices the stored JSON into the envelope instead of decoding it. Acknowledgements
+        not yet written count as written. Never waits for the writer."""
         acking = self._acks_in_flight()
         out: list[RawOutboxRow] = []
         while True:

@@ -80,8 +80,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def sh(command: str, cwd: Path, stdin: bytes = b"") -> Ran:
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn(command: str, cwd: Path) -> asyncio.subprocess.Process:
+    """``command`` as a shell line, with the installed console scripts on PATH."""
+    return await asyncio.create_subprocess_exec(
         "bash",
         "-c",
         command,
@@ -91,6 +92,10 @@ async def sh(command: str, cwd: Path, stdin: bytes = b"") -> Ran:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def sh(command: str, cwd: Path, stdin: bytes = b"") -> Ran:
+    proc = await _spawn(command, cwd)
     out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
     assert proc.returncode is not None
     return Ran(proc.returncode, out.decode(), err.decode())
@@ -170,16 +175,7 @@ async def test_the_simulator_page_runs_as_written(tmp_path: Path) -> None:
 async def _commission(command: str, cwd: Path, control: int) -> Ran:
     """The documented commission line: answers the relay question, types the token the
     command shows on the simulated meter's keypad (as the engineer would)."""
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        command,
-        cwd=cwd,
-        env=_env(),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _spawn(command, cwd)
     assert proc.stdin is not None
     assert proc.stdout is not None
     proc.stdin.write(b"y\n")
