@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from gateway.clock import GatewayClock
+from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
@@ -248,6 +249,7 @@ class _Stop(Exception):  # noqa: N818 (a signal to stop, not an error)
 
 def run_gateway(config: GatewayConfig) -> int:
     """Open the store and run until SIGTERM/SIGINT; the process's exit code."""
+    tune_collector()
     try:
         store = Store.open(config.store)
     except Exception as exc:
