@@ -208,6 +208,7 @@ class Demo:
                 "allow_anonymous true",
                 "persistence false",
                 "max_queued_messages 100000",  # see docs/mqtt.md, Connection
+                "max_inflight_messages 256",
             ]
             if os.geteuid() == 0:
                 lines.append("user root")

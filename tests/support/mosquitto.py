@@ -68,6 +68,9 @@ class Mosquitto:
             # A headend's session must hold a gateway's post-outage burst: the default
             # (1,000) drops the rest (docs/mqtt.md, Connection).
             "max_queued_messages 100000",
+            # Also the Receive Maximum granted to MQTT 5 clients (default 20, below the
+            # gateway's window of 64; docs/mqtt.md, Connection).
+            "max_inflight_messages 256",
             f"persistence_location {folder}/",
         ]
         if os.geteuid() == 0:
