@@ -427,7 +427,7 @@ class Gateway:
                 if previous.cancelled() or previous.exception() is not None:
                     # Stepped on states that never committed: this batch must not either.
                     raise StoreError("the previous batch was not committed")
-            await self.store.commit_cycle_async(updates)
+            await self.store.commit_cycle_async(updates, returning=False)
         except StoreError:
             log.exception("commit of %d updates failed; nothing applied", len(updates))
             self._fail(actions, RuntimeError("store refused the commit"))

@@ -618,20 +618,26 @@ class Store:
         """Commit one meter's step; see ``commit_cycle``."""
         return self.commit_cycle([MeterUpdate(state, commands, now, token_window, lockout)])
 
-    def commit_cycle(self, updates: Iterable[MeterUpdate]) -> list[OutboxRow]:
+    def commit_cycle(
+        self, updates: Iterable[MeterUpdate], *, returning: bool = True
+    ) -> list[OutboxRow]:
         """Commit a batch of steps in ONE durable transaction: ledgers, token windows,
         applied tokens, lockouts, the event log and the outbox (with fresh per-meter seqs).
+        Returns the outbox rows written, or ``[]`` with ``returning=False`` (the gateway's
+        core task does not read them, and building them is a tenth of a big commit).
         Raises (and commits nothing) on an unknown meter or an already applied token."""
-        return self._on_writer(self._commit, list(updates))
+        return self._on_writer(self._commit, list(updates), returning)
 
-    async def commit_cycle_async(self, updates: Iterable[MeterUpdate]) -> list[OutboxRow]:
+    async def commit_cycle_async(
+        self, updates: Iterable[MeterUpdate], *, returning: bool = True
+    ) -> list[OutboxRow]:
         """``commit_cycle`` awaited from an event loop, which runs on while SQLite syncs.
         Commits happen in the order they are called. Cancelling the wait does not cancel
         a commit already started: the transaction is never cut in half."""
-        return await asyncio.wrap_future(self._submit(self._commit, list(updates)))
+        return await asyncio.wrap_future(self._submit(self._commit, list(updates), returning))
 
-    def _commit(self, updates: Sequence[MeterUpdate]) -> list[OutboxRow]:
-        batch = self._prepare(updates)
+    def _commit(self, updates: Sequence[MeterUpdate], returning: bool = True) -> list[OutboxRow]:
+        batch = self._prepare(updates, returning)
         try:
             with self._transaction() as db:
                 acks = self._take_acks(db)
@@ -652,7 +658,7 @@ class Store:
             for i, (meter, seq, kind, ts, body) in enumerate(batch.rows)
         ]
 
-    def _prepare(self, updates: Sequence[MeterUpdate]) -> _Batch:
+    def _prepare(self, updates: Sequence[MeterUpdate], returning: bool = True) -> _Batch:
         batch = _Batch({})
         seqs, known = batch.seqs, self._seq
         outbox, events, rows = batch.outbox, batch.events, batch.rows
@@ -678,7 +684,8 @@ class Store:
                     outbox.append((meter, seq, kind, ts, text))
                     if kind == "event":
                         events.append((meter, ts, str(body.get("event", "")), text))
-                    rows.append((meter, seq, kind, now, body))
+                    if returning:
+                        rows.append((meter, seq, kind, now, body))
                 elif isinstance(command, TopUpDecision) and command.accepted:
                     batch.tokens.append((meter, command.token_id, ts))
             seqs[meter] = seq

@@ -151,3 +151,16 @@ def test_a_large_batch_keeps_ids_seqs_and_the_last_state(tmp_path: Path) -> None
     with Store.open(tmp_path / "gw.db") as store:
         loaded = {s.record.meter_id: s.state for s in store.load_meters()}
     assert loaded == states
+
+
+def test_a_commit_not_returning_rows_writes_the_same_rows(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "a.db") as a, Store.open(tmp_path / "b.db") as b:
+        states = enrolled(a, "m1", "m2")
+        enrolled(b, "m1", "m2")
+        updates = [reading(states[m], 100, NOW) for m in ("m1", "m2")]
+        returned = a.commit_cycle(updates)
+        assert b.commit_cycle(updates, returning=False) == []
+        assert returned
+        assert [(r.id, r.meter_id, r.seq, r.kind, r.body) for r in returned] == [
+            (r.id, r.meter_id, r.seq, r.kind, r.body) for r in b.outbox_pending(100)
+        ]
