@@ -1,7 +1,7 @@
 """Store.commit_cycle alone: 10,000 meters, one cycle of 10,000 stepped readings committed
 in ONE durable transaction (WAL, synchronous=FULL), repeated; optionally under cProfile.
 
-Run: ``.venv/bin/python bench/bench_store_commit.py [--meters N] [--cycles C] [--profile]``.
+Run: ``.venv/bin/python -m bench.bench_store_commit [--meters N] [--cycles C] [--profile]``.
 Prints the commit time per cycle and the median; the steps are done before timing.
 """
 
@@ -16,10 +16,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench.bench_ledger import START, settings
-from gateway.core.driver import MeterState, enrol, step
-from gateway.core.events import ReadingReceived
-from gateway.store import MeterRecord, MeterUpdate, Store
+from bench.bench_ledger import START, readings, settings
+from gateway.core.driver import MeterState, enrol
+from gateway.store import MeterRecord, Store
 
 
 def main() -> None:
@@ -51,12 +50,7 @@ def main() -> None:
         cpu: list[float] = []
         for cycle in range(args.cycles + 1):
             now = START + timedelta(minutes=15 * cycle)
-            updates = []
-            for n, (meter_id, state) in enumerate(states.items()):
-                reading = ReadingReceived(meter_id, cycle * (200 + n % 300), now, power_w=800)
-                new_state, commands = step(state, reading, now)
-                states[meter_id] = new_state
-                updates.append(MeterUpdate(new_state, commands, now))
+            updates = readings(states, cycle, now)
             if prof is not None and cycle:
                 prof.enable()
             t0, c0 = time.perf_counter(), time.process_time()
