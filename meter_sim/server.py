@@ -136,7 +136,7 @@ class Session:
                     self._write(b"".join(out))
                     out = []
                 framed = None if reply is None else mbap_reply(tid, unit, reply)
-                self._schedule(outcome, framed, 0.0)
+                self._schedule(outcome, framed, time.monotonic() + outcome.delay)
             if out:
                 self._write(b"".join(out))
             return
@@ -150,30 +150,29 @@ class Session:
             framed = None if reply is None else rtu_frame(unit, reply)
             done, busy = self.endpoint.wire_time(len(frame) + 2, len(framed or b""))
             # One exchange at a time on the wire; a slow meter holds the bus while it thinks.
+            # Timed from the request's arrival, not from now: answering takes a while here,
+            # and a real line would not wait for it.
             start = max(mono, self.endpoint.busy_until) + outcome.delay
             self.endpoint.busy_until = start + busy
-            self._schedule(outcome, framed, start + done - mono, include_delay=False)
+            self._schedule(outcome, framed, start + done)
 
-    def _schedule(
-        self, outcome: Outcome, frame: bytes | None, wire: float, *, include_delay: bool = True
-    ) -> None:
-        """Queue a reply (or a reset) to go out after its delay, behind earlier replies."""
+    def _schedule(self, outcome: Outcome, frame: bytes | None, due: float) -> None:
+        """Queue a reply (or a reset) to go out at ``due`` (monotonic), behind earlier
+        replies."""
         if outcome.reset:
             if self._tcp:  # a serial line has no connection to reset: the reply is lost
-                self._push(0.0, _RESET)
+                self._push(time.monotonic(), _RESET)
             return
         if frame is None:
             return
         if outcome.corruption is not None:
             frame = corrupt(frame, outcome.corruption, 7 if self._tcp else 0, self.endpoint.rng)
-        self._push(wire + (outcome.delay if include_delay else 0.0), frame)
+        self._push(due, frame)
 
-    def _push(self, delay: float, frame: bytes) -> None:
-        now = time.monotonic()
-        due = now + delay
+    def _push(self, due: float, frame: bytes) -> None:
         if self._queue:
             due = max(due, self._queue[-1][0])
-        elif delay <= 0.0 and frame:
+        elif due <= time.monotonic() and frame:
             self._write(frame)
             return
         self._queue.append((due, frame))
