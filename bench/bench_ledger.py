@@ -47,10 +47,15 @@ def settings() -> MeterSettings:
     return MeterSettings(TariffSchedule.single(tariff), max_balance=100_000_000)
 
 
-def readings(states: dict[str, MeterState], cycle: int, now: datetime) -> list[MeterUpdate]:
-    """Step every meter once through the core (a reading ``cycle`` poll cycles in)."""
+def readings(
+    states: dict[str, MeterState], cycle: int, now: datetime, part: slice = slice(None)
+) -> list[MeterUpdate]:
+    """Step every meter (or the ``part`` of them, in enrolment order) once through the
+    core: a reading ``cycle`` poll cycles in."""
     updates = []
-    for n, (meter_id, state) in enumerate(states.items()):
+    meters = list(states.items())
+    for n in range(len(meters))[part]:
+        meter_id, state = meters[n]
         reading = ReadingReceived(meter_id, cycle * (200 + n % 300), now, power_w=800)
         new_state, commands = step(state, reading, now)
         states[meter_id] = new_state
@@ -62,17 +67,10 @@ async def pipelined_cycle(
     store: Store, states: dict[str, MeterState], cycle: int, now: datetime
 ) -> int:
     """One poll cycle as the gateway's core task commits it; the number of batches."""
-    items = list(states.items())
     committing: asyncio.Future[list[OutboxRow]] | None = None
     batches = 0
-    for start in range(0, len(items), MAX_BATCH):
-        updates = []
-        for n in range(start, min(start + MAX_BATCH, len(items))):
-            meter_id, state = items[n]
-            reading = ReadingReceived(meter_id, cycle * (200 + n % 300), now, power_w=800)
-            new_state, commands = step(state, reading, now)
-            states[meter_id] = new_state
-            updates.append(MeterUpdate(new_state, commands, now))
+    for start in range(0, len(states), MAX_BATCH):
+        updates = readings(states, cycle, now, slice(start, start + MAX_BATCH))
         if committing is not None:
             await committing  # at most one batch waits behind the one committing
         committing = asyncio.ensure_future(store.commit_cycle_async(updates, returning=False))
