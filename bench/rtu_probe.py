@@ -2,7 +2,7 @@
 reading 30 PE-1 meters round-robin from ``meter_sim serve --baud``, with per-exchange
 timings beside the line's arithmetic. Diagnostic for bench_gateway (b):
 
-    .venv/bin/python bench/rtu_probe.py [--baud 115200] [--seconds 5]
+    .venv/bin/python -m bench.rtu_probe [--baud 115200] [--seconds 5]   # from the repo root
 
 - reply: from our request's write to holding the whole reply (ideal: request + 3.5
   characters of silence + reply on the wire);
@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gateway import BLOCK_COUNT, start_sim
 from gateway.meter_io import MeterIO

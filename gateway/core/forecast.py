@@ -23,7 +23,13 @@ class SpendSample:
 
 
 def add_sample(samples: tuple[SpendSample, ...], sample: SpendSample) -> tuple[SpendSample, ...]:
-    """Keep the last ``SAMPLES_KEPT`` samples within ``HORIZON`` of the newest."""
+    """Keep the last ``SAMPLES_KEPT`` samples within ``HORIZON`` of the newest.
+
+    Samples are kept oldest first, so when the newest kept one is older than ``sample`` and
+    the oldest is within the horizon, every one is kept and only the count trims (the
+    common case, once per reading); otherwise each is checked."""
+    if samples and samples[-1].at < sample.at and sample.at - samples[0].at <= HORIZON:
+        return (*samples[-(SAMPLES_KEPT - 1) :], sample)
     kept = [s for s in samples if s.at < sample.at and sample.at - s.at <= HORIZON]
     return (*kept[-(SAMPLES_KEPT - 1) :], sample)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
 import time
 
 import pytest
@@ -40,3 +42,24 @@ async def test_cancelled_and_finished_waits_close_their_timer() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _open_fds() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_on_linux_the_wait_is_a_timerfd() -> None:
+    """The wait is the timerfd, not the millisecond-rounded asyncio.sleep fallback."""
+    before = _timerfds()
+    task = asyncio.create_task(sleep_until(time.monotonic() + 60))
+    await asyncio.sleep(0)  # let it arm its timer
+    during = _timerfds()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (before, during, _timerfds()) == (0, 1, 0)
+
+
+def _timerfds() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # listdir's own, closed by now
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[timerfd]"
+    return count
