@@ -415,7 +415,12 @@ async def _role_drain(p: dict[str, Any]) -> dict[str, Any]:
         updates = []
         for i in range(min(per, total - made)):
             st = states[(made + i) % len(states)]
-            body: dict[str, Any] = {"energy_wh": made + i, "power_w": 812, "balance": 123_456}
+            body: dict[str, Any] = {
+                "kind": "reading",  # first, as the core writes it
+                "energy_wh": made + i,
+                "power_w": 812,
+                "balance": 123_456,
+            }
             updates.append(MeterUpdate(st, [Publish(st.meter_id, "reading", body)], now))
         store.commit_cycle(updates)
         made += len(updates)

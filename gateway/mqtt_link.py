@@ -29,6 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.paho_client import BufferedClient
+
 log = logging.getLogger(__name__)
 
 ProtocolChoice = Literal["5", "3.1.1", "auto"]
@@ -135,7 +137,7 @@ class MqttLink:
         self._loop_thread = threading.get_ident()
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
-        self._client = paho.Client(
+        self._client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,
@@ -207,7 +209,12 @@ class MqttLink:
         self._threadsafe(unregister)
 
     def _readable(self) -> None:
-        self._client.loop_read(max_packets=100)
+        client = self._client
+        rc = client.loop_read()
+        # paho handles as many packets per call as it has messages in flight (one when
+        # idle): what it read ahead is processed now, as no readiness will come for it
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.has_buffered_input():
+            rc = client.loop_read()
 
     def _writable(self) -> None:
         self._client.loop_write()

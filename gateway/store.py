@@ -43,12 +43,11 @@ from gateway.core.commands import Command, Publish, TopUpDecision
 from gateway.core.driver import MeterState
 from gateway.core.json_forms import (
     SettingsError,
-    ledger_json,
     settings_from_json,
     settings_to_json,
-    state_from_json,
 )
 from gateway.core.settings import MeterSettings
+from gateway.state_row import StateRows, state_from_row
 from gateway.store_migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -369,6 +368,8 @@ class Store:
             connection.execute("SELECT meter_id, last_seq FROM outbox_seq").fetchall()
         )
         self._settings: dict[str, MeterSettings] = {}
+        #: the writer thread's: writes ledgers.state_json
+        self._state_rows = StateRows()
         # The checkpointer keeps the WAL short; this is only the fallback if it lags.
         connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
@@ -571,9 +572,7 @@ class Store:
         for meter_id, bus, unit_id, map_name, key, epoch, settings_json, state_json, relay in rows:
             try:
                 settings = settings_from_json(json.loads(settings_json))
-                body = json.loads(state_json)
-                body["settings"] = settings
-                state = state_from_json(body)
+                state = state_from_row(state_json, settings)
             except (SettingsError, ValueError) as exc:
                 raise CorruptStoreError(
                     f"meter {meter_id}: stored state unreadable: {exc}"
@@ -601,7 +600,7 @@ class Store:
                 state.ledger.balance,
                 state.ledger.debt,
                 str(state.credit),
-                ledger_json(state),
+                self._state_rows.row(state),
                 _iso(now),
             ),
         )
@@ -698,7 +697,14 @@ class Store:
         for meter, (state, ts) in last.items():
             ledger = state.ledger
             batch.ledgers.append(
-                (ledger.balance, ledger.debt, str(state.credit), ledger_json(state), ts, meter)
+                (
+                    ledger.balance,
+                    ledger.debt,
+                    str(state.credit),
+                    self._state_rows.row(state),
+                    ts,
+                    meter,
+                )
             )
             settings = state.settings
             cached = committed.get(meter)

@@ -80,6 +80,11 @@ CREATE TABLE executed_commands (
     3: """
 ALTER TABLE meters ADD COLUMN relay_output TEXT;
 """,
+    # No table changes: ledgers.state_json may now hold its times as integer microseconds
+    # (gateway/state_row.py), which a gateway of schema 3 cannot read, so it must refuse.
+    4: """
+SELECT 1;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
