@@ -103,7 +103,7 @@ class MqttSettings(_Strict):
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive")
     max_inflight: int = Field(
-        default=64,
+        default=256,
         ge=1,
         le=1000,
         description="QoS 1 messages awaiting acknowledgement (at most the broker's Receive Maximum)",
