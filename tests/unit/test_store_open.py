@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.driver import enrol, step
+from gateway.core.events import ReadingReceived
+from gateway.core.json_forms import ledger_json
+from gateway.core.settings import MeterSettings
+from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import (
     CorruptStoreError,
     ForeignFileError,
+    MeterRecord,
     SchemaTooNewError,
     Store,
     StoreError,
@@ -118,3 +126,33 @@ def test_unusable_paths_are_store_errors(tmp_path: Path) -> None:
         Store.open(tmp_path)  # a directory
     with pytest.raises(StoreError, match="cannot open"):
         Store.open(tmp_path / "missing" / "gw.db")
+
+
+def test_a_schema_3_store_with_meters_is_upgraded_and_reads_the_same(tmp_path: Path) -> None:
+    """Schema 3 wrote ``ledgers.state_json`` in pydantic's form (times as ISO text): a
+    store of that version opens, moves to the current schema, and loads the same states."""
+    path = tmp_path / "gw.db"
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    settings = MeterSettings(TariffSchedule.single(Tariff("KES", FlatPricing(Decimal(25)))))
+    states = {}
+    with Store.open(path) as store:
+        for n in range(3):
+            state = enrol(f"m{n}", settings, start, opening_balance=100_000)
+            store.add_meter(MeterRecord(f"m{n}", "bus", n + 1, "pe1", b"k" * 16), state, start)
+            for cycle in range(3):
+                now = start + timedelta(minutes=15 * cycle)
+                state, commands = step(state, ReadingReceived(f"m{n}", 100 * cycle, now), now)
+                store.apply(state, commands, now)
+            states[f"m{n}"] = state
+    db = sqlite3.connect(path)
+    with db:
+        for meter_id, state in states.items():
+            db.execute(
+                "UPDATE ledgers SET state_json = ? WHERE meter_id = ?",
+                (ledger_json(state), meter_id),
+            )
+        db.execute("PRAGMA user_version = 3")
+    db.close()
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert {m.state.meter_id: m.state for m in store.load_meters()} == states
