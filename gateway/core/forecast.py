@@ -11,6 +11,8 @@ from gateway.core.frozen import quick_init
 #: how many recent samples the forecast keeps, and how far back
 SAMPLES_KEPT = 12
 HORIZON = timedelta(hours=48)
+#: beyond this many seconds a forecast is "never"
+_FAR = timedelta.max.total_seconds() / 2
 
 
 @quick_init
@@ -54,9 +56,9 @@ def exhaustion_time(
     if per_second <= 0:
         return None
     seconds = credit_left / per_second
-    if seconds > timedelta.max.total_seconds() / 2:
+    if seconds > _FAR:
         return None
     try:
-        return now + timedelta(seconds=seconds)
+        return now + timedelta(0, seconds)  # positional: the same value, built faster
     except OverflowError:
         return None
