@@ -17,8 +17,9 @@ about half of the gateway's CPU per reading (bench/bench_gateway.py (a) and (d))
   property objects; anything else takes paho's own path.
 
 Only paho's private ``_sock_send``, ``_sock_recv``, ``_sock_close``, ``loop_write`` and
-``_handle_pubackcomp`` are overridden, as paho 2.1 and 2.2 define them (pyproject pins
-``paho-mqtt<3``); tests/integration/test_paho_client.py runs them against Mosquitto.
+``_handle_pubackcomp`` are overridden, as paho 2.2.0 defines them (read and tested;
+pyproject pins ``paho-mqtt<3``); tests/integration/test_paho_client.py runs every
+override against Mosquitto, so a paho that changed them fails there.
 """
 
 from __future__ import annotations
