@@ -25,7 +25,7 @@ override against Mosquitto, so a paho that changed them fails there.
 from __future__ import annotations
 
 import ssl
-from typing import Literal
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -44,28 +44,25 @@ _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 class BufferedClient(paho.Client):
     """:class:`paho.mqtt.client.Client` with batched socket reads and writes."""
 
-    _inbuf: bytearray
-    _inpos: int
-    _outbuf: bytearray
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._buffers()  # before paho's own __init__, which may already close a socket
+        super().__init__(*args, **kwargs)
 
     def _buffers(self) -> None:
-        # paho's __init__ is large; buffers are made on first use instead of overriding it
         self._inbuf, self._inpos, self._outbuf = bytearray(), 0, bytearray()
 
     def has_buffered_input(self) -> bool:
         """Whether bytes already read from the socket wait for ``loop_read`` (here, or
         decrypted inside a TLS socket): the socket will not turn readable for them."""
-        if "_inbuf" in self.__dict__ and self._inpos < len(self._inbuf):
+        if self._inpos < len(self._inbuf):
             return True
         sock = self._sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def has_buffered_output(self) -> bool:
-        return "_outbuf" in self.__dict__ and bool(self._outbuf)
+        return bool(self._outbuf)
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        if "_inbuf" not in self.__dict__:
-            self._buffers()
         if self._inpos >= len(self._inbuf):
             data = super()._sock_recv(READ_CHUNK)  # BlockingIOError when there is none
             if not data:
@@ -78,8 +75,6 @@ class BufferedClient(paho.Client):
         return bytes(self._inbuf[start:end])
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
-        if "_outbuf" not in self.__dict__:
-            self._buffers()
         if self._sock is None:
             raise ConnectionError("self._sock is None")
         self._outbuf += buf

@@ -79,6 +79,8 @@ class Sample:
     #: the fixed tasks (pollers, core, drain, link, the test's own): must stay flat
     tasks: int
     per_meter_tasks: dict[str, int]
+    #: the most tasks of one per-meter kind seen for one meter (names carry the meter)
+    most_per_meter: int
     outbox: int
 
 
@@ -88,8 +90,12 @@ async def _sample(depth: Callable[[], int]) -> Sample:
     floor). Per-meter tasks are counted apart from the rest: their number follows how many
     meters are slow at the moment, so only the fixed tasks must stay flat."""
     fixed, per_meter, outbox = [], collections.Counter[str](), []
+    most = 0
     for k in range(20):
-        kinds = collections.Counter(_task_kind(t) for t in asyncio.all_tasks())
+        tasks = asyncio.all_tasks()
+        kinds = collections.Counter(_task_kind(t) for t in tasks)
+        names = collections.Counter(t.get_name() for t in tasks if _task_kind(t) in PER_METER_KINDS)
+        most = max(most, *names.values(), 0)
         fixed.append(sum(n for kind, n in kinds.items() if kind not in PER_METER_KINDS))
         for kind in PER_METER_KINDS:
             per_meter[kind] = kinds[kind] if k == 0 else min(per_meter[kind], kinds[kind])
@@ -100,6 +106,7 @@ async def _sample(depth: Callable[[], int]) -> Sample:
         fds=len(os.listdir("/proc/self/fd")),
         tasks=min(fixed),
         per_meter_tasks=dict(per_meter),
+        most_per_meter=most,
         outbox=min(outbox),
     )
 
@@ -178,4 +185,5 @@ async def test_soak_stays_flat(
     assert end.fds <= warm.fds + 2, samples
     assert end.tasks <= warm.tasks + 2, samples
     assert all(n <= METERS for n in end.per_meter_tasks.values()), samples
+    assert all(s.most_per_meter <= 1 for s in samples), samples  # one of each kind per meter
     assert end.outbox <= warm.outbox + METERS, samples
