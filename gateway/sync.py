@@ -51,6 +51,12 @@ def utc_iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: the envelope's own fields: a body key of the same name never overrides them
+_ENVELOPE_KEYS = frozenset({"v", "gateway", "meter", "seq", "ts", "kind"})
+#: how such a key would look in a stored body (a false match only takes the slow path)
+_ENVELOPE_KEY_TEXTS = tuple(f'"{k}":' for k in _ENVELOPE_KEYS - {"kind"})
+
+
 def envelope_raw(
     gateway_id: str, row: RawOutboxRow, stamps: dict[str, str], quoted: dict[str, str]
 ) -> bytes:
@@ -64,7 +70,9 @@ def envelope_raw(
     kind = quoted.get(row.kind) or quoted.setdefault(row.kind, json.dumps(row.kind))
     head = '{"kind":' + kind
     body = row.body_json
-    if not (body.startswith(head) and body[len(head) : len(head) + 1] in (",", "}")):
+    if not (body.startswith(head) and body[len(head) : len(head) + 1] in (",", "}")) or any(
+        key in body for key in _ENVELOPE_KEY_TEXTS
+    ):
         parsed = OutboxRow(
             row.id,
             row.meter_id,
@@ -91,7 +99,7 @@ def envelope(gateway_id: str, row: OutboxRow) -> bytes:
         "seq": row.seq,
         "ts": utc_iso(row.ts),
         "kind": row.kind,
-        **row.body,
+        **{k: v for k, v in row.body.items() if k not in _ENVELOPE_KEYS},
     }
     return json.dumps(message, separators=(",", ":"), sort_keys=False).encode()
 
