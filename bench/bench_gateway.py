@@ -47,6 +47,7 @@ from gateway.config import GatewayConfig  # noqa: E402
 from gateway.core.commands import Publish, SetRelay  # noqa: E402
 from gateway.core.driver import MeterState, enrol  # noqa: E402
 from gateway.core.events import ReadingReceived, RelayObserved  # noqa: E402
+from gateway.core.forecast import SAMPLES_KEPT  # noqa: E402
 from gateway.core.settings import MeterSettings  # noqa: E402
 from gateway.meter_io import MeterSnapshot  # noqa: E402
 from gateway.mqtt_link import BrokerEndpoint, MqttLink  # noqa: E402
@@ -290,6 +291,15 @@ async def _role_gateway(p: dict[str, Any]) -> dict[str, Any]:
             result["read_once"] = sum(1 for rt in gw.meters.values() if rt.last_reading_at)
             result["seconds_to_read_all"] = time.monotonic() - began
             await asyncio.sleep(p.get("settle", 2.0))
+            result["rss_read_once_kib"] = rss_kib(os.getpid())
+            # Steady state at the configured interval: the CPU a cabinet box must spare.
+            r0, c0, t0 = gw.counters.readings, own_cpu(), time.monotonic()
+            await asyncio.sleep(p.get("steady_window", 0.0))
+            result.update(
+                steady_readings=gw.counters.readings - r0,
+                steady_cpu=own_cpu() - c0,
+                steady_seconds=time.monotonic() - t0,
+            )
         else:
             await asyncio.sleep(p["warmup"])
             r0, c0, t0 = gw.counters.readings, own_cpu(), time.monotonic()
@@ -857,7 +867,9 @@ def bench_d(a: Any, work: Path, mqtt_port: int) -> None:
 
 
 def bench_e(a: Any, work: Path, mqtt_port: int) -> None:
-    print("(e) gateway resident memory (enrolled, every meter polled from a simulator)")
+    print(
+        "(e) gateway resident memory and steady CPU (enrolled, every meter polled from a simulator)"
+    )
     for meters in (1000, 10_000):
         ports = (meters + UNITS_PER_PORT - 1) // UNITS_PER_PORT
         folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
@@ -873,20 +885,43 @@ def bench_e(a: Any, work: Path, mqtt_port: int) -> None:
         enrol_s = time.monotonic() - began
         sim = start_sim("--meters", str(meters), "--tcp", "127.0.0.1:0", "--seed", "1")
         try:
+            # Every meter every 5 s, long enough for each to hold a full forecast window
+            # (SAMPLES_KEPT readings): the memory a cabinet box must provision for.
+            interval = 5.0
             cfg = config_data(
-                store, tcp_buses(sim.tcp, 4), mqtt_port, interval=30.0, minimum=30.0, maximum=30.0
+                store,
+                tcp_buses(sim.tcp, 4),
+                mqtt_port,
+                interval=interval,
+                minimum=interval,
+                maximum=interval,
             )
-            r = run_child("gateway", {"config": cfg, "until_all_read": True, "timeout": 120})
+            r = run_child(
+                "gateway",
+                {
+                    "config": cfg,
+                    "until_all_read": True,
+                    "timeout": 120,
+                    "steady_window": SAMPLES_KEPT * interval + 15,
+                },
+            )
         finally:
             sim.stop()
             subprocess.run(["rm", "-rf", str(folder)], check=True)
         print(
-            f"  {meters:>6} meters: RSS {r['rss_kib'] / 1024:6.1f} MiB after each was read "
+            f"  {meters:>6} meters: RSS {r['rss_read_once_kib'] / 1024:6.1f} MiB after each was read "
             f"({r['read_once']} read in {r['seconds_to_read_all']:.1f} s), "
             f"{r['rss_loaded_kib'] / 1024:.1f} MiB once loaded, interpreter + imports "
             f"{r['rss_start_kib'] / 1024:.1f} MiB; "
-            f"{(r['rss_kib'] - r['rss_start_kib']) / meters:.2f} KiB per meter "
+            f"{(r['rss_read_once_kib'] - r['rss_start_kib']) / meters:.2f} KiB per meter "
             f"(enrolled in {enrol_s:.0f} s, store on tmpfs)"
+        )
+        steady = r["steady_seconds"]
+        print(
+            f"          then {r['steady_readings'] / steady:,.0f} readings/s (every meter each "
+            f"{interval:.0f} s) for {steady:.0f} s: {100 * r['steady_cpu'] / steady:.1f}% of one "
+            f"core, {per_1000(r['steady_cpu'], max(1, r['steady_readings'])):.3f} CPU-s/1000; "
+            f"RSS then {r['rss_kib'] / 1024:.1f} MiB (each meter's forecast window full)"
         )
 
 
