@@ -333,20 +333,24 @@ def _timed_gateway_class() -> type:
         received: ClassVar[dict[str, float]] = {}
         #: meter -> arrival of the reading whose step commanded the relay open
         cut: ClassVar[dict[str, float]] = {}
-        #: meter -> when the core took the RelayObserved(closed=False)
+        #: meter -> when the core took the first reading (or coil read back) showing the
+        #: relay open after the cut
         opened: ClassVar[dict[str, float]] = {}
 
         async def _on_reading(self, polled: PolledMeter, snap: MeterSnapshot) -> None:
             self.received[polled.meter_id] = time.monotonic()
             await super()._on_reading(polled, snap)
 
-        def process(self, items: Any) -> None:
+        async def process(self, items: Any) -> None:
             now = time.monotonic()
             for item in items:
                 work = item.work
-                if isinstance(work, RelayObserved) and not work.closed:
+                seen_open = (isinstance(work, RelayObserved) and not work.closed) or (
+                    isinstance(work, ReadingReceived) and work.relay_closed is False
+                )
+                if seen_open and work.meter_id in self.cut:
                     self.opened.setdefault(work.meter_id, now)
-            super().process(items)
+            await super().process(items)
 
         def _step_one(self, rt: MeterRuntime, item: CoreItem, pending: Any, now: datetime) -> Any:
             out = super()._step_one(rt, item, pending, now)

@@ -3,13 +3,18 @@
 Every command gets exactly one result, on the MQTT 5 response topic with the request's
 correlation data, or on ``cmd/result`` for MQTT 3.1.1 clients. A malformed, oversized,
 unsigned, stale or replayed command gets a clear error result and changes nothing.
+
+Each message is handled inside a boundary (:meth:`CommandIntake.handle`): whatever it
+holds, the gateway answers, logs what went wrong and goes on. A response topic is
+checked before anything runs (no wildcards, within the configured result topics), and a
+result the broker refuses is logged, never the end of the session.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,9 +23,10 @@ from pydantic import JsonValue, ValidationError
 
 from gateway.core.events import RemoteCommand, RemoteKind, TariffChanged
 from gateway.core.json_forms import SettingsError, tariff_from_json
-from gateway.mqtt_link import IncomingMessage, MqttLink
+from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
+from gateway.resend import ResendBusyError, ResendQueue
 from gateway.service import Gateway
-from gateway.sync import envelope
+from gateway.store import StorageUnavailableError
 from gateway.token_intake import OnlineTopUp
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
 from protocol.mqtt import (
@@ -35,6 +41,8 @@ from protocol.mqtt import (
     Topics,
     TopUpCommand,
     dump,
+    topic_matches,
+    topic_name_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -48,24 +56,61 @@ class Answer:
     details: dict[str, JsonValue] = field(default_factory=dict)
 
 
+STORAGE_UNAVAILABLE = Answer(
+    False, "storage_unavailable", "the gateway cannot store anything now: send it again later"
+)
+
+
 @dataclass
 class CommandIntake:
     gateway: Gateway
     topics: Topics
     clock: Callable[[], datetime]
+    resends: ResendQueue
+    #: MQTT 5 response topics (filters) results may go to, besides ``cmd/result``
+    response_topics: Sequence[str] = ()
     handled: int = 0
+    #: results the broker refused (an ACL), or that could not be published at all
+    results_refused: int = 0
+    #: commands whose handling raised unexpectedly (answered ``internal_error``)
+    internal_errors: int = 0
 
     def _headend_keys(self) -> Any:
         return load_public_keys(self.gateway.config.tokens.headend_public_keys)
 
+    def _response_topic_problem(self, topic: str) -> str | None:
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            return problem
+        if topic == self.topics.fallback_result or any(
+            topic_matches(f, topic) for f in self.response_topics
+        ):
+            return None
+        allowed = ", ".join([*self.response_topics, self.topics.fallback_result])
+        return f"is outside the gateway's result topics ({allowed})"
+
     async def handle(self, link: MqttLink, msg: IncomingMessage) -> CommandResult:
-        """Execute one incoming command and publish its result."""
+        """Execute one incoming command and publish its result (the boundary: nothing
+        a message holds ends the session or the gateway)."""
         request_id: str | None = None
         correlation: str | None = None
+        topic = self.topics.fallback_result
+        problem = None
+        if msg.response_topic is not None:
+            problem = self._response_topic_problem(msg.response_topic)
+            if problem is None:
+                topic = msg.response_topic
         try:
-            request_id, correlation, answer = await self._execute(link, msg)
+            if problem is not None:
+                request_id, correlation = _ids(msg.payload)
+                answer = Answer(False, "bad_response_topic", f"response topic {problem}")
+            else:
+                request_id, correlation, answer = await self._execute(msg)
+        except StorageUnavailableError:
+            answer = STORAGE_UNAVAILABLE
         except Exception:
-            log.exception("command on %s crashed", msg.topic)
+            self.internal_errors += 1
+            log.exception("command on %s failed (answered internal_error)", msg.topic)
             answer = Answer(False, "internal_error", "the gateway failed to carry out the command")
         self.handled += 1
         result = CommandResult(
@@ -78,13 +123,14 @@ class CommandIntake:
             details=answer.details,
             ts=self.clock(),
         )
-        topic = msg.response_topic or self.topics.fallback_result
-        await link.publish(topic, dump(result), correlation_data=msg.correlation_data)
+        try:
+            await link.publish(topic, dump(result), correlation_data=msg.correlation_data)
+        except PublishRefusedError as exc:
+            self.results_refused += 1
+            log.warning("result of command %s to %r refused: %s", request_id, topic[:200], exc)
         return result
 
-    async def _execute(
-        self, link: MqttLink, msg: IncomingMessage
-    ) -> tuple[str | None, str | None, Answer]:
+    async def _execute(self, msg: IncomingMessage) -> tuple[str | None, str | None, Answer]:
         if len(msg.payload) > MAX_COMMAND_BYTES:
             return None, None, Answer(False, "too_large", f"over {MAX_COMMAND_BYTES} bytes")
         try:
@@ -97,11 +143,7 @@ class CommandIntake:
             return None, None, Answer(False, "malformed", "not JSON")
         except RecursionError:
             return None, None, Answer(False, "malformed", "JSON nested too deeply")
-        request_id = (
-            raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
-        )
-        correlation = raw.get("correlation") if isinstance(raw, dict) else None
-        correlation = correlation if isinstance(correlation, str) else None
+        request_id, correlation = _ids_of(raw)
         try:
             cmd = COMMAND.validate_python(raw)
         except ValidationError as exc:
@@ -121,11 +163,14 @@ class CommandIntake:
                 verify_command(raw, self._headend_keys(), now, cmd.expires)
             except CommandAuthError as exc:
                 return cmd.id, correlation, Answer(False, exc.failure.value, str(exc))
+            if cmd.gateway != self.topics.gateway_id:
+                detail = f"signed for gateway {cmd.gateway}, this is {self.topics.gateway_id}"
+                return cmd.id, correlation, Answer(False, "wrong_gateway", detail)
             if not await self.gateway.store.claim_command_async(cmd.id, cmd.expires, now):
                 return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
-        return cmd.id, correlation, await self._run(link, cmd, meter, now)
+        return cmd.id, correlation, await self._run(cmd, meter, now)
 
-    async def _run(self, link: MqttLink, cmd: object, meter: str, now: datetime) -> Answer:
+    async def _run(self, cmd: object, meter: str, now: datetime) -> Answer:
         gw = self.gateway
         match cmd:
             case TopUpCommand(token=token):
@@ -156,11 +201,30 @@ class CommandIntake:
                 gw.meters[meter].poller.poll_now(meter)
                 return Answer(True, None, "read scheduled")
             case ResendCommand(from_seq=from_seq):
-                rows = gw.store.outbox_since(meter, from_seq)
-                for row in rows:
-                    await link.publish(
-                        self.topics.meter(row.meter_id, row.kind),
-                        envelope(self.topics.gateway_id, row),
-                    )
-                return Answer(True, None, f"resent {len(rows)} messages", {"resent": len(rows)})
+                try:
+                    plan = self.resends.plan(meter, from_seq)
+                except ResendBusyError as exc:
+                    return Answer(False, "busy", str(exc))
+                details = {"resent": len(plan.rows), "next_seq": plan.next_seq}
+                return Answer(True, None, f"resending {len(plan.rows)} messages", details)
         return Answer(False, "malformed", "unknown command")
+
+
+def _ids_of(raw: object) -> tuple[str | None, str | None]:
+    """The request id and 3.1.1 correlation a command names, if it can be read."""
+    if not isinstance(raw, dict):
+        return None, None
+    request_id, correlation = raw.get("id"), raw.get("correlation")
+    return (
+        request_id if isinstance(request_id, str) else None,
+        correlation if isinstance(correlation, str) else None,
+    )
+
+
+def _ids(payload: bytes) -> tuple[str | None, str | None]:
+    if len(payload) > MAX_COMMAND_BYTES:
+        return None, None
+    try:
+        return _ids_of(json.loads(payload))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, None

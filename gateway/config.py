@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.mqtt import DEFAULT_RESPONSE_TOPICS, topic_filter_problem
+
 ENV_PREFIX = "PREPAID_EDGE__"
 _ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -115,6 +117,27 @@ class MqttSettings(_Strict):
     reconnect_max_s: float = Field(
         default=60.0, gt=0, description="longest reconnect delay (jittered, doubling)"
     )
+    session_expiry_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="how long the broker keeps the gateway's session (and queues its "
+        "commands) while it is away; 0: a clean session at every connect",
+    )
+    response_topics: list[str] = Field(
+        default=list(DEFAULT_RESPONSE_TOPICS),
+        description="MQTT 5 response topics (filters) command results may go to; any "
+        "other is refused and answered on cmd/result",
+    )
+
+    @field_validator("response_topics")
+    @classmethod
+    def _filters(cls, v: list[str]) -> list[str]:
+        for topic_filter in v:
+            problem = topic_filter_problem(topic_filter)
+            if problem is not None:
+                raise ValueError(f"{topic_filter!r}: {problem}")
+        return v
 
 
 class PollingSettings(_Strict):

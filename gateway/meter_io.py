@@ -9,7 +9,6 @@ the reads are planned per map. A failed or undecodable read raises
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
@@ -31,6 +30,13 @@ _POLLED = (
 )
 _ENERGY_FACTORS = {"Wh": Decimal(1), "kWh": Decimal(1000)}
 _POWER_FACTORS = {"W": Decimal(1), "kW": Decimal(1000)}
+#: The widest integers the ledger and the JSON contract take (a JSON number a headend in
+#: any language reads exactly): an energy register beyond it is a lie, not a reading.
+MAX_ENERGY_WH = (1 << 53) - 1
+#: |power| beyond this (a gigawatt on a customer's meter) is garbage, not a reading.
+MAX_POWER_W = 1_000_000_000
+#: Voltages outside 0..this are garbage too.
+MAX_VOLTAGE_V = 100_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +60,30 @@ def energy_wh(point: Point, value: Value) -> int:
     wh = (physical(point, value) * factor).to_integral_value(ROUND_FLOOR)
     if wh < 0:
         raise DecodeError(f"{point.name}: negative energy {wh} Wh", ())
-    return int(wh)
+    return _energy_in_range(point, int(wh))
+
+
+def _energy_in_range(point: Point, wh: int) -> int:
+    if wh > MAX_ENERGY_WH:
+        raise DecodeError(f"{point.name}: {wh} Wh is beyond any real register", ())
+    return wh
 
 
 def power_w(point: Point, value: Value) -> int:
     factor = _POWER_FACTORS.get(point.unit)
     if factor is None:
         raise DecodeError(f"{point.name}: unit {point.unit!r} is not a power unit", ())
-    return int((physical(point, value) * factor).to_integral_value(ROUND_HALF_EVEN))
+    watts = physical(point, value) * factor
+    if abs(watts) > MAX_POWER_W:
+        raise DecodeError(f"{point.name}: {watts} W is beyond any real load", ())
+    return int(watts.to_integral_value(ROUND_HALF_EVEN))
+
+
+def voltage_v(point: Point, value: Value) -> float:
+    volts = physical(point, value)
+    if not 0 <= volts <= MAX_VOLTAGE_V:
+        raise DecodeError(f"{point.name}: {volts} V is not a supply voltage", ())
+    return float(volts)
 
 
 def snapshot_from(regmap: RegisterMap, values: dict[str, Value]) -> MeterSnapshot:
@@ -74,8 +96,7 @@ def snapshot_from(regmap: RegisterMap, values: dict[str, Value]) -> MeterSnapsho
     )
     voltage: float | None = None
     if "voltage" in values:
-        v = float(physical(regmap.point("voltage"), values["voltage"]))
-        voltage = v if math.isfinite(v) else None
+        voltage = voltage_v(regmap.point("voltage"), values["voltage"])
     flags: frozenset[str] = frozenset()
     relay: bool | None = None
     if "status" in values:
@@ -151,9 +172,16 @@ class _SnapshotRecipe:
         self.power = regmap.point("active_power") if "active_power" in at else None
         self.power_at = at.get("active_power", -1)
         self.power_k = _integral_factor(self.power, _POWER_FACTORS) if self.power else None
+        #: raw integers the int paths take without a range check (the rest go the exact way)
+        self.power_raw_max = MAX_POWER_W // abs(self.power_k) if self.power_k else 0
         self.voltage = regmap.point("voltage") if "voltage" in at else None
         self.voltage_at = at.get("voltage", -1)
         self.voltage_md = _decimal_fraction(self.voltage.scale) if self.voltage else None
+        self.voltage_raw_max = (
+            int(MAX_VOLTAGE_V) * self.voltage_md[1] // self.voltage_md[0]
+            if self.voltage_md and self.voltage_md[0] > 0
+            else -1
+        )
         self.status = regmap.point("status") if "status" in at else None
         self.status_at = at.get("status", -1)
         self.status_mask = (1 << len(self.status.bits)) - 1 if self.status else 0
@@ -167,25 +195,28 @@ class _SnapshotRecipe:
             raise KeyError("energy_import")  # as snapshot_from: no snapshot without energy
         raw = values[self.energy_at]
         if self.energy_k is not None and type(raw) is int and raw >= 0:
-            energy = raw * self.energy_k
+            energy = _energy_in_range(self.energy, raw * self.energy_k)
         else:
             energy = energy_wh(self.energy, raw)  # floats, other units, negative: exactly so
         power: int | None = None
         if self.power is not None:
             raw = values[self.power_at]
-            if self.power_k is not None and type(raw) is int:
+            if self.power_k is not None and type(raw) is int and abs(raw) <= self.power_raw_max:
                 power = raw * self.power_k
             else:
                 power = power_w(self.power, raw)
         voltage: float | None = None
         if self.voltage is not None:
             raw = values[self.voltage_at]
-            if self.voltage_md is not None and type(raw) is int:
+            if (
+                self.voltage_md is not None
+                and type(raw) is int
+                and 0 <= raw <= self.voltage_raw_max
+            ):
                 m, d = self.voltage_md
                 voltage = raw * m / d
             else:
-                v = float(physical(self.voltage, raw))
-                voltage = v if math.isfinite(v) else None
+                voltage = voltage_v(self.voltage, raw)
         flags: frozenset[str] = frozenset()
         relay: bool | None = None
         if self.status is not None:
@@ -224,28 +255,30 @@ class MeterIO:
         self._recipe = _SnapshotRecipe(regmap, [p.name for b in self.plan for p in b.points])
         self._requests: dict[int, list[modbus.Request]] = {}
 
+    @property
+    def status_reports_relay(self) -> bool:
+        """Whether the status register tells the relay's position (PE-1 bit 0): then a
+        reading, not the coil read back, is what says where the contacts are."""
+        return self._recipe.relay_bit
+
     async def read(self, port: ModbusPort, unit: int) -> MeterSnapshot:
+        """One whole read of the meter; a value the ledger cannot take (not a number, out
+        of any real range) fails it as ``invalid_value``: nothing from it is used."""
         requests = self._requests.get(unit)
         if requests is None:
             requests = [_read_request(unit, block) for block in self.plan]
             self._requests[unit] = requests
-        if len(requests) == 1:  # the usual case: one block holds every polled point
-            regs = await port.request(requests[0])
-            try:
-                return self._recipe.snapshot(self._decoders[0].decode(regs))
-            except DecodeError as exc:
-                raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
-        values: list[Value] = []
-        for request, decoder in zip(requests, self._decoders, strict=True):
-            regs = await port.request(request)
-            try:
-                values += decoder.decode(regs)
-            except DecodeError as exc:
-                raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
         try:
+            if len(requests) == 1:  # the usual case: one block holds every polled point
+                regs = await port.request(requests[0])
+                return self._recipe.snapshot(self._decoders[0].decode(regs))
+            values: list[Value] = []
+            for request, decoder in zip(requests, self._decoders, strict=True):
+                regs = await port.request(request)
+                values += decoder.decode(regs)
             return self._recipe.snapshot(values)
         except DecodeError as exc:
-            raise MeterIOError(unit, IOFailure.GARBLED, str(exc)) from exc
+            raise MeterIOError(unit, IOFailure.INVALID_VALUE, str(exc)) from exc
 
     async def read_relay(self, port: ModbusPort, unit: int) -> bool:
         """The relay coil as the meter reports it (the read-back after a command)."""

@@ -52,6 +52,8 @@ class IOFailure(StrEnum):
     EXCEPTION = "exception"
     GARBLED = "garbled"
     CONNECTION = "connection"
+    #: a whole frame whose values no real meter reports (not a number, out of range)
+    INVALID_VALUE = "invalid_value"
 
 
 class MeterIOError(Exception):
@@ -114,6 +116,12 @@ class _MbapStream(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
 
+#: a reply matched in a chunk of data, used only when the whole chunk is in step
+_Taken = tuple[Request, "asyncio.Future[bytes]", bytes]
+#: requests given up (timed out) whose late replies are recognised and dropped
+LATE_REPLIES_KEPT = 256
+
+
 class TcpPort:
     """Modbus TCP to one endpoint, pipelined up to ``concurrency`` requests.
 
@@ -145,6 +153,8 @@ class TcpPort:
         self._deadlines: deque[tuple[float, int, asyncio.Future[bytes]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._next_tid = 1
+        #: transaction id -> request, of requests given up while their reply may come
+        self._late: dict[int, Request] = {}
         self.stray_replies = 0
         self.resets = 0
 
@@ -172,37 +182,72 @@ class TcpPort:
             return stream
 
     def _received(self, stream: _MbapStream, data: bytes) -> None:
-        """Match every complete reply in the stream to its request, by transaction id
-        and unit id; a reply nobody waits for any more is counted and dropped."""
+        """Match every complete reply in the stream to its request.
+
+        A reply is taken only whole and in step: its header must name a transaction in
+        flight, the unit asked, and exactly the length a reply to that request has (or an
+        exception reply's). A late reply to a request already given up is dropped. Any
+        other header means the stream is out of step (a truncated reply spliced with the
+        next one, garbage): the connection is dropped, and no reply decoded from this
+        data is used, since the splice may sit in any of them."""
         if stream is not self._stream:
             return  # a connection already given up: nothing it says is trusted
         buf = stream.buffer + data if stream.buffer else data
         pending = self._pending
         pos, size = 0, len(buf)
+        taken: list[_Taken] = []
         while size - pos >= 7:
+            header = buf[pos : pos + 7]
             try:
-                tid, length, unit = parse_mbap_header(buf[pos : pos + 7])
+                tid, length, unit = parse_mbap_header(header)
             except DecodeError as exc:
-                self._drop(stream, str(exc))
+                self._out_of_step(stream, taken, str(exc))
+                return
+            entry = pending.get(tid)
+            expected = entry[0] if entry is not None else self._late.get(tid)
+            if expected is None:
+                self._out_of_step(stream, taken, f"reply with unknown transaction {tid}")
+                return
+            if expected.unit != unit or length not in (expected.reply_pdu_length(), 2):
+                self._out_of_step(
+                    stream,
+                    taken,
+                    f"reply to transaction {tid} from unit {unit} with {length} bytes "
+                    f"(asked unit {expected.unit}, {expected.reply_pdu_length()} bytes)",
+                )
                 return
             end = pos + 7 + length
             if end > size:
                 break
             pdu = buf[pos + 7 : end]
             pos = end
-            entry = pending.pop(tid, None)
-            if entry is None or entry[0].unit != unit:
-                self.stray_replies += 1
-                if entry is not None and not entry[1].done():
-                    # right tid, wrong unit: fail it, never misattribute
-                    entry[1].set_exception(
-                        MeterIOError(entry[0].unit, IOFailure.GARBLED, f"reply from unit {unit}")
-                    )
+            if entry is None:
+                self.stray_replies += 1  # a late reply to a request already failed
+                del self._late[tid]
                 continue
-            if not entry[1].done():
-                entry[1].set_result(pdu)
+            del pending[tid]
+            taken.append((entry[0], entry[1], pdu))
         stream.buffer = buf[pos:] if pos else buf
-        stream.mid_frame = size - pos >= 7
+        stream.mid_frame = size > pos
+        for _request, fut, pdu in taken:
+            if not fut.done():
+                fut.set_result(pdu)
+
+    def _out_of_step(self, stream: _MbapStream, taken: list[_Taken], why: str) -> None:
+        self.resets += 1
+        for request, fut, _pdu in taken:
+            if not fut.done():
+                fut.set_exception(
+                    MeterIOError(request.unit, IOFailure.GARBLED, f"stream out of step: {why}")
+                )
+        self._drop(stream, f"stream out of step: {why}")
+
+    def _given_up(self, tid: int, request: Request) -> None:
+        """Remember a request that failed while its reply may still come (bounded)."""
+        late = self._late
+        late[tid] = request
+        if len(late) > LATE_REPLIES_KEPT:
+            del late[next(iter(late))]
 
     def _detach(self, stream: _MbapStream, reason: str) -> None:
         """The connection is gone (or given up): every request in flight on it fails."""
@@ -211,6 +256,7 @@ class TcpPort:
         self._stream = None
         pending = list(self._pending.values())
         self._pending.clear()
+        self._late.clear()  # a new connection: no late reply can come on it
         for req, fut in pending:
             if not fut.done():
                 fut.set_exception(MeterIOError(req.unit, IOFailure.CONNECTION, reason))
@@ -236,6 +282,8 @@ class TcpPort:
             deadlines.popleft()
             entry = self._pending.pop(tid, None)
             unit = entry[0].unit if entry is not None else 0
+            if entry is not None:
+                self._given_up(tid, entry[0])
             stream = self._stream
             if stream is not None and stream.mid_frame:
                 # A frame started and never finished: the stream cannot be trusted to be
@@ -281,6 +329,8 @@ class TcpPort:
                 stream = await self._connect(request.unit)
             loop = asyncio.get_running_loop()
             tid = self._next_tid
+            while tid in self._late or tid in self._pending:  # never reuse one still awaited
+                tid = (tid % 0xFFFF) + 1
             self._next_tid = (tid % 0xFFFF) + 1
             fut: asyncio.Future[bytes] = loop.create_future()
             self._pending[tid] = (request, fut)
@@ -298,6 +348,7 @@ class TcpPort:
                 entry = self._pending.get(tid)
                 if entry is not None and entry[1] is fut:
                     del self._pending[tid]
+                    self._given_up(tid, request)
                 raise
         finally:
             self._release()

@@ -30,22 +30,28 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.paho_client import BufferedClient
+from protocol.mqtt import topic_name_problem
 
 log = logging.getLogger(__name__)
 
 ProtocolChoice = Literal["5", "3.1.1", "auto"]
 
 
-class MqttError(Exception):
-    """The broker connection failed or dropped; carries paho's reason when there is one."""
+class MqttLinkError(Exception):
+    """Something went wrong on the MQTT link; carries paho's reason when there is one."""
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         self.reason = reason
         super().__init__(message if reason is None else f"{message}: {reason}")
 
 
-class PublishRefusedError(MqttError):
-    """The broker answered a QoS 1 publish with a failure reason code (MQTT 5)."""
+class MqttError(MqttLinkError):
+    """The broker connection failed or dropped: the session is over."""
+
+
+class PublishRefusedError(MqttLinkError):
+    """One publish was refused (a failure reason code in the broker's PUBACK, or a topic
+    no broker would take): that message is lost, the session goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +136,13 @@ class MqttLink:
         max_inflight: int = 64,
         connect_timeout: float = 10.0,
         incoming_limit: int = 1000,
+        session_expiry: int = 0,
     ) -> None:
         self.broker = broker
         self.protocol = protocol
+        #: seconds the broker keeps this client's session (subscriptions and queued
+        #: messages) after a disconnect; 0: a clean session at every connect
+        self.session_expiry = session_expiry
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._keepalive = keepalive
@@ -141,7 +151,7 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,
-            clean_session=None if protocol == "5" else True,
+            clean_session=None if protocol == "5" else session_expiry == 0,
         )
         # The window is ours (InflightWindow): paho's own in-flight limit would only add
         # a scan of every queued message per PUBACK. Its queue is capped at the window,
@@ -297,17 +307,28 @@ class MqttLink:
 
     # -- the async API
 
+    def _connect(self) -> None:
+        """paho's blocking connect (run in an executor), resuming the session if kept."""
+        if self.protocol != "5":
+            self._client.connect(self.broker.host, self.broker.port, keepalive=self._keepalive)
+            return
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self.session_expiry:
+            props.SessionExpiryInterval = self.session_expiry
+        self._client.connect(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self._keepalive,
+            clean_start=self.session_expiry == 0,
+            properties=props,
+        )
+
     async def __aenter__(self) -> MqttLink:
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
             # cancellation that arrives as the connect finishes, and a stop would be lost.
             async with asyncio.timeout(self._connect_timeout):
-                await self._loop.run_in_executor(
-                    None,
-                    lambda: self._client.connect(
-                        self.broker.host, self.broker.port, keepalive=self._keepalive
-                    ),
-                )
+                await self._loop.run_in_executor(None, self._connect)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self._drop()
             raise MqttError(
@@ -373,8 +394,12 @@ class MqttLink:
         """Publish and wait for the broker's acknowledgement (PUBACK at QoS 1).
 
         At most ``max_inflight`` publishes wait at once; more callers queue here, in
-        asyncio, never in paho.
+        asyncio, never in paho. :class:`PublishRefusedError` for a topic no broker takes
+        or a refusal in the PUBACK; :class:`MqttError` when the session is gone.
         """
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            raise PublishRefusedError(f"topic {topic[:200]!r} refused", problem)
         await self.window.take()
         try:
             if self.closed.done():
@@ -383,7 +408,12 @@ class MqttLink:
             if correlation_data is not None and self.protocol == "5":
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.CorrelationData = correlation_data
-            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            try:
+                info = self._client.publish(
+                    topic, payload, qos=qos, retain=retain, properties=props
+                )
+            except ValueError as exc:  # paho's own checks (payload size, topic)
+                raise PublishRefusedError("publish refused by paho", str(exc)) from None
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise MqttError("publish failed", paho.error_string(info.rc))
             if qos == 0:

@@ -72,14 +72,22 @@ class BusPoller:
         if self._idle:  # busy workers look at the heap themselves when they finish
             self._wake.set()
 
+    def remove(self, meter_id: str) -> None:
+        """Stop polling a meter (its heap entries go stale and are dropped)."""
+        self.meters.pop(meter_id, None)
+
     def poll_now(self, meter_id: str) -> None:
         """Re-read a meter as soon as the bus is free (after a command, a top-up, ...)."""
-        self._schedule(self.meters[meter_id], self.monotonic())
+        meter = self.meters.get(meter_id)
+        if meter is not None:
+            self._schedule(meter, self.monotonic())
 
     def set_interval(self, meter_id: str, seconds: float) -> None:
         """Change a healthy meter's interval (from the forecast); takes effect at once if
         the new interval brings its next poll forward."""
-        meter = self.meters[meter_id]
+        meter = self.meters.get(meter_id)
+        if meter is None:
+            return
         meter.interval = seconds
         if meter.consecutive_failures == 0 and meter.last_ok is not None:
             due = meter.last_ok + seconds

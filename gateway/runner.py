@@ -27,8 +27,9 @@ from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.resend import ResendQueue
 from gateway.service import Gateway, utc_now
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from gateway.sync import Backoff, OutboxDrain, run_sessions
 from protocol.home_assistant import discovery_messages
 from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
@@ -80,12 +81,17 @@ class Runner:
     drain: OutboxDrain = field(init=False)
     topics: Topics = field(init=False)
     intake: CommandIntake = field(init=False)
+    resends: ResendQueue = field(init=False)
     broker_state: str = "connecting"
     broker: BrokerEndpoint | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     #: set while an MQTT session is up and subscribed to commands
     mqtt_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set when the health changed in a way the headend must see at once (storage)
+    status_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the status file could not be written (reported once, then quietly retried)
+    _status_file_failing: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.config.gateway_id)
@@ -97,6 +103,7 @@ class Runner:
             on_bus = [m for m in meters if m.stored.record.bus == name]
             ok = sum(1 for m in on_bus if m.state.comm_ok and m.last_reading_at is not None)
             buses[name] = "ok" if ok == len(on_bus) else "down" if ok == 0 else "degraded"
+        counters = self.gateway.counters
         return HealthSummary(
             buses=buses,
             meters_total=len(self.gateway.meters),
@@ -105,6 +112,11 @@ class Runner:
             ),
             outbox_depth=self.gateway.store.outbox_depth(),
             last_sync=self.drain.last_sync,
+            storage=self.gateway.storage_problem or "ok",
+            meters_quarantined=sum(1 for m in meters if m.quarantined),
+            relay_mismatches=sum(1 for m in meters if m.state.relay_mismatch_reported),
+            relay_retries=counters.relay_retries,
+            internal_errors=counters.step_errors + self.intake.internal_errors,
         )
 
     def status_message(self, online: bool) -> bytes:
@@ -128,8 +140,20 @@ class Runner:
         }
         path = status_file(self.config)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, path)
+        except OSError as exc:
+            # Best effort: the status file serves `meter-gateway status`, never enforcement.
+            if not self._status_file_failing:
+                log.warning("cannot write the status file %s: %s (retrying)", path, exc)
+            self._status_file_failing = True
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        if self._status_file_failing:
+            log.info("status file %s written again", path)
+        self._status_file_failing = False
 
     async def _session(self, link: MqttLink) -> None:
         """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
@@ -142,11 +166,15 @@ class Runner:
         async def commands() -> None:
             while True:
                 msg = await link.incoming.get()
-                await self.intake.handle(link, msg)
+                await self.intake.handle(link, msg)  # its own boundary: never raises but
+                # for the session ending (MqttError)
 
         async def health() -> None:
             while True:
-                await asyncio.sleep(HEALTH_PERIOD_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEALTH_PERIOD_S):
+                        await self.status_changed.wait()
+                self.status_changed.clear()
                 await link.publish(self.topics.status, self.status_message(True), retain=True)
 
         try:
@@ -155,6 +183,7 @@ class Runner:
                     tg.create_task(self.drain.run(link), name="outbox-drain")
                     tg.create_task(commands(), name="mqtt-commands")
                     tg.create_task(health(), name="mqtt-health")
+                    tg.create_task(self.resends.run(link), name="mqtt-resends")
             except* MqttError as group:
                 self.mqtt_ready.clear()
                 raise group.exceptions[0] from None
@@ -182,6 +211,11 @@ class Runner:
         self.broker_state = state
         self.broker = broker
 
+    def _on_storage(self, problem: str | None) -> None:
+        """The store stopped or started committing: tell the headend now (status)."""
+        del problem  # the health summary reads it from the gateway
+        self.status_changed.set()
+
     async def _housekeeping(self) -> None:
         last_purge = time.monotonic()
         while True:
@@ -190,7 +224,11 @@ class Runner:
             if time.monotonic() - last_purge > PURGE_PERIOD_S:
                 last_purge = time.monotonic()
                 cutoff = self.clock() - timedelta(seconds=self.config.mqtt.retention_s)
-                purged = await self.gateway.store.purge_acked_async(cutoff)
+                try:
+                    purged = await self.gateway.store.purge_acked_async(cutoff)
+                except StoreError as exc:
+                    log.warning("purging acknowledged messages failed: %s (next hour)", exc)
+                    continue
                 if purged:
                     log.info("purged %d acknowledged messages older than %s", purged, cutoff)
 
@@ -202,7 +240,15 @@ class Runner:
         )
         self.drain = OutboxDrain(store, self.topics, clock=self.clock)
         self.gateway.on_commit = self.drain.wake.set
-        self.intake = CommandIntake(self.gateway, self.topics, self.clock)
+        self.gateway.on_storage = self._on_storage
+        self.resends = ResendQueue(store.outbox_since, self.topics)
+        self.intake = CommandIntake(
+            self.gateway,
+            self.topics,
+            self.clock,
+            self.resends,
+            response_topics=mqtt.response_topics,
+        )
         self.gateway.load()
         log.info(
             "gateway %s: %d meters on %d buses, %d messages waiting",
@@ -228,6 +274,7 @@ class Runner:
                         backoff=Backoff(mqtt.reconnect_min_s, mqtt.reconnect_max_s),
                         keepalive=mqtt.keepalive_s,
                         max_inflight=mqtt.max_inflight,
+                        session_expiry=mqtt.session_expiry_s,
                         on_state=self._on_broker,
                     ),
                     name="mqtt",

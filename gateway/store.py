@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, TypeVar
@@ -122,6 +122,21 @@ class DuplicateMeterError(StoreError):
     pass
 
 
+class StorageUnavailableError(StoreError):
+    """The store cannot write now (disk full, read-only file system, I/O error): nothing
+    was written, and the same write may succeed once the cause clears."""
+
+
+def _storage_error(exc: sqlite3.Error, what: str) -> StoreError:
+    """The typed error for a failed write: unavailable storage (may clear by itself) or
+    a refusal of what was asked."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError
+    ):
+        return StorageUnavailableError(f"{what}: {exc}")
+    return StoreError(f"{what}: {exc}")
+
+
 class TokenAlreadyAppliedError(StoreError):
     """A token's credit was already committed: applying it again would double it."""
 
@@ -189,6 +204,9 @@ class OutboxRow:
     acked_at: datetime | None = None
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def _to_signed64(value: int) -> int:
     if not 0 <= value < 1 << 64:
         raise ValueError("token window bitmap must be a 64-bit unsigned int")
@@ -200,9 +218,11 @@ def _from_signed64(value: int) -> int:
 
 
 def _iso(at: datetime) -> str:
+    """A time as the store writes it: ISO 8601 in UTC, so that SQL compares it as text
+    (a command's ``expires`` may come with any offset)."""
     if at.tzinfo is None:
         raise ValueError("store times must carry a time zone")
-    return at.isoformat()
+    return at.astimezone(UTC).isoformat()
 
 
 def _check_file(path: Path) -> int | None:
@@ -492,13 +512,18 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT; anything failing (the COMMIT too: a full disk or an
+        I/O error shows there) leaves no transaction open, so the next one can start."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield db
+            db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def schema_version(self) -> int:
         version: int = self._read("PRAGMA user_version")[0][0]
@@ -647,6 +672,8 @@ class Store:
                     f"a token in this batch was already applied: {exc}"
                 ) from exc
             raise StoreError(f"commit refused: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "commit failed") from exc
         self._acks_written(acks)
         self._seq.update(batch.seqs)
         self._settings.update(batch.settings_cache)
@@ -793,13 +820,14 @@ class Store:
             for r in self.outbox_pending_raw(limit, after_id)
         ]
 
-    def outbox_since(self, meter_id: str, seq: int) -> list[OutboxRow]:
-        """A meter's rows from ``seq`` on (acknowledged or not, while retained), for resend."""
+    def outbox_since(self, meter_id: str, seq: int, limit: int = -1) -> list[OutboxRow]:
+        """A meter's rows from ``seq`` on (acknowledged or not, while retained), for
+        resend; at most ``limit`` of them (-1: all)."""
         acking = self._acks_in_flight()
         rows = self._rows(
             "SELECT id, meter_id, seq, kind, ts, body_json, acked_at FROM outbox"
-            " WHERE meter_id = ? AND seq >= ? ORDER BY seq",
-            (meter_id, seq),
+            " WHERE meter_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (meter_id, min(seq, _INT64_MAX), limit),
         )
         if not acking:
             return rows
@@ -887,13 +915,28 @@ class Store:
         )
 
     def _claim_command(self, command_id: str, expires_at: datetime, now: datetime) -> bool:
-        with self._transaction() as db:
-            db.execute("DELETE FROM executed_commands WHERE expires_at < ?", (_iso(now),))
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO executed_commands VALUES (?, ?, ?)",
-                (command_id, _iso(expires_at), _iso(now)),
-            )
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM executed_commands WHERE expires_at < ?", (_iso(now),))
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO executed_commands VALUES (?, ?, ?)",
+                    (command_id, _iso(expires_at), _iso(now)),
+                )
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "recording the command failed") from exc
         return cursor.rowcount == 1
+
+    async def release_command_async(self, command_id: str) -> None:
+        """Forget a claimed command that could not be carried out (its step did not
+        commit), so that the headend may send it again."""
+        await asyncio.wrap_future(self._submit(self._release_command, command_id))
+
+    def _release_command(self, command_id: str) -> None:
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM executed_commands WHERE command_id = ?", (command_id,))
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "releasing the command failed") from exc
 
     def outbox_depth(self) -> int:
         """Unacknowledged rows. Never waits for the writer."""

@@ -85,6 +85,12 @@ ALTER TABLE meters ADD COLUMN relay_output TEXT;
     4: """
 SELECT 1;
 """,
+    # Times are written in UTC from now on: SQL compares them as text, and a command's
+    # expiry written with another offset was purged early (so it could be replayed).
+    5: """
+UPDATE executed_commands SET expires_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', expires_at);
+UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', executed_at);
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
+from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
 from gateway.store import OutboxRow, RawOutboxRow
 from protocol.mqtt import SCHEMA_VERSION, Topics
 
@@ -127,6 +127,8 @@ class OutboxDrain:
         self._acked: list[int] = []
         self._acked_since = time.monotonic()
         self.published = 0
+        #: outbox rows the broker refused (left unacknowledged)
+        self.refused = 0
         self.last_sync: datetime | None = None
 
     async def run(self, link: MqttLink) -> None:
@@ -192,9 +194,9 @@ class OutboxDrain:
         flush: bool = False,
     ) -> None:
         """Record the acknowledged rows (in batches: at most every ACK_FLUSH_S, or
-        ACK_FLUSH_ROWS rows, and whenever the drain pauses); a refused publish raises
-        (its row stays unacknowledged and goes again in the next session)."""
-        refused: int | None = None
+        ACK_FLUSH_ROWS rows, and whenever the drain pauses). A row the broker refused
+        (MQTT 5: a failure reason in its PUBACK, e.g. an ACL) stays unacknowledged and goes
+        again in the next session; the session goes on with the rows after it."""
         while pubacks:
             mid, ok = pubacks.popleft()
             row_id = inflight.pop(mid, None)
@@ -202,18 +204,19 @@ class OutboxDrain:
                 continue
             if ok:
                 self._acked.append(row_id)
-            elif refused is None:
-                refused = row_id
+            else:
+                self.refused += 1
+                log.error(
+                    "the broker refused outbox row %d (kept, sent again next session)", row_id
+                )
         due = time.monotonic() - self._acked_since >= ACK_FLUSH_S
-        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS or refused):
+        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS):
             now = self.clock()
             self.outbox.mark_acked(sorted(self._acked), now)
             self.published += len(self._acked)
             self.last_sync = now
             self._acked = []
             self._acked_since = time.monotonic()
-        if refused is not None:
-            raise PublishRefusedError("the broker refused outbox row", str(refused))
 
     async def _idle(self, link: MqttLink) -> None:
         """Sleep until new rows are announced or the session closes."""
@@ -254,6 +257,7 @@ async def run_sessions(
     backoff: Backoff,
     keepalive: int = 30,
     max_inflight: int = 64,
+    session_expiry: int = 0,
     on_state: Callable[[str, BrokerEndpoint | None], None] = lambda _s, _b: None,
     rng: random.Random | None = None,
 ) -> None:
@@ -272,6 +276,7 @@ async def run_sessions(
                 will=will,
                 keepalive=keepalive,
                 max_inflight=max_inflight,
+                session_expiry=session_expiry,
             ) as link:
                 attempt = 0
                 on_state("connected", broker)

@@ -126,6 +126,9 @@ class MeterModel:
         "keypad_digits",
         "keypad_pending",
         "keypad_seq",
+        "lease_base_wh",
+        "lease_tripped",
+        "lease_wh",
         "load_limit_tripped",
         "load_limit_w",
         "load_override_w",
@@ -163,6 +166,10 @@ class MeterModel:
         self.load_limit_w = 0
         self._over_since_ms: int | None = None
         self.load_limit_tripped = False
+        #: the credit lease: Wh the meter may deliver from ``lease_base_wh`` on (0: none)
+        self.lease_wh = 0
+        self.lease_base_wh = 0
+        self.lease_tripped = False
         self.keypad_seq = 0
         self.keypad_digits = "0" * KEYPAD_DIGITS
         self.keypad_pending = False
@@ -221,12 +228,37 @@ class MeterModel:
                 seg_end = min(seg_end, max(trip_at, self.t_ms))
             else:
                 self._over_since_ms = None
+            lease_end = self._lease_end_ms(p)
+            if lease_end is not None:
+                seg_end = min(seg_end, max(lease_end, self.t_ms + 1))
             self._accumulate(p, seg_end - self.t_ms)
             self.t_ms = seg_end
             if trip_at is not None and self.t_ms >= trip_at:
                 self.relay_closed = False
                 self.load_limit_tripped = True
                 self._over_since_ms = None
+            if self._lease_used_up():
+                self.relay_closed = False
+                self.lease_tripped = True
+
+    def _lease_left_wms(self) -> int:
+        """Energy the lease still allows, in W·ms (exact, with the import remainder)."""
+        left_wh = self.lease_base_wh + self.lease_wh - self.energy_import_wh
+        return left_wh * WMS_PER_WH - self._import_rem
+
+    def _lease_used_up(self) -> bool:
+        return (
+            self.lease_wh > 0
+            and self.relay_closed
+            and not self.bypass
+            and self._lease_left_wms() <= 0
+        )
+
+    def _lease_end_ms(self, power_w: int) -> int | None:
+        """When the lease runs out at ``power_w`` through the relay (None: it does not)."""
+        if self.lease_wh <= 0 or not self.relay_closed or self.bypass or power_w <= 0:
+            return None
+        return self.t_ms + -(-max(0, self._lease_left_wms()) // power_w)
 
     def _accumulate(self, power_w: int, dt_ms: int) -> None:
         if power_w >= 0:
@@ -259,7 +291,7 @@ class MeterModel:
         return Instant(p, v, current, pf, f)
 
     def status_bits(self) -> int:
-        """PE-1 status register (bits 0..6)."""
+        """PE-1 status register (bits 0..7)."""
         return (
             int(self.relay_closed)
             | int(self.cover_open) << 1
@@ -268,6 +300,7 @@ class MeterModel:
             | int(self.button_latched) << 4
             | int(self.load_limit_tripped) << 5
             | int(self.reverse) << 6
+            | int(self.lease_tripped) << 7
         )
 
     # ------------------------------------------------------------------ commands
@@ -279,6 +312,19 @@ class MeterModel:
         if closed:
             self.load_limit_tripped = False
         self._over_since_ms = None
+
+    def set_lease(self, wh: int, now: float) -> None:
+        """The gateway's credit lease: ``wh`` more Wh from now (0: no lease). A new grant
+        closes a relay that the lease itself had opened."""
+        self.advance(now)
+        if not 0 <= wh <= 0xFFFF_FFFF:
+            raise ControlError(f"lease {wh} Wh outside 0..4294967295")
+        self.lease_wh = wh
+        self.lease_base_wh = self.energy_import_wh
+        if self.lease_tripped:
+            self.lease_tripped = False
+            if wh > 0:
+                self.relay_closed = True
 
     def set_load_limit(self, watts: int, now: float) -> None:
         self.advance(now)
@@ -359,6 +405,11 @@ class MeterModel:
             "load_override_w": self.load_override_w,
             "load_limit_w": self.load_limit_w,
             "load_limit_tripped": self.load_limit_tripped,
+            "lease_wh": self.lease_wh,
+            "lease_left_wh": self.lease_base_wh + self.lease_wh - self.energy_import_wh
+            if self.lease_wh
+            else None,
+            "lease_tripped": self.lease_tripped,
             "keypad_seq": self.keypad_seq,
             "keypad_digits": self.keypad_digits,
             "keypad_pending": self.keypad_pending,

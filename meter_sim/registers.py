@@ -69,7 +69,9 @@ _UNITS: dict[str, dict[str, Fraction]] = {
     "frequency": {"Hz": Fraction(1)},
 }
 #: Points the gateway may write; they hold what was written.
-WRITABLE = frozenset({"keypad_ack", "display_code", "display_credit", "load_limit", "alarm"})
+WRITABLE = frozenset(
+    {"keypad_ack", "display_code", "display_credit", "load_limit", "alarm", "credit_lease"}
+)
 
 
 def _family(quantity: str) -> str:
@@ -384,4 +386,6 @@ class MapLayout:
                     model.acknowledge_keypad(value, now)
                 elif p.name == "load_limit" and isinstance(value, int):
                     model.set_load_limit(value, now)
+                elif p.name == "credit_lease" and isinstance(value, int):
+                    model.set_lease(value, now)
         model.advance(now)

@@ -224,6 +224,8 @@ def physical(point: Point, value: Value) -> Decimal:
     """A numeric value in the point's unit: raw times scale, exact for integer types."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{point.name}: {value!r} is not numeric")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodeError(f"{point.name}: {value} is not a finite number", ())
     raw = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
     return raw * point.scale
 

@@ -28,6 +28,12 @@ SCHEMA_VERSION: Literal[1] = 1
 TOPIC_ROOT = "prepaid/v1"
 #: Largest command payload the gateway parses; anything bigger is refused unread.
 MAX_COMMAND_BYTES = 16 * 1024
+#: Longest topic name MQTT allows (its UTF-8 length is a 16-bit field).
+MAX_TOPIC_BYTES = 65535
+#: Where command results may go besides ``{root}/cmd/result``: the MQTT 5 response topics
+#: a gateway answers on unless its config names others (``mqtt.response_topics``), and
+#: what packaging/mosquitto-acl.template lets a gateway write.
+DEFAULT_RESPONSE_TOPICS = ("headend/+/replies",)
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -86,6 +92,52 @@ class Topics:
             if _ID.match(meter):
                 return meter
         raise ValueError(f"not a command topic of {self.gateway_id}: {topic!r}")
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (MQTT 5 section 4.7), or None when it can.
+
+    A wildcard in a topic name makes paho raise and a broker disconnect; ``$`` topics
+    belong to the broker."""
+    if not topic:
+        return "empty"
+    if "+" in topic or "#" in topic:
+        return "holds a wildcard (+ or #)"
+    if "\x00" in topic:
+        return "holds a NUL character"
+    if topic.startswith("$"):
+        return "starts with $ (the broker's own topics)"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_TOPIC_BYTES:
+        return f"is longer than {MAX_TOPIC_BYTES} bytes"
+    return None
+
+
+def topic_filter_problem(topic_filter: str) -> str | None:
+    """Why ``topic_filter`` is not a valid subscription filter, or None."""
+    if not topic_filter or "\x00" in topic_filter:
+        return "empty or holds a NUL character"
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "# must be a whole last level"
+        if "+" in level and level != "+":
+            return "+ must be a whole level"
+    return None
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether the topic name ``topic`` matches the subscription filter ``topic_filter``."""
+    wanted, levels = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level != "+" and level != levels[i]):
+            return False
+    return len(wanted) == len(levels)
 
 
 # ---------------------------------------------------------------- gateway -> headend
@@ -147,6 +199,23 @@ class HealthSummary(BaseModel):
     meters_online: int = 0
     outbox_depth: int = 0
     last_sync: UtcTime | None = None
+    storage: str = Field(
+        default="ok",
+        description="ok, or why the store cannot commit (the gateway then enforces the last "
+        "committed state and refuses top-ups with storage_unavailable)",
+    )
+    meters_quarantined: int = Field(
+        default=0, description="meters no longer polled: their events kept failing (see events)"
+    )
+    relay_mismatches: int = Field(
+        default=0, description="meters whose relay disagrees with the command now"
+    )
+    relay_retries: int = Field(
+        default=0, description="relay commands repeated because a relay disagreed, since start"
+    )
+    internal_errors: int = Field(
+        default=0, description="events and commands that failed unexpectedly, since start"
+    )
 
 
 class StatusMessage(BaseModel):
@@ -187,8 +256,11 @@ class SignedCommand(_Command):
     """A command that moves money or switches supply: signed by the headend's key.
 
     ``sig`` is base64url Ed25519 over :func:`signing_bytes` of the command without ``sig``.
+    ``gateway`` names the one gateway it is for, inside the signed bytes, so a captured
+    command cannot be played to another gateway (a replacement box among them).
     """
 
+    gateway: Identifier = Field(description="the gateway the command is for")
     key_id: Identifier
     expires: UtcTime
     sig: str = Field(min_length=1, max_length=200)

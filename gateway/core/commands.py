@@ -51,6 +51,8 @@ class SetRelay:
     meter_id: str
     closed: bool
     reason: Reason
+    #: the same command again, because the relay disagrees: the shell paces these
+    retry: bool = False
 
 
 @quick_init

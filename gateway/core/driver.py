@@ -75,6 +75,12 @@ LEVEL_TRIGGER_FOR = {
     CreditState.EXHAUSTED: Trigger.CREDIT_EXHAUSTED,
 }
 TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
+#: The flag a refused reading leaves until the next good one (one event per episode).
+INVALID_READING = "reading_invalid"
+#: ``PollFailed.kind`` of a reading whose values the ledger cannot take.
+INVALID_VALUE_FAILURE = "invalid_value"
+#: Credit states in which a meter that stops answering needs a field visit.
+NEAR_EXHAUSTION = frozenset({CreditState.VERY_LOW, CreditState.EMERGENCY, CreditState.EXHAUSTED})
 SWITCHING_TRIGGERS = frozenset(
     {Trigger.DISCONNECT_DUE, Trigger.RECONNECT_ALLOWED, Trigger.RECONNECT_ARM}
 )
@@ -182,7 +188,8 @@ def forecast(state: MeterState, now: datetime) -> datetime | None:
     )
 
 
-def _event(name: str, reason: str, **details: JsonValue) -> dict[str, JsonValue]:
+def event_body(name: str, reason: str, **details: JsonValue) -> dict[str, JsonValue]:
+    """The body of an ``event`` message (the store adds the envelope)."""
     return {"kind": "event", "event": name, "reason": reason, "details": details}
 
 
@@ -201,7 +208,9 @@ class _Run:
         return self.state.settings
 
     def publish_event(self, name: str, reason: str, **details: JsonValue) -> None:
-        self.commands.append(Publish(self.state.meter_id, "event", _event(name, reason, **details)))
+        self.commands.append(
+            Publish(self.state.meter_id, "event", event_body(name, reason, **details))
+        )
 
     def set_ledger(self, ledger: Ledger) -> None:
         self.state = replace(self.state, ledger=ledger)
@@ -307,9 +316,22 @@ class _Run:
         return None, Reason("", balance)
 
     # ------------------------------------------------------------------ events
+    def reading_invalid(self, why: str) -> None:
+        """A reading the ledger cannot take: nothing charged, one event per episode (a
+        good reading ends it)."""
+        if INVALID_READING not in self.state.flags:
+            self.publish_event("reading_invalid", why)
+            self.state = replace(self.state, flags=self.state.flags | {INVALID_READING})
+
     def reading(self, event: ReadingReceived) -> None:
         state, settings = self.state, self.settings
         ledger = state.ledger
+        if not 0 <= event.energy_import_wh < 1 << settings.register_width_bits:
+            self.reading_invalid(
+                f"energy register {event.energy_import_wh} Wh outside a "
+                f"{settings.register_width_bits}-bit register: not charged"
+            )
+            return
         if ledger.read_at is not None and event.read_at <= ledger.read_at:
             self.publish_event(
                 "reading_ignored",
@@ -440,6 +462,11 @@ class _Run:
         if closed == state.relay_closed:
             if state.relay_mismatch_reported:
                 self.state = replace(self.state, relay_mismatch_reported=False)
+                self.publish_event(
+                    "relay_mismatch_cleared",
+                    "relay position agrees with the command again",
+                    closed=closed,
+                )
             return
         tripped = "load_limit_tripped" in state.flags
         if not state.relay_mismatch_reported:
@@ -453,6 +480,7 @@ class _Run:
             )
             self.state = replace(self.state, relay_mismatch_reported=True)
         if not tripped:
+            # Asked at every disagreeing observation; the shell paces the attempts.
             self.commands.append(
                 SetRelay(
                     state.meter_id,
@@ -460,6 +488,7 @@ class _Run:
                     Reason(
                         "relay_readback_mismatch", state.ledger.balance, None, str(state.credit)
                     ),
+                    retry=True,
                 )
             )
 
@@ -468,8 +497,9 @@ class _Run:
         match event:
             case ReadingReceived():
                 self.reading(event)
-            case PollFailed():
-                pass
+            case PollFailed(kind=kind, reason=why):
+                if kind == INVALID_VALUE_FAILURE:
+                    self.reading_invalid(why)
             case TopUpAccepted():
                 self.top_up(event)
             case TokenRejected(
@@ -506,10 +536,20 @@ class _Run:
                     )
             case RelayObserved(closed=closed):
                 self.relay_observed(closed)
-            case CommunicationLost(reason=why):
+            case CommunicationLost(reason=why, self_trips=self_trips):
                 if self.state.comm_ok:
                     self.state = replace(self.state, comm_ok=False)
                     self.publish_event("communication_lost", why or "no answer")
+                    if not self_trips and self.state.credit in NEAR_EXHAUSTION:
+                        # The gateway cannot switch what it cannot reach, and this meter
+                        # will not open by itself: someone must go and look.
+                        self.publish_event(
+                            "communication_lost_while_exhausted",
+                            "the meter stopped answering near or past exhaustion and cannot "
+                            "cut supply by itself: send a field visit",
+                            credit_state=str(self.state.credit),
+                            balance=balance,
+                        )
             case CommunicationRestored():
                 if not self.state.comm_ok:
                     self.state = replace(self.state, comm_ok=True)
@@ -587,8 +627,8 @@ def _steady_reading(
         return None
     observed = event.relay_closed
     relay_closed = credit not in RELAY_OPEN_STATES
-    if observed is not None and observed != relay_closed:
-        return None  # a disagreement to report
+    if observed is not None and (observed != relay_closed or state.relay_mismatch_reported):
+        return None  # a disagreement to report, or the end of one
     if observed is False and state.open_at_last_reading:
         return None  # maybe a bypass to report
     tariff = entries[0].tariff
@@ -641,7 +681,7 @@ def _steady_reading(
         _NO_FLAGS,
         add_sample(state.spend, SpendSample(end, new_ledger.charged)),
         state.relay_observed if observed is None else observed,
-        state.relay_mismatch_reported and observed is None,
+        state.relay_mismatch_reported,
         observed is False,
     )
     meter = state.meter_id

@@ -39,6 +39,8 @@ class PollFailed:
     meter_id: str
     reason: str
     at: datetime
+    #: how it failed (``timeout``, ``garbled``, ``invalid_value``...: the shell's kinds)
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ class CommunicationLost:
     meter_id: str
     at: datetime
     reason: str = ""
+    #: the meter opens its relay by itself when its credit lease runs out
+    self_trips: bool = False
 
 
 @dataclass(frozen=True, slots=True)

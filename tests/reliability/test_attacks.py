@@ -147,6 +147,7 @@ def _signed_disconnect(expires: datetime) -> dict[str, Any]:
         "id": "attack-stale",
         "cmd": "disconnect",
         "meter": M1,
+        "gateway": "gw-test",
         "reason": "stale",
         "expires": expires.isoformat(),
     }

@@ -109,8 +109,26 @@ class TestClient:
         if not self._subscribed.setdefault(mid, threading.Event()).wait(timeout):
             raise TimeoutError(f"no SUBACK for {topic}")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 5.0) -> None:
-        info = self._client.publish(topic, payload, qos=qos)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        timeout: float = 5.0,
+        *,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement (QoS 1); MQTT 5 response
+        topic and correlation data when given."""
+        props = None
+        if response_topic is not None or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        info = self._client.publish(topic, payload, qos=qos, properties=props)
         info.wait_for_publish(timeout)
         assert info.is_published(), f"not acknowledged: {topic}"
 

@@ -71,6 +71,7 @@ def test_commands_parse_by_kind() -> None:
         "id": "r3",
         "cmd": "disconnect",
         "meter": "m1",
+        "gateway": "gw-1",
         "key_id": "hq1",
         "expires": "2026-11-28T13:00:00Z",
         "sig": "AAAA",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.meter_io import MeterIO, MeterSnapshot, snapshot_from
+from gateway.meter_io import MAX_ENERGY_WH, MAX_POWER_W, MeterIO, MeterSnapshot, snapshot_from
 from protocol.codec import BlockDecoder, Value, decode
 from protocol.errors import DecodeError
 from protocol.regmap import (
@@ -165,6 +165,12 @@ def test_pe1_snapshot_from_extreme_registers(energy: int, power: int, voltage: i
     io = MeterIO(load_map("pe1"))
     names = [p.name for b in io.plan for p in b.points]
     values: list[Value] = [energy, voltage, power, 0b1001, 7, "12345678901234567890"]
+    if energy > MAX_ENERGY_WH or abs(power) > MAX_POWER_W:  # no real meter: both refuse
+        with pytest.raises(DecodeError, match="beyond any real"):
+            io._recipe.snapshot(values)
+        with pytest.raises(DecodeError, match="beyond any real"):
+            snapshot_from(io.regmap, dict(zip(names, values, strict=True)))
+        return
     snap = io._recipe.snapshot(values)
     assert snap == snapshot_from(io.regmap, dict(zip(names, values, strict=True)))
     assert snap.voltage_v == float(Decimal(voltage) * Decimal("0.1"))

@@ -42,6 +42,7 @@ def test_pe1_matches_the_design_contract() -> None:
         "display_credit": (Table.HOLDING, 2, 2),
         "load_limit": (Table.HOLDING, 4, 1),
         "alarm": (Table.HOLDING, 5, 1),
+        "credit_lease": (Table.HOLDING, 6, 2),  # added after version 1's registers
         "relay": (Table.COIL, 0, 1),
     }
     got = {p.name: (p.table, p.address, p.count) for p in pe1.points}
@@ -55,6 +56,7 @@ def test_pe1_matches_the_design_contract() -> None:
         "load_limit_tripped",
         "reverse_energy",
     )
+    assert pe1.point("status").bits[7] == "lease_expired"
     assert Capability.RELAY in pe1.capabilities
     assert Capability.KEYPAD in pe1.capabilities
 
