@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test check lint typecheck bench clean mosquitto
+.PHONY: demo test check lint typecheck bench clean mosquitto tmux
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(STAMP)
 
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
+
+# tmux runs the demo in a real terminal of a set size for its screen tests.
+tmux:
+	@bash scripts/ensure-tmux.sh
 
 # The whole product in one command: simulator, broker, gateway and a live view. The demo
 # extra (the embedded amqtt broker) is installed too, for machines without mosquitto.
@@ -32,7 +36,7 @@ $(DEMO_STAMP): $(STAMP)
 demo: $(DEMO_STAMP)
 	$(PY) -m prepaid_demo $(ARGS)
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto tmux
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)

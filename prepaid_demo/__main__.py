@@ -3,9 +3,11 @@
 Starts a broker (the real ``mosquitto`` when installed, otherwise the embedded amqtt),
 the meter simulator at an accelerated clock, and the gateway on a freshly provisioned
 store, then shows a live view fed by the gateway's MQTT topics, as a headend sees them.
-On a terminal the view is a table redrawn twice a second; otherwise (CI, a pipe) the
-story is printed as plain lines. Ctrl-C (or SIGTERM, or the end of ``--duration``) stops
-every child and exits 0; a child that dies on its own makes the demo exit 1.
+On a terminal the view is redrawn twice a second and on every resize, laid out for the
+terminal's size (prepaid_demo.screen); otherwise (CI, a pipe) the story is printed as
+plain lines. Ctrl-C, SIGTERM, a closed terminal (SIGHUP) or the end of ``--duration``
+stops every child, removes the temporary site folder and exits 0; a child that dies on
+its own makes the demo exit 1 (also with the folder removed and nothing left running).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import math
 import os
 import queue
-import shutil
 import signal
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
@@ -37,8 +38,10 @@ from gateway.config import parse_config, to_toml
 from gateway.runner import status_file
 from meter_sim.control import request
 from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
+from prepaid_demo.screen import Status, compose
 from prepaid_demo.story import Director, Phase
-from prepaid_demo.view import ViewModel, render
+from prepaid_demo.terminal import ENTER_VIEW, LEAVE_VIEW, Console, redraw
+from prepaid_demo.view import ViewModel
 from prepaid_demo.world import (
     GATEWAY_ID,
     LOW_CREDIT_UNITS,
@@ -54,12 +57,23 @@ PROG = "prepaid-demo"
 HOST = "127.0.0.1"
 REFRESH_S = 0.5
 STARTUP_TIMEOUT_S = 30.0
-STORY_LINES_SHOWN = 8
 MAX_SPEED = 100_000  # the gateway's [simulation] clock_speed limit
 
 
 class DemoError(Exception):
     """The demo cannot run (a bad flag, a missing broker, a child that died)."""
+
+
+class StopRequested(Exception):  # noqa: N818 (a request, not an error)
+    """A stop (Ctrl-C, SIGTERM, SIGHUP) came while the site was still starting."""
+
+
+#: The signals that stop the demo, and how its last line names them.
+STOP_SIGNALS = {
+    signal.SIGINT: "Ctrl-C",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGHUP: "terminal closed (SIGHUP)",
+}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -171,16 +185,19 @@ class Viewer:
 class Demo:
     args: argparse.Namespace
     folder: Path
-    out: TextIO
+    console: Console
     live: bool
     children: Children = field(init=False)
     model: ViewModel = field(init=False)
     story: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     broker_label: str = ""
+    broker_short: str = ""
     control: tuple[str, int] = (HOST, 0)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str = ""
+    #: set to redraw at once (a stop, a resized terminal) rather than at the next tick
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     director: Director = field(default_factory=lambda: Director(LOW_CREDIT_UNITS))
 
     def __post_init__(self) -> None:
@@ -196,7 +213,19 @@ class Demo:
         line = f"[{elapsed:5.1f}s{clock}] {text}"
         self.story.append(line)
         if not self.live:
-            print(line, file=self.out, flush=True)
+            self.console.print(line)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop at the next step; the first reason is the one reported."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
+        self.stop.set()
+        self.wake.set()
+
+    def checkpoint(self) -> None:
+        """Between the steps of starting the site: give up if a stop came meanwhile."""
+        if self.stop.is_set():
+            raise StopRequested
 
     async def start_broker(self) -> tuple[tuple[str, int], bool]:
         port = free_port(HOST)
@@ -215,6 +244,7 @@ class Demo:
             conf.write_text("\n".join(lines) + "\n")
             child = await self.children.start("broker", [binary, "-c", str(conf)])
             self.broker_label = f"mosquitto (real broker, {binary}) on {HOST}:{port}"
+            self.broker_short = f"mosquitto on {HOST}:{port}"
             await _wait_for_port(child, HOST, port)
             return (HOST, port), True
         if importlib.util.find_spec("amqtt") is None:
@@ -227,6 +257,7 @@ class Demo:
         )
         await child.wait_for_line(lambda s: s.startswith("ready"), STARTUP_TIMEOUT_S)
         self.broker_label = f"amqtt (embedded pure-Python broker, MQTT 3.1.1) on {HOST}:{port}"
+        self.broker_short = f"amqtt (embedded) on {HOST}:{port}"
         return (HOST, port), False
 
     async def start_simulator(self) -> tuple[str, int]:
@@ -265,9 +296,18 @@ class Demo:
         return result
 
     async def run(self) -> int:
+        """Start the site and watch it; 0, or ChildError/DemoError."""
+        try:
+            return await self._run()
+        except StopRequested:
+            return 0
+
+    async def _run(self) -> int:
         self.say(f"site folder {self.folder}")
+        self.checkpoint()
         broker, mqtt5 = await self.start_broker()
         self.say(f"broker: {self.broker_label}")
+        self.checkpoint()
         modbus = await self.start_simulator()
         self.say(
             f"simulator: {self.args.meters} PE-1 meters on {modbus[0]}:{modbus[1]}, "
@@ -307,6 +347,7 @@ class Demo:
             f"window {NIGHT_WINDOW.name}, protected {', '.join(protected)}, "
             f"little credit and a big load: {', '.join(low)}"
         )
+        self.checkpoint()
         viewer = Viewer(broker, mqtt5)
         viewer.start()
         try:
@@ -345,51 +386,42 @@ class Demo:
             if dead is not None:
                 raise ChildError(f"{dead.name} exited with {dead.proc.returncode}")
             if self.live:
-                self.draw(viewer, status_path, director, windows.active(self._sim_now()))
+                sim = self.model.latest_ts  # None until the gateway's first message
+                window = None if sim is None else windows.active(sim) is not None
+                self.draw(viewer, status_path, director, window)
             if deadline is not None and time.monotonic() >= deadline:
                 self.stop_reason = f"--duration {self.args.duration:g} s reached"
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REFRESH_S):
-                    await self.stop.wait()
+                    await self.wake.wait()
+            self.wake.clear()
         return 0
 
-    def _sim_now(self) -> datetime:
-        return self.model.latest_ts or datetime.now(UTC)
-
     def draw(
-        self, viewer: Viewer, status_path: Path, director: Director, window: str | None
+        self, viewer: Viewer, status_path: Path, director: Director, window: bool | None
     ) -> None:
-        health = _read_status(status_path)
-        sim = self._sim_now().astimezone(ZoneInfo(TIMEZONE))
-        header = (
-            f"prepaid-edge demo | gateway {GATEWAY_ID} | simulated time {sim:%a %d %b %H:%M} "
-            f"({TIMEZONE}) at {self.args.speed:g}x | Ctrl-C stops"
+        """One frame of the live view, laid out for the terminal's size now."""
+        status = Status(
+            gateway=GATEWAY_ID,
+            timezone=TIMEZONE,
+            speed=self.args.speed,
+            sim_time=self.model.latest_ts,
+            broker=self.broker_label,
+            broker_short=self.broker_short,
+            viewer_connected=viewer.connected,
+            gateway_state=self.model.gateway_state,
+            health=_read_status(status_path),
+            window=NIGHT_WINDOW.name,
+            window_active=window,
+            script=str(director.phase),
+            focus=None if director.unit is None else director.meter,
         )
-        gw = "gateway status: " + self.model.gateway_state
-        if health is not None:
-            h = health.get("health", {})
-            gw += (
-                f", broker link {health.get('broker')}, meters answering "
-                f"{h.get('meters_online')}/{h.get('meters_total')}, "
-                f"outbox {h.get('outbox_depth')} waiting"
-            )
-        footer = [
-            f"broker: {self.broker_label} | viewer {'connected' if viewer.connected else 'connecting'}",
-            gw,
-            f"friendly credit: {NIGHT_WINDOW.name} "
-            f"({'ACTIVE: no disconnections' if window else 'not active'}) | * protected supply"
-            f" | demo script: {director.phase}",
-        ]
-        screen = render(
-            self.model,
-            header=header,
-            footer=footer,
-            story=self.story[-STORY_LINES_SHOWN:],
-            width=shutil.get_terminal_size((120, 40)).columns,
-        )
-        self.out.write("\x1b[H" + screen.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
-        self.out.flush()
+        width, height = self.console.size()
+        lines = compose(self.model, status, self.story, width, height)
+        self.console.write(redraw(lines, height))
+        if self.console.gone:  # the terminal went away under us: a SIGHUP follows
+            self.request_stop(STOP_SIGNALS[signal.SIGHUP])
 
 
 def _read_status(path: Path) -> dict[str, Any] | None:
@@ -434,18 +466,56 @@ def _demo_start(now: datetime) -> datetime:
     return datetime(day.year, day.month, day.day, 17, 30, tzinfo=tz)
 
 
-async def _main(args: argparse.Namespace, folder: Path, live: bool) -> int:
-    demo = Demo(args, folder, sys.stdout, live)
-    loop = asyncio.get_running_loop()
+class _Stops:
+    """The stop signals' handlers, installed before anything is created: whatever arrives
+    from then on is a request to the demo, never the default action that would end the
+    process with its folder and children left behind."""
 
-    def stop(reason: str) -> None:
-        demo.stop_reason = reason
-        demo.stop.set()
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.demo: Demo | None = None
+        self.early: str | None = None  # a stop that came before the demo existed
 
-    loop.add_signal_handler(signal.SIGINT, stop, "Ctrl-C")
-    loop.add_signal_handler(signal.SIGTERM, stop, "SIGTERM")
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig, reason in STOP_SIGNALS.items():
+            loop.add_signal_handler(sig, self.on_signal, sig, reason)
+        loop.add_signal_handler(signal.SIGWINCH, self.on_resize)
+
+    def on_signal(self, sig: signal.Signals, reason: str) -> None:
+        if sig is signal.SIGHUP:
+            self.console.hung_up()
+        if self.demo is None:
+            self.early = self.early or reason
+        else:
+            self.demo.request_stop(reason)
+
+    def on_resize(self) -> None:
+        if self.demo is not None:
+            self.demo.wake.set()
+
+
+async def _main(args: argparse.Namespace, live: bool) -> int:
+    console = Console()
+    stops = _Stops(console)
+    stops.install(asyncio.get_running_loop())
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return await _run_demo(args, args.workdir, console, live, stops)
+    # Created and removed while the handlers above are installed: every way out of the
+    # demo but SIGKILL passes the removal (a SIGKILLed demo's children die with it).
+    with tempfile.TemporaryDirectory(prefix="prepaid-demo-", ignore_cleanup_errors=True) as tmp:
+        return await _run_demo(args, Path(tmp), console, live, stops)
+
+
+async def _run_demo(
+    args: argparse.Namespace, folder: Path, console: Console, live: bool, stops: _Stops
+) -> int:
+    demo = Demo(args, folder, console, live)
+    stops.demo = demo
+    if stops.early is not None:
+        demo.request_stop(stops.early)
     if live:
-        sys.stdout.write("\x1b[?1049h\x1b[?25l")  # alternate screen, cursor hidden
+        console.write(ENTER_VIEW)
     code = 0
     try:
         code = await demo.run()
@@ -457,28 +527,24 @@ async def _main(args: argparse.Namespace, folder: Path, live: bool) -> int:
         if demo.director.phase is not Phase.DONE:
             demo.say(f"story not complete: the demo was {demo.director.phase}")
         if live:
-            sys.stdout.write("\x1b[?25h\x1b[?1049l")
+            console.write(LEAVE_VIEW)
             for line in demo.story:
-                print(line)
+                console.print(line)
+        demo.live = False
         for line in report:
-            demo.live = False
             demo.say(f"stopped: {line}")
-        print(f"demo over ({demo.stop_reason or 'stopped'}); exit {code}", flush=True)
+        console.print(f"demo over ({demo.stop_reason or 'stopped'}); exit {code}")
         if code and demo.children.started:
             for child in demo.children.started:
-                print(f"--- last lines of {child.log}", file=sys.stderr)
-                print(child.log.read_text(errors="replace")[-2000:], file=sys.stderr)
+                console.print(f"--- last lines of {child.log}", error=True)
+                console.print(child.log.read_text(errors="replace")[-2000:], error=True)
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     live = sys.stdout.isatty() and not args.plain
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_main(args, args.workdir, live))
-    with tempfile.TemporaryDirectory(prefix="prepaid-demo-") as tmp:
-        return asyncio.run(_main(args, Path(tmp), live))
+    return asyncio.run(_main(args, live))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The live view's model: rows fed by the gateway's MQTT messages, rendered as text.
+"""The live view's model: rows fed by the gateway's MQTT messages.
 
 Pure: messages go in (topic and payload bytes), rows and story lines come out; the
-shell decides whether to redraw a table (a terminal) or print the story lines (a log).
+shell decides whether to redraw a screen (a terminal, laid out by prepaid_demo.screen)
+or print the story lines (a log).
 """
 
 from __future__ import annotations
@@ -138,27 +139,3 @@ class ViewModel:
             line = f"{name} ({reason})"
         row.last_event = line
         return [f"{row.meter} {line}"]
-
-
-def render(
-    model: ViewModel,
-    *,
-    header: str,
-    footer: list[str],
-    story: list[str],
-    width: int = 100,
-) -> str:
-    """The whole screen as text: a header, one row per meter, the footer and the last
-    story lines."""
-    head = f"{'meter':<11} {'class':<11} {'balance':>15} {'credit state':<18} {'power':>8} {'relay':<7} last event"
-    lines = [header, "", head, "-" * min(width, len(head) + 30)]
-    for meter in sorted(model.rows):
-        r = model.rows[meter]
-        power = "-" if r.power_w is None else f"{r.power_w} W"
-        cls = r.customer_class + ("*" if r.role == "protected" else "")
-        lines.append(
-            f"{r.meter:<11} {cls:<11} {money(r.balance, r.currency):>15} "
-            f"{r.credit_state:<18} {power:>8} {r.relay:<7} {r.last_event}"[:width]
-        )
-    lines += ["", *footer, "", "story:", *story]
-    return "\n".join(lines)

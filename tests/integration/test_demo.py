@@ -9,19 +9,23 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.demo_run import (
+    REPO,
+    alive_mentioning,
+    demo_command,
+    running,
+    started_children,
+    until,
+)
 from tests.support.mosquitto import mosquitto_binary
 
 pytestmark = [pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 DURATION_S = 32
 STORY = (
     "low credit warning",
@@ -33,53 +37,13 @@ STORY = (
 
 
 def _demo(workdir: Path, *flags: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "prepaid_demo",
-        "--workdir",
-        str(workdir),
-        "--seed",
-        "1",
-        *flags,
-    ]
-
-
-def _children(output: str) -> dict[str, int]:
-    match = re.search(r"started: (.*)", output)
-    assert match, output
-    return {name: int(pid) for name, pid in re.findall(r"(\w+) pid (\d+)", match.group(1))}
-
-
-def _alive_mentioning(text: str) -> list[str]:
-    """Processes (not zombies) whose command line mentions ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
-def _running(pid: int) -> bool:
-    """``pid`` is a live process (not a zombie waiting for its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return demo_command("--workdir", str(workdir), *flags)
 
 
 def _survivors(children: dict[str, int], workdir: Path) -> list[str]:
     """The demo's children still running, by pid, and anything else using its folder."""
-    left = [f"{name} (pid {pid})" for name, pid in children.items() if _running(pid)]
-    return left + _alive_mentioning(str(workdir))
+    left = [f"{name} (pid {pid})" for name, pid in children.items() if running(pid)]
+    return left + alive_mentioning(str(workdir))
 
 
 def _assert_nothing_left(children: dict[str, int], workdir: Path) -> None:
@@ -172,7 +136,7 @@ def test_unattended_demo_tells_the_story_and_cleans_up(tmp_path: Path, broker: s
     assert f"demo over (--duration {DURATION_S} s reached); exit 0" in output
     for name in ("gateway", "simulator", "broker"):
         assert re.search(rf"stopped: {name} \(pid \d+\) stopped \(exit 0\)", output), output
-    _assert_nothing_left(_children(output), workdir)
+    _assert_nothing_left(started_children(output), workdir)
 
 
 @pytest.mark.broker
@@ -216,7 +180,7 @@ def test_ctrl_c_stops_every_child_and_exits_0(tmp_path: Path) -> None:
         seen.append(line)
     output = "".join(seen)
     assert "demo over (Ctrl-C); exit 0" in output
-    _assert_nothing_left(_children(output), workdir)
+    _assert_nothing_left(started_children(output), workdir)
 
 
 @pytest.mark.broker
@@ -226,19 +190,11 @@ def test_a_demo_killed_hard_takes_its_children_with_it(tmp_path: Path) -> None:
     with log.open("w") as out:
         proc = subprocess.Popen(_demo(workdir), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _until(lambda: "gateway gw-demo is online" in log.read_text(), 60, "the gateway online")
-        children = _children(log.read_text())
+        until(lambda: "gateway gw-demo is online" in log.read_text(), 60, "the gateway online")
+        children = started_children(log.read_text())
         assert set(children) == {"broker", "simulator", "gateway"}
-        assert all(_running(pid) for pid in children.values())
+        assert all(running(pid) for pid in children.values())
     finally:
         proc.kill()  # SIGKILL: the demo cleans up nothing itself
         proc.wait()
-    _until(lambda: _survivors(children, workdir) == [], 20, "every child gone")
-
-
-def _until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Wait for another process's state, which offers nothing to await."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
-        time.sleep(0.05)
+    until(lambda: _survivors(children, workdir) == [], 20, "every child gone")
