@@ -12,6 +12,7 @@ result the broker refuses is logged, never the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from gateway.core.json_forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
 from gateway.resend import ResendBusyError, ResendQueue
 from gateway.service import Gateway
-from gateway.store import StorageUnavailableError
+from gateway.store import StorageUnavailableError, StoreError
 from gateway.token_intake import OnlineTopUp
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
 from protocol.mqtt import (
@@ -107,10 +108,12 @@ class CommandIntake:
             else:
                 request_id, correlation, answer = await self._execute(msg)
         except StorageUnavailableError:
+            request_id, correlation = _ids(msg.payload)
             answer = STORAGE_UNAVAILABLE
         except Exception:
             self.internal_errors += 1
             log.exception("command on %s failed (answered internal_error)", msg.topic)
+            request_id, correlation = _ids(msg.payload)
             answer = Answer(False, "internal_error", "the gateway failed to carry out the command")
         self.handled += 1
         result = CommandResult(
@@ -168,6 +171,13 @@ class CommandIntake:
                 return cmd.id, correlation, Answer(False, "wrong_gateway", detail)
             if not await self.gateway.store.claim_command_async(cmd.id, cmd.expires, now):
                 return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
+            try:
+                return cmd.id, correlation, await self._run(cmd, meter, now)
+            except StorageUnavailableError:
+                # Not carried out: the headend may send it again once the store recovers.
+                with contextlib.suppress(StoreError):
+                    await self.gateway.store.release_command_async(cmd.id)
+                raise
         return cmd.id, correlation, await self._run(cmd, meter, now)
 
     async def _run(self, cmd: object, meter: str, now: datetime) -> Answer:

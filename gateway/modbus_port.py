@@ -186,10 +186,11 @@ class TcpPort:
 
         A reply is taken only whole and in step: its header must name a transaction in
         flight, the unit asked, and exactly the length a reply to that request has (or an
-        exception reply's). A late reply to a request already given up is dropped. Any
-        other header means the stream is out of step (a truncated reply spliced with the
-        next one, garbage): the connection is dropped, and no reply decoded from this
-        data is used, since the splice may sit in any of them."""
+        exception reply's); a known transaction with another unit or length fails that
+        request alone. A late reply to a request already given up is dropped. A header
+        naming no transaction we sent means the stream is out of step (a truncated reply
+        spliced with the next one, garbage): the connection is dropped, and no reply
+        decoded from this data is used, since the splice may sit in any of them."""
         if stream is not self._stream:
             return  # a connection already given up: nothing it says is trusted
         buf = stream.buffer + data if stream.buffer else data
@@ -204,17 +205,8 @@ class TcpPort:
                 self._out_of_step(stream, taken, str(exc))
                 return
             entry = pending.get(tid)
-            expected = entry[0] if entry is not None else self._late.get(tid)
-            if expected is None:
+            if entry is None and tid not in self._late:
                 self._out_of_step(stream, taken, f"reply with unknown transaction {tid}")
-                return
-            if expected.unit != unit or length not in (expected.reply_pdu_length(), 2):
-                self._out_of_step(
-                    stream,
-                    taken,
-                    f"reply to transaction {tid} from unit {unit} with {length} bytes "
-                    f"(asked unit {expected.unit}, {expected.reply_pdu_length()} bytes)",
-                )
                 return
             end = pos + 7 + length
             if end > size:
@@ -226,7 +218,21 @@ class TcpPort:
                 del self._late[tid]
                 continue
             del pending[tid]
-            taken.append((entry[0], entry[1], pdu))
+            request, fut = entry
+            if request.unit != unit or length not in (request.reply_pdu_length(), 2):
+                # In step (a known transaction) but not an answer to what was asked: that
+                # request fails, never misattributed; the stream goes on.
+                self.stray_replies += 1
+                if not fut.done():
+                    fut.set_exception(
+                        MeterIOError(
+                            request.unit,
+                            IOFailure.GARBLED,
+                            f"reply from unit {unit} with {length} bytes",
+                        )
+                    )
+                continue
+            taken.append((request, fut, pdu))
         stream.buffer = buf[pos:] if pos else buf
         stream.mid_frame = size > pos
         for _request, fut, pdu in taken:

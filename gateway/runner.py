@@ -29,7 +29,7 @@ from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
 from gateway.resend import ResendQueue
 from gateway.service import Gateway, utc_now
-from gateway.store import Store, StoreError
+from gateway.store import StorageUnavailableError, Store, StoreError
 from gateway.sync import Backoff, OutboxDrain, run_sessions
 from protocol.home_assistant import discovery_messages
 from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
@@ -294,13 +294,46 @@ class _Stop(Exception):  # noqa: N818 (a signal to stop, not an error)
     """Raised inside the TaskGroup to cancel every task for a clean stop."""
 
 
+#: First and longest wait between attempts to open a store whose file system is full or
+#: read-only (the gateway waits for it rather than exit into a restart loop).
+OPEN_RETRY_S = 2.0
+OPEN_RETRY_MAX_S = 60.0
+
+
+async def open_store_when_writable(path: Path, stop: asyncio.Event) -> Store | None:
+    """The store, once its file system takes writes (None if stopped meanwhile). A full
+    or read-only disk is waited out with one log line; anything else is a StartupError."""
+    pause = OPEN_RETRY_S
+    waiting = False
+    while True:
+        try:
+            store = Store.open(path)
+        except StorageUnavailableError as exc:
+            if not waiting:
+                log.error(
+                    "store %s cannot be opened for writing (%s): waiting for space; meters "
+                    "keep their relays as they are",
+                    path,
+                    exc,
+                )
+                waiting = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await stop.wait()
+            if stop.is_set():
+                return None
+            pause = min(OPEN_RETRY_MAX_S, pause * 2)
+            continue
+        except Exception as exc:
+            raise StartupError(f"store {path}: {exc}") from None
+        if waiting:
+            log.warning("store %s writable again: starting", path)
+        return store
+
+
 def run_gateway(config: GatewayConfig) -> int:
     """Open the store and run until SIGTERM/SIGINT; the process's exit code."""
     tune_collector()
-    try:
-        store = Store.open(config.store)
-    except Exception as exc:
-        raise StartupError(f"store {config.store}: {exc}") from None
 
     async def main() -> None:
         sim = config.simulation
@@ -309,10 +342,13 @@ def run_gateway(config: GatewayConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop.set)
-        await runner.run(store)
+        store = await open_store_when_writable(config.store, runner.stop)
+        if store is None:
+            return
+        try:
+            await runner.run(store)
+        finally:
+            store.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        store.close()
+    asyncio.run(main())
     return 0

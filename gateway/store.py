@@ -26,8 +26,10 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -125,6 +127,25 @@ class DuplicateMeterError(StoreError):
 class StorageUnavailableError(StoreError):
     """The store cannot write now (disk full, read-only file system, I/O error): nothing
     was written, and the same write may succeed once the cause clears."""
+
+
+READ_ONLY = "read-only file system"
+#: Less free space than this on the store's file system counts as full.
+MIN_FREE_BYTES = 1 << 20
+
+
+def storage_problem(path: Path) -> str | None:
+    """Why the file system holding ``path`` cannot take writes now (read-only, full), or
+    None: what tells a store that may recover by itself from a broken one."""
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return READ_ONLY
+    if fs.f_bavail * fs.f_frsize < MIN_FREE_BYTES:
+        return "no space left on the device"
+    return None
 
 
 def _storage_error(exc: sqlite3.Error, what: str) -> StoreError:
@@ -260,6 +281,9 @@ def _check_file(path: Path) -> int | None:
         finally:
             probe.close()
     except sqlite3.DatabaseError as exc:
+        problem = storage_problem(path)
+        if problem is not None:
+            raise StorageUnavailableError(f"cannot read {path}: {problem} ({exc})") from exc
         raise CorruptStoreError(f"{path} is damaged: {exc}") from exc
     if rows != [("ok",)]:
         raise CorruptStoreError(f"{path} is damaged: {'; '.join(str(r[0]) for r in rows[:5])}")
@@ -372,8 +396,18 @@ class _Checkpointer:
             thread.join()
 
 
+_ack_failures_logged_at = 0.0
+#: While acknowledgements cannot be written (a full disk), say so at most this often.
+ACK_FAILURE_LOG_S = 60.0
+
+
 def _log_failure(future: Future[None]) -> None:
-    if not future.cancelled() and (exc := future.exception()) is not None:
+    global _ack_failures_logged_at  # noqa: PLW0603 - one clock for the whole process
+    if future.cancelled() or (exc := future.exception()) is None:
+        return
+    now = time.monotonic()
+    if now - _ack_failures_logged_at >= ACK_FAILURE_LOG_S:
+        _ack_failures_logged_at = now
         log.error("recording broker acknowledgements failed (they will be resent): %s", exc)
 
 
@@ -408,6 +442,9 @@ class Store:
     def open(cls, path: str | Path) -> Store:
         """Open (or create) the store at ``path`` and migrate it to the current schema."""
         path = Path(path)
+        if storage_problem(path) == READ_ONLY:
+            # SQLite would open it read-only and stay so after the file system recovers.
+            raise StorageUnavailableError(f"cannot open {path} for writing: {READ_ONLY}")
         version = _check_file(path)
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -425,6 +462,9 @@ class Store:
             return cls(db, path)
         except sqlite3.DatabaseError as exc:
             db.close()
+            problem = storage_problem(path)
+            if problem is not None:
+                raise StorageUnavailableError(f"cannot open {path}: {problem} ({exc})") from exc
             raise CorruptStoreError(f"{path}: {exc}") from exc
 
     @staticmethod

@@ -81,6 +81,10 @@ class MessageLog:
             if t.endswith(f"/meters/{meter}/event") and (name is None or m.get("event") == name)
         ]
 
+    def events_all(self) -> list[dict[str, Any]]:
+        """Every meter's events, in arrival order."""
+        return [m for t, m in self.pull() if t.endswith("/event")]
+
     def of(self, meter: str, kind: str) -> list[dict[str, Any]]:
         return [m for t, m in self.pull() if t.endswith(f"/meters/{meter}/{kind}")]
 

@@ -72,6 +72,7 @@ class GatewayWorld:
         now: datetime | None = None,
         protected: bool = False,
         place: Callable[[int], tuple[str, int]] | None = None,
+        map_name: str = "pe1",
     ) -> None:
         """Enrol meters ``meter_id(n)`` for each n, at unit n of ``bus``, or where
         ``place(n)`` says ((bus, unit): more than 247 meters span several ports)."""
@@ -88,7 +89,7 @@ class GatewayWorld:
                 opening_balance=opening_balance,
                 protected=protected,
             )
-            meters.append((MeterRecord(mid, where, unit, "pe1", key.secret, 0), state))
+            meters.append((MeterRecord(mid, where, unit, map_name, key.secret, 0), state))
         with Store.open(self.store_path) as store:
             store.add_meters(meters, now)
 
