@@ -81,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args.config, args.json)
         config = load_config(args.config)
         configure_logging(config.log_level, config.log_format)
-        return run_gateway(config)
+        return run_gateway(config, args.config)
     except (ConfigError, StartupError) as exc:
-        print(f"meter-gateway: {exc}", file=sys.stderr)
+        print(f"meter-gateway: error: {exc}", file=sys.stderr)
         return 2
 
 

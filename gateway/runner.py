@@ -22,13 +22,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from gateway.clock import GatewayClock
 from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
 from gateway.service import Gateway, utc_now
-from gateway.store import Store
+from gateway.store import Store, StoreError
+from gateway.store_lock import GATEWAY, StoreLock, StoreLockedError, StoreLockError, lock_path
 from gateway.sync import Backoff, OutboxDrain, run_sessions
 from protocol.home_assistant import discovery_messages
 from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
@@ -44,22 +50,79 @@ class StartupError(Exception):
 
 
 def check_secret_file(path: Path, what: str) -> None:
-    """Refuse a key file that group or others can read."""
+    """Refuse a secret (a key file, the config, the store's folder or one of its files)
+    that group or others may read, write or enter, as ssh does for keys: one line naming
+    the path and the ``chmod`` that fixes it."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise StartupError(f"{what} {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if open_to_others(mode):
+        fix = PRIVATE_DIR if stat.S_ISDIR(mode) else PRIVATE_FILE
         raise StartupError(
-            f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it"
+            f"{what} {path} is readable or writable by group/others "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod {fix:o} {path}"
         )
 
 
+def check_site_files(config: GatewayConfig, config_path: Path | None) -> None:
+    """The config, the store's folder and every file of the store that exists, each
+    owner-only."""
+    if config_path is not None:
+        check_secret_file(config_path, "config")
+    check_secret_file(config.store.parent, "store folder")
+    for path in store_files(config):
+        if path.exists():
+            check_secret_file(path, "store file")
+
+
+def _tls_problem(key: str, path: Path, problem: str) -> StartupError:
+    return StartupError(f"{key} {path}: {problem}")
+
+
+def _read_tls_file(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _tls_problem(key, path, exc.strerror or str(exc)) from None
+
+
 def tls_context(mqtt: MqttSettings) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
-    if mqtt.cert_file is not None and mqtt.key_file is not None:
-        check_secret_file(mqtt.key_file, "MQTT client key")
-        ctx.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+    """The TLS context for the brokers; a file it cannot use stops the start with one
+    line naming the file and its config key."""
+    ca = mqtt.ca_file
+    if ca is not None:
+        _read_tls_file("mqtt.ca_file", ca)
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except ssl.SSLError as exc:
+        raise _tls_problem(
+            "mqtt.ca_file", ca or Path(), f"no PEM CA certificate in it ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise _tls_problem("mqtt.ca_file", ca or Path(), exc.strerror or str(exc)) from None
+    cert, key = mqtt.cert_file, mqtt.key_file
+    if (cert is None) != (key is None):
+        given, missing = ("mqtt.cert_file", "mqtt.key_file")[:: 1 if cert else -1]
+        raise StartupError(f"{given} is set: {missing} is needed with it")
+    if cert is not None and key is not None:
+        check_secret_file(key, "mqtt.key_file")
+        try:
+            x509.load_pem_x509_certificates(_read_tls_file("mqtt.cert_file", cert))
+        except ValueError:
+            raise _tls_problem("mqtt.cert_file", cert, "not a PEM certificate") from None
+        try:
+            serialization.load_pem_private_key(_read_tls_file("mqtt.key_file", key), None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise _tls_problem(
+                "mqtt.key_file", key, "not a PEM private key (without a passphrase)"
+            ) from None
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            raise _tls_problem(
+                "mqtt.key_file", key, f"does not go with mqtt.cert_file {cert} ({exc})"
+            ) from None
     return ctx
 
 
@@ -70,6 +133,18 @@ def brokers_of(mqtt: MqttSettings) -> list[BrokerEndpoint]:
 
 def status_file(config: GatewayConfig) -> Path:
     return config.store.with_name(config.store.name + ".status.json")
+
+
+def store_files(config: GatewayConfig) -> list[Path]:
+    """The store's files: the database, SQLite's write-ahead log and shared memory, the
+    status file and the lock file."""
+    store = config.store
+    return [
+        store,
+        *(store.with_name(store.name + s) for s in ("-wal", "-shm")),
+        status_file(config),
+        lock_path(store),
+    ]
 
 
 @dataclass
@@ -86,6 +161,7 @@ class Runner:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     #: set while an MQTT session is up and subscribed to commands
     mqtt_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _reloads: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.config.gateway_id)
@@ -126,10 +202,7 @@ class Runner:
             "health": json.loads(self.health().model_dump_json()),
             "counters": vars(self.gateway.counters),
         }
-        path = status_file(self.config)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        write_private_text(status_file(self.config), json.dumps(data, indent=2))
 
     async def _session(self, link: MqttLink) -> None:
         """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
@@ -177,6 +250,27 @@ class Runner:
                 prefix=self.config.home_assistant.prefix,
             ):
                 await link.publish(topic, json.dumps(config).encode(), retain=True)
+
+    def reload(self) -> None:
+        """SIGHUP (sent by ``meter-provision enrol``): start polling the meters enrolled
+        in the store since the start, without a restart."""
+        gateway: Gateway | None = getattr(self, "gateway", None)
+        if gateway is None:
+            return  # not loaded yet: load() will find them
+        task = asyncio.get_running_loop().create_task(self._reload(gateway), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self, gateway: Gateway) -> None:
+        try:
+            added = await gateway.reload_meters()
+        except StoreError as exc:
+            log.error("reload: cannot read the store's meters: %s", exc)
+            return
+        if added:
+            log.info("reload: now polling %d new meters: %s", len(added), ", ".join(added))
+        else:
+            log.info("reload: no new meters in the store")
 
     def _on_broker(self, state: str, broker: BrokerEndpoint | None) -> None:
         self.broker_state = state
@@ -238,6 +332,8 @@ class Runner:
         except* _Stop:
             log.info("gateway %s stopped", self.config.gateway_id)
         finally:
+            for task in self._reloads:
+                task.cancel()
             await self.gateway.close()
             with contextlib.suppress(OSError):
                 self.write_status_file()
@@ -247,25 +343,66 @@ class _Stop(Exception):  # noqa: N818 (a signal to stop, not an error)
     """Raised inside the TaskGroup to cancel every task for a clean stop."""
 
 
-def run_gateway(config: GatewayConfig) -> int:
-    """Open the store and run until SIGTERM/SIGINT; the process's exit code."""
+def check_store_writable(config: GatewayConfig) -> None:
+    """Each of the store's database files that exists opens for writing (a read-only
+    mount, a file of another user): one line with the OS's reason otherwise."""
+    for path in store_files(config)[:3]:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StartupError(f"store {path}: cannot write: {exc.strerror}") from None
+        os.close(fd)
+
+
+def take_store_lock(config: GatewayConfig) -> StoreLock:
+    """This gateway's lock on the store, for its whole life; one line if it is held."""
+    try:
+        return StoreLock.acquire(config.store, GATEWAY)
+    except StoreLockedError as exc:
+        raise StartupError(
+            f"store {config.store} is in use by {exc.holder} (lock file {exc.path}): "
+            "one gateway per store; stop that one first"
+        ) from None
+    except StoreLockError as exc:
+        raise StartupError(f"store folder {config.store.parent}: {exc}") from None
+
+
+def run_gateway(config: GatewayConfig, config_path: Path | None = None) -> int:
+    """Check the config's and the store's files, take the store's lock, open the store
+    and run until SIGTERM/SIGINT; the process's exit code. SIGHUP loads meters enrolled
+    since the start."""
     tune_collector()
+    check_site_files(config, config_path)
+    brokers_of(config.mqtt)  # the TLS files are checked before anything starts
+    # Until the event loop's handler is in place (before the meters are loaded), a
+    # SIGHUP from `meter-provision enrol` must not end the process: load() sees them.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lock = take_store_lock(config)
     try:
-        store = Store.open(config.store)
-    except Exception as exc:
-        raise StartupError(f"store {config.store}: {exc}") from None
+        check_store_writable(config)
+        try:
+            store = Store.open(config.store)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        except Exception as exc:
+            raise StartupError(f"store {config.store}: {exc}") from None
 
-    async def main() -> None:
-        sim = config.simulation
-        clock = GatewayClock(sim.clock_speed, sim.clock_start, sim.clock_anchor)
-        runner = Runner(config, clock=clock.now)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, runner.stop.set)
-        await runner.run(store)
+        async def main() -> None:
+            sim = config.simulation
+            clock = GatewayClock(sim.clock_speed, sim.clock_start, sim.clock_anchor)
+            runner = Runner(config, clock=clock.now)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, runner.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, runner.reload)
+            await runner.run(store)
 
-    try:
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()
     return 0

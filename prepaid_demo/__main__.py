@@ -34,6 +34,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config, to_toml
+from gateway.private_files import make_private_dir, write_private_text
 from gateway.runner import status_file
 from meter_sim.control import request
 from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
@@ -117,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the embedded pure-Python broker (amqtt) even if mosquitto is installed",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="keep the site's files here (default: a temporary folder)"
+        "--workdir",
+        type=Path,
+        help="keep the site's files here, created owner-only (default: a temporary folder)",
     )
     parser.add_argument(
         "--plain", action="store_true", help="print the story as lines even on a terminal"
@@ -294,7 +297,7 @@ class Demo:
             clock_start=sim_now,
         )
         config_path = self.folder / "gateway.toml"
-        config_path.write_text(to_toml(data))
+        write_private_text(config_path, to_toml(data))  # the gateway refuses it otherwise
         config = parse_config(config_path.read_text(), str(config_path))
         self.model = ViewModel(GATEWAY_ID, self.broker_label)
         for plan in plans:
@@ -475,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     live = sys.stdout.isatty() and not args.plain
     if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(args.workdir)  # it holds the store: owner-only
         return asyncio.run(_main(args, args.workdir, live))
     with tempfile.TemporaryDirectory(prefix="prepaid-demo-") as tmp:
         return asyncio.run(_main(args, Path(tmp), live))

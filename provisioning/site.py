@@ -10,7 +10,7 @@ from gateway.config import ConfigError, GatewayConfig, RtuBus, TcpBus, load_conf
 from gateway.modbus_port import ModbusPort, RtuPort, TcpPort
 from gateway.store import Store, StoreError
 from provisioning.errors import ProvisionError
-from provisioning.identity import write_atomic
+from provisioning.identity import write_atomic, write_private
 
 __all__ = ["write_atomic"]  # the other commands write their files through site
 
@@ -82,4 +82,4 @@ def load_extras(config: GatewayConfig) -> Extras:
 
 
 def save_extras(config: GatewayConfig, extras: Extras) -> None:
-    write_atomic(extras_path(config), json.dumps(extras, indent=2, sort_keys=True) + "\n")
+    write_private(extras_path(config), json.dumps(extras, indent=2, sort_keys=True) + "\n")
