@@ -126,7 +126,7 @@ def test_junk_is_refused_with_a_store_error(tmp_path: Path, junk: bytes, keep_ma
 def test_unusable_paths_are_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot"):
         Store.open(tmp_path)  # a directory
-    with pytest.raises(StoreError, match="cannot create .*: No such file or directory"):
+    with pytest.raises(StoreError, match=r"cannot create .*: No such file or directory"):
         Store.open(tmp_path / "missing" / "gw.db")
 
 
