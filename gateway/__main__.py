@@ -64,8 +64,10 @@ def _status(config_path: Path, as_json: bool) -> int:
     print(f"gateway {data['gateway']}, status written {age:.0f} s ago{stale}")
     print(f"broker: {data['broker']} {data['broker_address'] or ''}".rstrip())
     print(f"meters: {health['meters_online']}/{health['meters_total']} answering")
+    faults = health.get("bus_faults") or {}
     for bus, state in sorted(health["buses"].items()):
-        print(f"  bus {bus}: {state}")
+        why = f" ({faults[bus]})" if bus in faults else ""
+        print(f"  bus {bus}: {state}{why}")
     print(f"outbox: {health['outbox_depth']} messages waiting; last sync {health['last_sync']}")
     return 0
 

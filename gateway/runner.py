@@ -175,6 +175,11 @@ class Runner:
             buses[name] = "ok" if ok == len(on_bus) else "down" if ok == 0 else "degraded"
         return HealthSummary(
             buses=buses,
+            bus_faults={
+                name: poller.faults.reason
+                for name, poller in self.gateway.pollers.items()
+                if poller.faults.reason is not None
+            },
             meters_total=len(self.gateway.meters),
             meters_online=sum(
                 1 for m in meters if m.state.comm_ok and m.last_reading_at is not None
