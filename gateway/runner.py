@@ -31,6 +31,7 @@ from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.paho_client import client_class
 from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
 from gateway.service import Gateway, utc_now
 from gateway.store import Store, StoreError
@@ -70,7 +71,7 @@ def check_site_files(config: GatewayConfig, config_path: Path | None) -> None:
     owner-only."""
     if config_path is not None:
         check_secret_file(config_path, "config")
-    check_secret_file(config.store.parent, "store folder")
+    check_secret_file(config.store.absolute().parent, "store folder")
     for path in store_files(config):
         if path.exists():
             check_secret_file(path, "store file")
@@ -381,6 +382,7 @@ def run_gateway(config: GatewayConfig, config_path: Path | None = None) -> int:
     tune_collector()
     check_site_files(config, config_path)
     brokers_of(config.mqtt)  # the TLS files are checked before anything starts
+    client_class()  # the MQTT client's self-check: one warning now if it falls back
     # Until the event loop's handler is in place (before the meters are loaded), a
     # SIGHUP from `meter-provision enrol` must not end the process: load() sees them.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
