@@ -121,8 +121,9 @@ def tls_context(mqtt: MqttSettings) -> ssl.SSLContext:
         try:
             ctx.load_cert_chain(str(cert), str(key))
         except (ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "reason", None) or exc.strerror or str(exc)
             raise _tls_problem(
-                "mqtt.key_file", key, f"does not go with mqtt.cert_file {cert} ({exc})"
+                "mqtt.key_file", key, f"does not go with mqtt.cert_file {cert} ({why})"
             ) from None
     return ctx
 

@@ -1,4 +1,4 @@
-"""The gateway refuses to start, before anything runs, with one line naming the file (and the config key for TLS files) and exit 2, never a traceback: the starter config straight after `init` (no ca.pem yet), an empty or garbage CA, missing or garbage certificate and key files, and a store it cannot write (read-only, with a crash's leftovers)."""
+"""The gateway refuses to start, before anything runs, with one line naming the file (and the config key for TLS files) and exit 2, never a traceback: the starter config straight after `init` (no ca.pem yet), an empty or garbage CA, missing or garbage certificate and key files (or a certificate without its key), and a store it cannot write (read-only, with a crash's leftovers)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,17 @@ def test_unusable_client_certificate_files_name_the_file_and_key(
     data["mqtt"].update({k: str(v) for k, v in files.items()})
     config = world.write_config_data(data)
     assert_one_line(start(config), f"mqtt.{key}", str(files[key]))
+
+
+def test_a_certificate_without_its_key_is_one_line(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    client = ca.issue("gw-test", server=False)
+    world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
+    data = world.config_data(tcp=("127.0.0.1", 1), broker=("127.0.0.1", 1))
+    data["mqtt"]["brokers"][0]["tls"] = True
+    data["mqtt"].update(ca_file=str(ca.cert_path), cert_file=str(client.cert))
+    done = start(world.write_config_data(data))
+    assert_one_line(done, "mqtt.cert_file is set: mqtt.key_file is needed with it")
 
 
 def _crash_leftovers(world: GatewayWorld) -> None:
