@@ -64,8 +64,10 @@ def _status(config_path: Path, as_json: bool) -> int:
     print(f"gateway {data['gateway']}, status written {age:.0f} s ago{stale}")
     print(f"broker: {data['broker']} {data['broker_address'] or ''}".rstrip())
     print(f"meters: {health['meters_online']}/{health['meters_total']} answering")
+    faults = health.get("bus_faults") or {}
     for bus, state in sorted(health["buses"].items()):
-        print(f"  bus {bus}: {state}")
+        why = f" ({faults[bus]})" if bus in faults else ""
+        print(f"  bus {bus}: {state}{why}")
     print(f"outbox: {health['outbox_depth']} messages waiting; last sync {health['last_sync']}")
     return 0
 
@@ -81,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args.config, args.json)
         config = load_config(args.config)
         configure_logging(config.log_level, config.log_format)
-        return run_gateway(config)
+        return run_gateway(config, args.config)
     except (ConfigError, StartupError) as exc:
-        print(f"meter-gateway: {exc}", file=sys.stderr)
+        print(f"meter-gateway: error: {exc}", file=sys.stderr)
         return 2
 
 

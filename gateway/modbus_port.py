@@ -66,6 +66,26 @@ class MeterIOError(Exception):
         super().__init__(f"unit {unit}: {kind}: {cause}")
 
 
+class BusUnreachableError(MeterIOError):
+    """The bus itself cannot be opened (serial device) or connected (TCP endpoint, or
+    ``socket://``): no meter on it can answer. ``reason`` says which and the OS's why."""
+
+    def __init__(self, unit: int, reason: str) -> None:
+        self.reason = reason
+        super().__init__(unit, IOFailure.CONNECTION, reason)
+
+
+def os_reason(exc: BaseException) -> str:
+    """The operating system's words for ``exc`` ("Connection refused", "No such file or
+    directory"), without Python's decoration."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
 class ModbusPort(Protocol):
     """What a poller needs from a bus."""
 
@@ -175,8 +195,8 @@ class TcpPort:
                         lambda: _MbapStream(self), self.host, self.port
                     )
             except (OSError, TimeoutError) as exc:
-                raise MeterIOError(
-                    unit, IOFailure.CONNECTION, f"cannot connect to {self.host}:{self.port}: {exc}"
+                raise BusUnreachableError(
+                    unit, f"cannot connect to {self.host}:{self.port}: {os_reason(exc)}"
                 ) from exc
             self._stream = stream
             return stream
@@ -512,9 +532,7 @@ class RtuPort:
 
                 loop.add_reader(fd, readable)
         except (OSError, ValueError, TimeoutError) as exc:
-            raise MeterIOError(
-                unit, IOFailure.CONNECTION, f"cannot open {self.device}: {exc}"
-            ) from exc
+            raise BusUnreachableError(unit, f"cannot open {self.device}: {os_reason(exc)}") from exc
         self._line = line
         return line
 

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.paho_client import BufferedClient
+from gateway.paho_client import PlainClient, client_class
 from protocol.mqtt import topic_name_problem
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,9 @@ class MqttLink:
         connect_timeout: float = 10.0,
         incoming_limit: int = 1000,
         session_expiry: int = 0,
+        client: type[PlainClient] | None = None,
     ) -> None:
+        """``client``: the paho client class (default: :func:`client_class`'s choice)."""
         self.broker = broker
         self.protocol = protocol
         #: seconds the broker keeps this client's session (subscriptions and queued
@@ -147,7 +149,7 @@ class MqttLink:
         self._loop_thread = threading.get_ident()
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
-        self._client = BufferedClient(
+        self._client = (client or client_class())(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,

@@ -17,8 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gateway.bus_faults import BusFaults
 from gateway.meter_io import MeterIO, MeterSnapshot
-from gateway.modbus_port import MeterIOError, ModbusPort
+from gateway.modbus_port import BusUnreachableError, MeterIOError, ModbusPort
 from gateway.poll_schedule import backoff_for
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class BusPoller:
     _busy: set[str] = field(default_factory=set)
     #: workers with nothing due, each waiting for the dispatcher to hand it a meter
     _idle: list[asyncio.Future[PolledMeter]] = field(default_factory=list)
+    #: whether the bus itself can be opened or connected, and what was said about it
+    faults: BusFaults = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.faults = BusFaults(self.name, self.monotonic)
 
     def add(self, meter: PolledMeter) -> None:
         self.meters[meter.meter_id] = meter
@@ -101,9 +107,15 @@ class BusPoller:
         for _attempt in range(self.retries + 1):
             try:
                 snapshot = await meter.io.read(self.port, meter.unit)
-            except MeterIOError as exc:
+            except BusUnreachableError as exc:
+                self.faults.unreachable(exc.reason)
                 error = exc
                 continue
+            except MeterIOError as exc:
+                self.faults.reachable()  # the bus answered; this meter did not
+                error = exc
+                continue
+            self.faults.reachable()
             meter.consecutive_failures = 0
             meter.last_ok = self.monotonic()
             await self.on_reading(meter, snapshot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,14 +23,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from gateway.clock import GatewayClock
 from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.paho_client import client_class
+from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
 from gateway.resend import ResendQueue
 from gateway.service import Gateway, utc_now
-from gateway.store import StorageUnavailableError, Store, StoreError
+from gateway.store import StorageUnavailableError, Store, StoreError, storage_problem
+from gateway.store_lock import GATEWAY, StoreLock, StoreLockedError, StoreLockError, lock_path
 from gateway.sync import Backoff, OutboxDrain, run_sessions
 from protocol.home_assistant import discovery_messages
 from protocol.mqtt import HealthSummary, StatusMessage, Topics, dump
@@ -45,22 +53,80 @@ class StartupError(Exception):
 
 
 def check_secret_file(path: Path, what: str) -> None:
-    """Refuse a key file that group or others can read."""
+    """Refuse a secret (a key file, the config, the store's folder or one of its files)
+    that group or others may read, write or enter, as ssh does for keys: one line naming
+    the path and the ``chmod`` that fixes it."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise StartupError(f"{what} {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if open_to_others(mode):
+        fix = PRIVATE_DIR if stat.S_ISDIR(mode) else PRIVATE_FILE
         raise StartupError(
-            f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it"
+            f"{what} {path} is readable or writable by group/others "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod {fix:o} {path}"
         )
 
 
+def check_site_files(config: GatewayConfig, config_path: Path | None) -> None:
+    """The config, the store's folder and every file of the store that exists, each
+    owner-only."""
+    if config_path is not None:
+        check_secret_file(config_path, "config")
+    check_secret_file(config.store.absolute().parent, "store folder")
+    for path in store_files(config):
+        if path.exists():
+            check_secret_file(path, "store file")
+
+
+def _tls_problem(key: str, path: Path, problem: str) -> StartupError:
+    return StartupError(f"{key} {path}: {problem}")
+
+
+def _read_tls_file(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _tls_problem(key, path, exc.strerror or str(exc)) from None
+
+
 def tls_context(mqtt: MqttSettings) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
-    if mqtt.cert_file is not None and mqtt.key_file is not None:
-        check_secret_file(mqtt.key_file, "MQTT client key")
-        ctx.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+    """The TLS context for the brokers; a file it cannot use stops the start with one
+    line naming the file and its config key."""
+    ca = mqtt.ca_file
+    if ca is not None:
+        _read_tls_file("mqtt.ca_file", ca)
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except ssl.SSLError as exc:
+        raise _tls_problem(
+            "mqtt.ca_file", ca or Path(), f"no PEM CA certificate in it ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise _tls_problem("mqtt.ca_file", ca or Path(), exc.strerror or str(exc)) from None
+    cert, key = mqtt.cert_file, mqtt.key_file
+    if (cert is None) != (key is None):
+        given, missing = ("mqtt.cert_file", "mqtt.key_file")[:: 1 if cert else -1]
+        raise StartupError(f"{given} is set: {missing} is needed with it")
+    if cert is not None and key is not None:
+        check_secret_file(key, "mqtt.key_file")
+        try:
+            x509.load_pem_x509_certificates(_read_tls_file("mqtt.cert_file", cert))
+        except ValueError:
+            raise _tls_problem("mqtt.cert_file", cert, "not a PEM certificate") from None
+        try:
+            serialization.load_pem_private_key(_read_tls_file("mqtt.key_file", key), None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise _tls_problem(
+                "mqtt.key_file", key, "not a PEM private key (without a passphrase)"
+            ) from None
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "reason", None) or exc.strerror or str(exc)
+            raise _tls_problem(
+                "mqtt.key_file", key, f"does not go with mqtt.cert_file {cert} ({why})"
+            ) from None
     return ctx
 
 
@@ -71,6 +137,18 @@ def brokers_of(mqtt: MqttSettings) -> list[BrokerEndpoint]:
 
 def status_file(config: GatewayConfig) -> Path:
     return config.store.with_name(config.store.name + ".status.json")
+
+
+def store_files(config: GatewayConfig) -> list[Path]:
+    """The store's files: the database, SQLite's write-ahead log and shared memory, the
+    status file and the lock file."""
+    store = config.store
+    return [
+        store,
+        *(store.with_name(store.name + s) for s in ("-wal", "-shm")),
+        status_file(config),
+        lock_path(store),
+    ]
 
 
 @dataclass
@@ -92,6 +170,7 @@ class Runner:
     status_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: the status file could not be written (reported once, then quietly retried)
     _status_file_failing: bool = field(default=False, init=False)
+    _reloads: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.config.gateway_id)
@@ -106,6 +185,11 @@ class Runner:
         counters = self.gateway.counters
         return HealthSummary(
             buses=buses,
+            bus_faults={
+                name: poller.faults.reason
+                for name, poller in self.gateway.pollers.items()
+                if poller.faults.reason is not None
+            },
             meters_total=len(self.gateway.meters),
             meters_online=sum(
                 1 for m in meters if m.state.comm_ok and m.last_reading_at is not None
@@ -139,17 +223,13 @@ class Runner:
             "counters": vars(self.gateway.counters),
         }
         path = status_file(self.config)
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=2))
-            os.replace(tmp, path)
+            write_private_text(path, json.dumps(data, indent=2))
         except OSError as exc:
             # Best effort: the status file serves `meter-gateway status`, never enforcement.
             if not self._status_file_failing:
                 log.warning("cannot write the status file %s: %s (retrying)", path, exc)
             self._status_file_failing = True
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return
         if self._status_file_failing:
             log.info("status file %s written again", path)
@@ -206,6 +286,27 @@ class Runner:
                 prefix=self.config.home_assistant.prefix,
             ):
                 await link.publish(topic, json.dumps(config).encode(), retain=True)
+
+    def reload(self) -> None:
+        """SIGHUP (sent by ``meter-provision enrol``): start polling the meters enrolled
+        in the store since the start, without a restart."""
+        gateway: Gateway | None = getattr(self, "gateway", None)
+        if gateway is None:
+            return  # not loaded yet: load() will find them
+        task = asyncio.get_running_loop().create_task(self._reload(gateway), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self, gateway: Gateway) -> None:
+        try:
+            added = await gateway.reload_meters()
+        except StoreError as exc:
+            log.error("reload: cannot read the store's meters: %s", exc)
+            return
+        if added:
+            log.info("reload: now polling %d new meters: %s", len(added), ", ".join(added))
+        else:
+            log.info("reload: no new meters in the store")
 
     def _on_broker(self, state: str, broker: BrokerEndpoint | None) -> None:
         self.broker_state = state
@@ -285,6 +386,8 @@ class Runner:
         except* _Stop:
             log.info("gateway %s stopped", self.config.gateway_id)
         finally:
+            for task in self._reloads:
+                task.cancel()
             await self.gateway.close()
             with contextlib.suppress(OSError):
                 self.write_status_file()
@@ -300,20 +403,73 @@ OPEN_RETRY_S = 2.0
 OPEN_RETRY_MAX_S = 60.0
 
 
-async def open_store_when_writable(path: Path, stop: asyncio.Event) -> Store | None:
-    """The store, once its file system takes writes (None if stopped meanwhile). A full
-    or read-only disk is waited out with one log line; anything else is a StartupError."""
+class _StoreNotWritableYetError(Exception):
+    """The store's file system cannot take writes now: wait, it may clear by itself."""
+
+
+def check_store_writable(config: GatewayConfig) -> None:
+    """Each of the store's database files that exists opens for writing: one line with
+    the OS's reason otherwise (a file of another user). A read-only or full file system
+    is not refused here: it is waited out (``_StoreNotWritableYetError``)."""
+    for path in store_files(config)[:3]:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.ENOSPC):
+                raise _StoreNotWritableYetError(f"{path}: {exc.strerror}") from None
+            raise StartupError(f"store {path}: cannot write: {exc.strerror}") from None
+        os.close(fd)
+
+
+def take_store_lock(config: GatewayConfig) -> StoreLock:
+    """This gateway's lock on the store, for its whole life; one line if it is held."""
+    try:
+        return StoreLock.acquire(config.store, GATEWAY)
+    except StoreLockedError as exc:
+        raise StartupError(
+            f"store {config.store} is in use by {exc.holder} (lock file {exc.path}): "
+            "one gateway per store; stop that one first"
+        ) from None
+    except StoreLockError as exc:
+        if storage_problem(config.store) is not None:
+            raise _StoreNotWritableYetError(str(exc)) from None
+        raise StartupError(f"store folder {config.store.parent}: {exc}") from None
+
+
+def _lock_and_open(config: GatewayConfig, lock: StoreLock | None) -> tuple[StoreLock, Store]:
+    """The store's lock (kept if already held) and the store, or _StoreNotWritableYetError."""
+    lock = lock or take_store_lock(config)
+    check_store_writable(config)
+    try:
+        return lock, Store.open(config.store)
+    except StorageUnavailableError as exc:
+        raise _StoreNotWritableYetError(str(exc)) from None
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    except Exception as exc:
+        raise StartupError(f"store {config.store}: {exc}") from None
+
+
+async def open_store_when_writable(
+    config: GatewayConfig, stop: asyncio.Event
+) -> tuple[StoreLock | None, Store | None]:
+    """The store's lock and the store, once its file system takes writes (no store if
+    stopped meanwhile). A full or read-only disk is waited out with one log line, meters
+    keeping their relays as they are; anything else is a StartupError."""
     pause = OPEN_RETRY_S
     waiting = False
+    lock: StoreLock | None = None
     while True:
         try:
-            store = Store.open(path)
-        except StorageUnavailableError as exc:
+            lock, store = _lock_and_open(config, lock)
+        except _StoreNotWritableYetError as exc:
             if not waiting:
                 log.error(
-                    "store %s cannot be opened for writing (%s): waiting for space; meters "
+                    "store %s cannot be opened for writing (%s): waiting for it; meters "
                     "keep their relays as they are",
-                    path,
+                    config.store,
                     exc,
                 )
                 waiting = True
@@ -321,28 +477,37 @@ async def open_store_when_writable(path: Path, stop: asyncio.Event) -> Store | N
                 async with asyncio.timeout(pause):
                     await stop.wait()
             if stop.is_set():
-                return None
+                return lock, None
             pause = min(OPEN_RETRY_MAX_S, pause * 2)
             continue
-        except Exception as exc:
-            raise StartupError(f"store {path}: {exc}") from None
         if waiting:
-            log.warning("store %s writable again: starting", path)
-        return store
+            log.warning("store %s writable again: starting", config.store)
+        return lock, store
 
 
-def run_gateway(config: GatewayConfig) -> int:
-    """Open the store and run until SIGTERM/SIGINT; the process's exit code."""
+def run_gateway(config: GatewayConfig, config_path: Path | None = None) -> int:
+    """Check the config's and the store's files, take the store's lock, open the store
+    and run until SIGTERM/SIGINT; the process's exit code. SIGHUP loads meters enrolled
+    since the start."""
     tune_collector()
+    check_site_files(config, config_path)
+    brokers_of(config.mqtt)  # the TLS files are checked before anything starts
+    client_class()  # the MQTT client's self-check: one warning now if it falls back
+    # Until the event loop's handler is in place (before the meters are loaded), a
+    # SIGHUP from `meter-provision enrol` must not end the process: load() sees them.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lock: StoreLock | None = None
 
     async def main() -> None:
+        nonlocal lock
         sim = config.simulation
         clock = GatewayClock(sim.clock_speed, sim.clock_start, sim.clock_anchor)
         runner = Runner(config, clock=clock.now)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop.set)
-        store = await open_store_when_writable(config.store, runner.stop)
+        loop.add_signal_handler(signal.SIGHUP, runner.reload)
+        lock, store = await open_store_when_writable(config, runner.stop)
         if store is None:
             return
         try:
@@ -350,5 +515,9 @@ def run_gateway(config: GatewayConfig) -> int:
         finally:
             store.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if lock is not None:
+            lock.release()
     return 0

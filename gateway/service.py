@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -246,8 +246,22 @@ class Gateway:
                 backoff_cap=polling.backoff_max_s,
                 monotonic=self.monotonic,
             )
+        self._start_meters(self.store.load_meters())
+
+    async def reload_meters(self) -> list[str]:
+        """Start polling the meters enrolled in the store since :meth:`load` (SIGHUP from
+        ``meter-provision enrol``); meters already running are left as they are. The ids
+        of the meters started."""
+        stored = await asyncio.to_thread(self.store.load_meters)
+        return self._start_meters(s for s in stored if s.record.meter_id not in self.meters)
+
+    def _start_meters(self, meters: Iterable[StoredMeter]) -> list[str]:
+        """Runtimes for stored meters, scheduled on their buses' pollers; the ids started
+        (a meter on a bus the config does not name is logged and left out)."""
+        polling = self.config.polling
+        started: list[str] = []
         maps: dict[str, MeterIO] = {}
-        for stored in self.store.load_meters():
+        for stored in meters:
             rec = stored.record
             poller = self.pollers.get(rec.bus)
             if poller is None:
@@ -283,6 +297,8 @@ class Gateway:
             self.meters[rec.meter_id] = runtime
             poller.add(polled)
             self._adapt_interval(runtime, self.clock())
+            started.append(rec.meter_id)
+        return started
 
     def _relay_of(self, rec: MeterRecord, port: ModbusPort, io: MeterIO) -> RelayTarget | None:
         """The meter's own relay coil, or its enrolled relay output, or None."""
@@ -766,6 +782,8 @@ class Gateway:
         while True:
             await asyncio.sleep(period)
             now = self.clock()
+            for meter_id in self.meters.keys() - deadlines.keys():  # added by a reload
+                deadlines[meter_id] = next_deadline(self.meters[meter_id].state, now)
             for meter_id, due in list(deadlines.items()):
                 if due <= now:
                     await self.queue.put(CoreItem(ClockTick(meter_id, now)))

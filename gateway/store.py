@@ -49,6 +49,7 @@ from gateway.core.json_forms import (
     settings_to_json,
 )
 from gateway.core.settings import MeterSettings
+from gateway.private_files import create_private_file
 from gateway.state_row import StateRows, state_from_row
 from gateway.store_migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
@@ -447,6 +448,11 @@ class Store:
             raise StorageUnavailableError(f"cannot open {path} for writing: {READ_ONLY}")
         version = _check_file(path)
         try:
+            # Owner-only whatever the umask: SQLite gives -wal and -shm the same mode.
+            create_private_file(path)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
+        try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
@@ -643,9 +649,17 @@ class Store:
                     f"meter {meter_id}: stored state unreadable: {exc}"
                 ) from exc
             self._settings[meter_id] = settings
+            if meter_id not in self._seq:  # enrolled by another process since this opened
+                self._seq[meter_id] = self._last_seq_stored(meter_id)
             record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch, relay)
             out.append(StoredMeter(record, state, windows.get(meter_id), lockouts.get(meter_id)))
         return out
+
+    def _last_seq_stored(self, meter_id: str) -> int:
+        row = self._db.execute(
+            "SELECT last_seq FROM outbox_seq WHERE meter_id = ?", (meter_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def token_applied(self, meter_id: str, token_id: str) -> bool:
         rows = self._read(

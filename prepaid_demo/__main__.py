@@ -35,6 +35,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config, to_toml
+from gateway.private_files import make_private_dir, write_private_text
 from gateway.runner import status_file
 from meter_sim.control import request
 from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the embedded pure-Python broker (amqtt) even if mosquitto is installed",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="keep the site's files here (default: a temporary folder)"
+        "--workdir",
+        type=Path,
+        help="keep the site's files here, created owner-only (default: a temporary folder)",
     )
     parser.add_argument(
         "--plain", action="store_true", help="print the story as lines even on a terminal"
@@ -334,7 +337,7 @@ class Demo:
             clock_start=sim_now,
         )
         config_path = self.folder / "gateway.toml"
-        config_path.write_text(to_toml(data))
+        write_private_text(config_path, to_toml(data))  # the gateway refuses it otherwise
         config = parse_config(config_path.read_text(), str(config_path))
         self.model = ViewModel(GATEWAY_ID, self.broker_label)
         for plan in plans:
@@ -499,7 +502,7 @@ async def _main(args: argparse.Namespace, live: bool) -> int:
     stops = _Stops(console)
     stops.install(asyncio.get_running_loop())
     if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(args.workdir)  # it holds the store: owner-only
         return await _run_demo(args, args.workdir, console, live, stops)
     # Created and removed while the handlers above are installed: every way out of the
     # demo but SIGKILL passes the removal (a SIGKILLed demo's children die with it).

@@ -195,6 +195,11 @@ class HealthSummary(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     buses: dict[str, str] = Field(default_factory=dict, description="bus name -> ok/degraded/down")
+    bus_faults: dict[str, str] = Field(
+        default_factory=dict,
+        description="bus name -> why it cannot be opened or connected (the OS's reason), "
+        "for each bus that cannot",
+    )
     meters_total: int = 0
     meters_online: int = 0
     outbox_depth: int = 0

@@ -3,8 +3,9 @@ and that its relay and keypad work, then keep the report.
 
 The report is stored as a ``commissioned`` event through the store's outbox, in one
 transaction, so the gateway sends it to the headend (``meters/{id}/event``) like any
-other event when it next runs. Run this with the gateway service stopped: an RS-485 line
-has one master, and a running gateway would consume the test token itself.
+other event when it next runs. It refuses to run while a gateway holds the store's lock
+(an RS-485 line has one master, and a running gateway would consume the test token
+itself), and holds that lock itself meanwhile, so no gateway starts under it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from protocol.tokens.replay import ReplayWindow
 from protocol.tokens.results import Accepted
 from protocol.tokens.token_class import MAX_MANAGEMENT_VALUE, TokenClass
 from provisioning.errors import ProvisionError
-from provisioning.site import bus_of, load_extras, load_site_config, open_store, port_for
+from provisioning.site import (
+    bus_of,
+    load_extras,
+    load_site_config,
+    lock_store,
+    open_store,
+    port_for,
+)
 
 EXAMPLE = """\
 example:
@@ -229,8 +237,19 @@ def store_report(config: GatewayConfig, meter_id: str, body: dict[str, JsonValue
         store.apply(meter.state, [Publish(meter_id, "event", body)], datetime.now(UTC))
 
 
+#: why commission refuses to run beside a gateway
+BESIDE_A_GATEWAY = (
+    "two masters on one RS-485 bus collide, and the gateway would take the test token"
+)
+
+
 def run_commission(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
+    with lock_store(config, "commission", BESIDE_A_GATEWAY):
+        return _commission(args, config)
+
+
+def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
     extras = load_extras(config).get(args.meter, {})
     with open_store(config) as store:
         meter = _find(store.load_meters(), args.meter)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.store import StoreError
 from provisioning.enrol import PlannedMeter, check_unique, merge_extras, plan_csv, plan_meter
 from provisioning.errors import ProvisionError
-from provisioning.site import load_extras, load_site_config, open_store, save_extras
+from provisioning.site import (
+    load_extras,
+    load_site_config,
+    open_store,
+    save_extras,
+    tell_gateway,
+)
 
 EXAMPLE = """\
 examples:
@@ -130,4 +137,7 @@ def run_enrol(args: argparse.Namespace) -> int:
             f"enrolled {r.meter_id} on {r.bus} unit {r.unit_id} ({r.map_name}), "
             f"credit {p.state.ledger.balance}, state {p.state.credit}"
         )
+    told = tell_gateway(config)
+    if told is not None:
+        print(told, file=sys.stderr if told.startswith("warning") else sys.stdout)
     return 0

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.private_files import PRIVATE_FILE, make_private_dir
+
 KeyType = Literal["ed25519", "p256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -38,6 +40,7 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
@@ -47,9 +50,9 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: str | bytes) -> None:
     """Write a secret owner-only, atomically."""
-    write_atomic(path, data, 0o600)
+    write_atomic(path, data, PRIVATE_FILE)
 
 
 def _new_key(kind: KeyType) -> PrivateKey:
@@ -88,7 +91,7 @@ def create_identity(
     )
     if files.key.exists() and not force:
         raise IdentityError(f"{files.key} exists: refusing to replace the identity without --force")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     key = _new_key(key_type)
     subject = _subject(gateway_id, organisation)
     csr = (

@@ -8,8 +8,7 @@ from pathlib import Path
 from gateway.config import ConfigError, parse_config
 from gateway.store import Store, StoreError
 from provisioning.errors import ProvisionError
-from provisioning.identity import IdentityError, create_identity, starter_config
-from provisioning.site import write_atomic
+from provisioning.identity import IdentityError, create_identity, starter_config, write_private
 
 EXAMPLE = """\
 example:
@@ -70,7 +69,7 @@ def run_init(args: argparse.Namespace) -> int:
         Store.open(store).close()
     except StoreError as exc:
         raise ProvisionError(str(exc)) from None
-    write_atomic(config, text)
+    write_private(config, text)  # it may come to hold the MQTT password
     print(f"identity: {files.key} (owner-only), CSR {files.csr}")
     if files.cert is not None:
         print(f"self-signed development certificate: {files.cert}")

@@ -4,13 +4,16 @@ enrolment extras the store has no columns for yet (customer account, expected se
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, RtuBus, TcpBus, load_config
 from gateway.modbus_port import ModbusPort, RtuPort, TcpPort
 from gateway.store import Store, StoreError
+from gateway.store_lock import StoreLock, StoreLockedError, StoreLockError, holder
 from provisioning.errors import ProvisionError
-from provisioning.identity import write_atomic
+from provisioning.identity import write_atomic, write_private
 
 __all__ = ["write_atomic"]  # the other commands write their files through site
 
@@ -32,6 +35,41 @@ def open_store(config: GatewayConfig) -> Store:
         return Store.open(config.store)
     except StoreError as exc:
         raise ProvisionError(str(exc)) from None
+
+
+def lock_store(config: GatewayConfig, command: str, why: str) -> StoreLock:
+    """The store's lock, for a command that must not run beside a gateway (nor let one
+    start meanwhile); refused with one line naming the holder's PID and what to do."""
+    if not config.store.exists():
+        raise ProvisionError(f"no store at {config.store}: run meter-provision init first")
+    try:
+        return StoreLock.acquire(config.store, f"meter-provision {command}")
+    except StoreLockedError as exc:
+        raise ProvisionError(
+            f"{exc.holder} is using the store {config.store}: {why}; stop it first "
+            f"(systemctl stop meter-gateway), then run {command} again"
+        ) from None
+    except StoreLockError as exc:
+        raise ProvisionError(str(exc)) from None
+
+
+def tell_gateway(config: GatewayConfig) -> str | None:
+    """After meters were added to the store: SIGHUP to the gateway running on it, which
+    then starts polling them. What happened, for the operator; None with no gateway."""
+    try:
+        running = holder(config.store)
+    except StoreLockError as exc:
+        return f"warning: {exc}: restart the gateway to poll the new meters"
+    if running is None or not running.is_gateway or running.pid is None:
+        return None
+    try:
+        os.kill(running.pid, signal.SIGHUP)
+    except OSError as exc:
+        return (
+            f"warning: cannot signal the running {running} ({exc.strerror}): run "
+            f"kill -HUP {running.pid} (or systemctl reload meter-gateway) to poll the new meters"
+        )
+    return f"the running {running} was told (SIGHUP): it polls the new meters now"
 
 
 def bus_of(config: GatewayConfig, name: str) -> RtuBus | TcpBus:
@@ -82,4 +120,4 @@ def load_extras(config: GatewayConfig) -> Extras:
 
 
 def save_extras(config: GatewayConfig, extras: Extras) -> None:
-    write_atomic(extras_path(config), json.dumps(extras, indent=2, sort_keys=True) + "\n")
+    write_private(extras_path(config), json.dumps(extras, indent=2, sort_keys=True) + "\n")

@@ -44,11 +44,24 @@ def add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=run_status)
 
 
+#: a meter's communication as the gateway last committed it
+COMM_OK, COMM_LOST, COMM_NEVER = "ok", "lost", "not read yet"
+
+
+def communication(meter: StoredMeter) -> str:
+    """From the store, not a guess: "not read yet" until the gateway committed a good
+    reading, "lost" once it committed the meter's loss of communication, else "ok"."""
+    if not meter.state.comm_ok:
+        return COMM_LOST
+    return COMM_OK if meter.state.ledger.read_at is not None else COMM_NEVER
+
+
 def meter_status(
     meter: StoredMeter, commissioned: str | None, extras: dict[str, str]
 ) -> dict[str, JsonValue]:
     state, record = meter.state, meter.record
     read_at = state.ledger.read_at
+    comm = communication(meter)
     return {
         "meter": record.meter_id,
         "bus": record.bus,
@@ -61,7 +74,8 @@ def meter_status(
         "relay": state.relay_word(),
         "relay_observed": state.relay_observed,
         "last_reading": read_at.isoformat() if read_at else None,
-        "comm_ok": state.comm_ok,
+        "comm": comm,
+        "comm_ok": comm == COMM_OK,
         "commissioned": commissioned,
     }
 
@@ -76,7 +90,7 @@ def _cells(row: dict[str, JsonValue]) -> list[str]:
         str(row["credit_state"]),
         str(row["relay"]),
         str(row["last_reading"] or "never")[:19],
-        "ok" if row["comm_ok"] else "LOST",
+        "LOST" if row["comm"] == COMM_LOST else str(row["comm"]),
         str(row["commissioned"] or "no"),
     ]
 

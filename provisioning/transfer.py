@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pydantic import JsonValue
 
+from gateway.config import GatewayConfig
 from gateway.core.driver import MeterState, enrol
 from gateway.core.json_forms import (
     SettingsError,
@@ -40,6 +41,7 @@ from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import (
     load_extras,
     load_site_config,
+    lock_store,
     open_store,
     save_extras,
     write_atomic,
@@ -244,8 +246,17 @@ def _planned(
     return record, state, window, item.get("lockout"), dict(item.get("extras") or {})
 
 
+#: why import refuses to run beside a gateway
+BESIDE_A_GATEWAY = "import writes ledgers and sequence numbers the running gateway writes too"
+
+
 def run_import(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
+    with lock_store(config, "import", BESIDE_A_GATEWAY):
+        return _import(args, config)
+
+
+def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
     try:
         doc = json.loads(args.file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

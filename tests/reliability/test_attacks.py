@@ -19,7 +19,7 @@ from protocol.command_auth import sign_command
 from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
-from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, online_token, to_toml
+from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, online_token
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 from tests.support.pki import TestCA
@@ -41,8 +41,7 @@ def test_world_readable_key_file_refuses_to_start(tmp_path: Path) -> None:
     data["mqtt"].update(
         ca_file=str(ca.cert_path), cert_file=str(client.cert), key_file=str(client.key)
     )
-    config = tmp_path / "gateway.toml"
-    config.write_text(to_toml(data))
+    config = world.write_config_data(data)
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--config", str(config)],
         capture_output=True,
@@ -50,8 +49,8 @@ def test_world_readable_key_file_refuses_to_start(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert done.returncode != 0
-    assert "readable by others" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert done.returncode == 2
+    assert f"chmod 600 {client.key}" in done.stderr, done.stdout + done.stderr
 
 
 @pytest.mark.asyncio

@@ -104,8 +104,13 @@ class GatewayWorld:
         return GatewayConfig.model_validate(self.config_data(**kw))
 
     def write_config(self, **kw: Any) -> Path:
+        return self.write_config_data(self.config_data(**kw))
+
+    def write_config_data(self, data: dict[str, Any]) -> Path:
+        """``gateway.toml`` in the folder, owner-only (the gateway refuses it otherwise)."""
         path = self.folder / "gateway.toml"
-        path.write_text(to_toml(self.config_data(**kw)))
+        path.write_text(to_toml(data))
+        path.chmod(0o600)
         return path
 
     def config_data(

@@ -1,9 +1,11 @@
-"""Opening the store: a new file is created and migrated; a foreign, corrupt or newer file is refused with a clear error and left byte-for-byte unchanged."""
+"""Opening the store: a new file is created owner-only (with its -wal and -shm) whatever the umask and migrated; a foreign, corrupt or newer file is refused with a clear error and left byte-for-byte unchanged."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -124,7 +126,7 @@ def test_junk_is_refused_with_a_store_error(tmp_path: Path, junk: bytes, keep_ma
 def test_unusable_paths_are_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot"):
         Store.open(tmp_path)  # a directory
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match=r"cannot create .*: No such file or directory"):
         Store.open(tmp_path / "missing" / "gw.db")
 
 
@@ -156,3 +158,18 @@ def test_a_schema_3_store_with_meters_is_upgraded_and_reads_the_same(tmp_path: P
     with Store.open(path) as store:
         assert store.schema_version() == SCHEMA_VERSION
         assert {m.state.meter_id: m.state for m in store.load_meters()} == states
+
+
+def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    old = os.umask(0)
+    try:
+        with Store.open(path) as store:
+            now = datetime(2026, 11, 2, tzinfo=UTC)
+            settings = MeterSettings(TariffSchedule.single(Tariff("KES", FlatPricing(Decimal(25)))))
+            record = MeterRecord("m1", "bus", 1, "pe1", b"k" * 16)
+            store.add_meter(record, enrol("m1", settings, now), now)  # -wal and -shm exist now
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {"gw.db": 0o600, "gw.db-wal": 0o600, "gw.db-shm": 0o600}
