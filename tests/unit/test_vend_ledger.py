@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from protocol.tokens import Accepted, ReplayWindow, derive_meter_key, verify_keypad
 from provisioning.__main__ import main
 from provisioning.counter_ledger import (
+    DEFAULT_LEDGER,
     FIRST_COUNTER,
     LEDGER_ENV,
     CounterLedger,
@@ -197,3 +198,12 @@ def test_open_ledger_creates_nothing_until_a_commit(tmp_path: Path) -> None:
         assert book.take(METER, 0, None) == FIRST_COUNTER
         book.commit()
     assert json.loads(path.read_text())["last_counter"] == {METER: {"0": FIRST_COUNTER}}
+
+
+def test_docs_name_the_ledger_as_the_code_does() -> None:
+    text = " ".join((ROOT / "docs" / "tokens.md").read_text(encoding="utf-8").split())
+    assert f"`${LEDGER_ENV}`" in text
+    assert f"`{DEFAULT_LEDGER}`" in text
+    assert f"({FIRST_COUNTER} for a meter and epoch new to the ledger)" in text
+    assert "mode 0600" in text
+    assert "`FILE.lock`" in text
