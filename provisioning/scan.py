@@ -4,7 +4,8 @@ A PE-1 answers input register 0 (map_version) with 1. A third-party meter is rec
 by reading, with each shipped map, its voltages, frequency and energy: a map fits when all
 of them are plausible, and the fitting map that explains the most points is named (a
 guess, and the table says so).
-Probes use short timeouts; an RS-485 line answers one request at a time.
+Probes use short timeouts; an RS-485 line answers one request at a time. Ctrl-C or
+SIGTERM stops a scan with the table of what answered so far.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ EXAMPLE = """\
 examples:
   meter-provision scan --bus rs485-1                 (unit ids 1..247)
   meter-provision scan --bus tcp-1 --units 1-20 --timeout 0.2
+
+The time left it shows assumes every unit left is absent (the slowest common case), so
+it is an upper bound from the first unit on. Exit 1 when nothing answered.
 """
 
 

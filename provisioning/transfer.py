@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import secrets
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from protocol.tokens.keys import METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
 from provisioning.events import COMMISSIONED
+from provisioning.interrupt import Interrupted
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import (
     load_extras,
@@ -127,9 +129,13 @@ def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
 def _passphrase(confirm: bool) -> str:
     value = os.environ.get(PASSPHRASE_ENV)
     if value is None:
-        value = getpass.getpass("passphrase for the meter keys: ")
-        if confirm and getpass.getpass("again: ") != value:
-            raise ProvisionError("the passphrases differ")
+        try:
+            value = getpass.getpass("passphrase for the meter keys: ")
+            if confirm and getpass.getpass("again: ") != value:
+                raise ProvisionError("the passphrases differ")
+        except Interrupted:
+            print(file=sys.stderr)  # end the prompt's line
+            raise
     if len(value) < 12:
         raise ProvisionError("the passphrase must have at least 12 characters")
     return value
