@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,8 @@ import pytest
 import pytest_asyncio
 
 from gateway.store import Store
-from meter_sim.simulator import Simulator
 from protocol.cli import package_version
-from tests.shell.test_provision_cli import cli, write_site_config
+from tests.shell.test_provision_cli import cli
 from tests.support.gateway_env import GatewayWorld, to_toml
 
 pytestmark = pytest.mark.asyncio
@@ -69,20 +69,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@asynccontextmanager
+async def simulator(*args: str, cwd: Path) -> AsyncIterator[dict[str, str]]:
+    """``meter-sim serve ARGS`` running; what it printed (kind -> address) once ready."""
+    proc = await start("meter-sim", "serve", *args, cwd=cwd)
+    assert proc.stdout is not None
+    try:
+        printed = await read_until(proc.stdout, "ready:")
+        yield {
+            kind: rest.split(" ")[0]
+            for kind, _, rest in (line.partition(" ") for line in printed.splitlines())
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+def address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
 @dataclass
 class Site:
     folder: Path
-    sim: Simulator
+    control: str
+
+    async def relay_closed(self, unit: int) -> bool:
+        """What the simulated meter's relay is, asked through its control port."""
+        ran = await run("meter-sim", "ctl", "--control", self.control, "state", unit,
+                        cwd=self.folder)  # fmt: skip
+        assert ran.rc == 0, ran.err
+        closed = json.loads(ran.out)["relay_closed"]
+        assert isinstance(closed, bool)
+        return closed
 
 
 @pytest_asyncio.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    """A gateway folder (init, a TCP bus on a simulator, a vending key, PE1-000001
-    enrolled) and files a person gets wrong."""
-    async with Simulator.start(meters=2, seed=7) as sim:
+    """A gateway folder (init, a TCP bus on a running ``meter-sim``, a vending key,
+    PE1-000001 enrolled) and files a person gets wrong."""
+    sim_args = ["--meters", "2", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0", "--seed", "7"]
+    async with simulator(*sim_args, cwd=tmp_path) as printed:
         folder = tmp_path / "gw"
         assert cli("init", "--dir", folder, "--gateway-id", "gw-err").rc == 0
-        write_site_config(folder, sim)
+        world = GatewayWorld(folder, folder / "gateway.db", gateway_id="gw-prov")
+        config = world.config_data(tcp=address(printed["modbus-tcp"]), timeout=0.3)
+        (folder / "gateway.toml").write_text(to_toml(config))
         assert cli("keys", "new-vending-key", "--out", folder / "vending.key").rc == 0
         key = folder / f"{METER}.key"
         made = cli("keys", "meter-key", "--vending-key", folder / "vending.key", "--meter",
@@ -107,7 +140,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             "meter_id,bus,unit_id,key_file,credit\nPE1-000002,tcp-1,2,PE1-000001.key,-500\n"
         )
         (folder / "plan.toml").write_text("[[faults]\n")
-        yield Site(folder, sim)
+        yield Site(folder, printed["control"])
 
 
 ENROL = ["enrol", "--meter", "PE1-000002", "--bus", "tcp-1", "--unit", "2",
@@ -252,10 +285,10 @@ async def finish(proc: asyncio.subprocess.Process, seen_err: str = "") -> Ran:
 async def test_a_stopped_scan_prints_its_partial_table(
     tmp_path: Path, signum: signal.Signals, code: int
 ) -> None:
-    async with Simulator.start(meters=3, tcp_port=None, rtu_pty=True, baud=9600) as sim:
-        assert sim.rtu_pty_path is not None
+    rtu = ["--meters", "3", "--no-tcp", "--rtu-pty", "--baud", "9600"]
+    async with simulator(*rtu, cwd=tmp_path) as printed:
         world = GatewayWorld(tmp_path, tmp_path / "gateway.db", gateway_id="gw-scan")
-        data = world.config_data(rtu=sim.rtu_pty_path)
+        data = world.config_data(rtu=printed["rtu-pty"])
         data["buses"][0]["baud"] = 9600  # a real line's pace: about 0.6 s an absent unit
         (tmp_path / "gateway.toml").write_text(to_toml(data))
         proc = await start("meter-provision", "scan", "--bus", "rtu-1", "--units", "1-40",
@@ -296,7 +329,7 @@ async def test_a_stop_at_the_relay_question_ends_commissioning_at_once(
         f"meter-provision commission: interrupted by {signum.name}; no report stored"
     )
     assert commission_events(site.folder) == []
-    assert site.sim.state(1)["relay_closed"] is True
+    assert await site.relay_closed(1) is True
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -314,7 +347,7 @@ async def test_a_stop_while_waiting_for_the_keypad_token(
     assert ran.err.count("\n") == 1, ran.err
     assert ran.err.startswith(f"meter-provision commission: interrupted by {signum.name}")
     assert commission_events(site.folder) == []
-    assert site.sim.state(1)["relay_closed"] is True  # switched and back before the wait
+    assert await site.relay_closed(1) is True  # switched and back before the wait
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -323,7 +356,7 @@ async def test_services_stop_cleanly_on_a_signal(tmp_path: Path, signum: signal.
     sim = await start("meter-sim", "serve", "--meters", "2", "--tcp", "127.0.0.1:0",
                       cwd=tmp_path)  # fmt: skip
     assert sim.stdout is not None
-    await read_until(sim.stdout, "ready:")
+    await read_until(sim.stdout, "ready:")  # started by hand: this test stops it itself
     world = GatewayWorld(tmp_path, tmp_path / "gateway.db", gateway_id="gw-stop")
     (tmp_path / "gateway.toml").write_text(to_toml(world.config_data()))  # no buses, no broker
     gateway = await start("meter-gateway", "run", cwd=tmp_path)
