@@ -44,6 +44,9 @@ settings and windows files keep the store's form: minor units.
 --update changes only the fields given (same checks as a new meter) and --remove
 withdraws a meter; each queues an event for the headend (enrolment_updated,
 enrolment_removed). The credit, protected supply and key epoch are not changed by --update.
+Run both with the gateway service stopped (a running gateway keeps the meters it loaded).
+A meter enrolled again after --remove starts with a fresh token window: give it a key of
+a new epoch (keys meter-key --epoch N) so that its old tokens cannot be typed again.
 """
 
 #: flag dest -> field name
