@@ -2,43 +2,60 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.runner import StartupError, run_gateway, status_file
+from protocol.cli import CliParser, ExitCode, add_config_option, error_line, exit_codes_help
 
-EXAMPLES = """\
+PROG = "meter-gateway"
+EXAMPLES = f"""\
 examples:
-  meter-gateway run --config /etc/prepaid-edge/gateway.toml
-  meter-gateway status --config /etc/prepaid-edge/gateway.toml
-  PREPAID_EDGE__MQTT__PASSWORD=secret meter-gateway run --config gateway.toml
+  {PROG} run --config /etc/prepaid-edge/gateway.toml
+  {PROG} status --config /etc/prepaid-edge/gateway.toml
+  PREPAID_EDGE__MQTT__PASSWORD=secret {PROG} run --config gateway.toml
+"""
+RUN_EXAMPLES = f"""\
+examples:
+  {PROG} run --config /etc/prepaid-edge/gateway.toml
+  PREPAID_EDGE__MQTT__PASSWORD=secret {PROG} run      (./gateway.toml)
+
+SIGTERM or Ctrl-C stops the service cleanly (the last commit finishes) and exits 0.
+"""
+STATUS_EXAMPLES = f"""\
+examples:
+  {PROG} status --config /etc/prepaid-edge/gateway.toml
+  {PROG} status --json | jq .health.outbox_depth
+
+Exit 1 when no status file is found (the gateway is not running, or never ran here).
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meter-gateway",
+def build_parser() -> CliParser:
+    parser = CliParser(
+        prog=PROG,
         description="prepaid-edge gateway: polls prepaid meters, keeps their credit, "
         "enforces supply locally and syncs to the headend over MQTT.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES
+        + "\n"
+        + exit_codes_help(note="run: stopped by SIGTERM or Ctrl-C is its normal end: exit 0"),
     )
+    parser.add_version()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser(
-        "run",
-        help="run the gateway until SIGTERM",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    run = sub.add_parser("run", help="run the gateway until SIGTERM", epilog=RUN_EXAMPLES)
+    add_config_option(run)
+    status = sub.add_parser(
+        "status", help="print the running gateway's health summary", epilog=STATUS_EXAMPLES
     )
-    run.add_argument("--config", required=True, type=Path, metavar="FILE", help="gateway.toml")
-    status = sub.add_parser("status", help="print the running gateway's health summary")
-    status.add_argument("--config", required=True, type=Path, metavar="FILE", help="gateway.toml")
+    add_config_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -48,18 +65,19 @@ def _status(config_path: Path, as_json: bool) -> int:
     path = status_file(config)
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        written = datetime.fromisoformat(data["written_at"])
+        health = data["health"]
+    except (OSError, ValueError, KeyError, TypeError):
         print(
-            f"meter-gateway status: no status at {path}: is the gateway running?", file=sys.stderr
+            error_line(f"{PROG} status", f"no status at {path}: is the gateway running?"),
+            file=sys.stderr,
         )
-        return 1
-    written = datetime.fromisoformat(data["written_at"])
+        return ExitCode.FAILURE
     age = (datetime.now(UTC) - written).total_seconds()
     data["age_s"] = round(age, 1)
     if as_json:
         print(json.dumps(data, indent=2))
-        return 0
-    health = data["health"]
+        return ExitCode.OK
     stale = " (STALE: is the gateway running?)" if age > 30 else ""
     print(f"gateway {data['gateway']}, status written {age:.0f} s ago{stale}")
     print(f"broker: {data['broker']} {data['broker_address'] or ''}".rstrip())
@@ -68,16 +86,35 @@ def _status(config_path: Path, as_json: bool) -> int:
     for bus, state in sorted(health["buses"].items()):
         why = f" ({faults[bus]})" if bus in faults else ""
         print(f"  bus {bus}: {state}{why}")
-    print(f"outbox: {health['outbox_depth']} messages waiting; last sync {health['last_sync']}")
-    return 0
+    last_sync = health.get("last_sync") or "never"
+    print(f"outbox: {health['outbox_depth']} messages waiting; last sync {last_sync}")
+    return ExitCode.OK
+
+
+class _Terminated(Exception):  # noqa: N818 (a signal, not an error)
+    """SIGTERM before the service installed its own handler (while it starts)."""
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        return parser.no_command()
+    prog = f"{PROG} {args.command}"
     try:
         if args.command == "status":
             return _status(args.config, args.json)
@@ -85,8 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log_level, config.log_format)
         return run_gateway(config, args.config)
     except (ConfigError, StartupError) as exc:
-        print(f"meter-gateway: error: {exc}", file=sys.stderr)
-        return 2
+        print(error_line(prog, exc), file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:  # Ctrl-C before the service's own handlers are installed
+        print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except _Terminated:
+        print(f"{prog}: stopped by SIGTERM while starting", file=sys.stderr)
+        return ExitCode.TERMINATED
 
 
 if __name__ == "__main__":

@@ -412,6 +412,17 @@ def _log_failure(future: Future[None]) -> None:
         log.error("recording broker acknowledgements failed (they will be resent): %s", exc)
 
 
+#: A meter's rows that go with it when it is removed, children before ``meters``.
+_METER_TABLES = (
+    "token_window",
+    "keypad_lockout",
+    "applied_tokens",
+    "ledgers",
+    "outbox_seq",
+    "meters",
+)
+
+
 class Store:
     """The gateway's one SQLite file. Thread-safe: writes are serialised on the store's
     writer thread (the only user of the write connection), reads share a lock."""
@@ -589,6 +600,7 @@ class Store:
 
     def _add_meters(self, meters: Sequence[tuple[MeterRecord, MeterState]], now: datetime) -> None:
         current = ""
+        seqs: dict[str, int] = {}
         try:
             with self._transaction() as db:
                 for record, state in meters:
@@ -610,13 +622,69 @@ class Store:
                         ),
                     )
                     self._write_ledger(db, state, now)
-                    db.execute("INSERT INTO outbox_seq VALUES (?, 0)", (record.meter_id,))
+                    # A meter enrolled again after remove_meter goes on from the seq its
+                    # rows still in the outbox reached (a seq is never reused).
+                    (seq,) = db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE meter_id = ?",
+                        (record.meter_id,),
+                    ).fetchone()
+                    db.execute("INSERT INTO outbox_seq VALUES (?, ?)", (record.meter_id, seq))
+                    seqs[record.meter_id] = seq
         except sqlite3.IntegrityError as exc:
             raise DuplicateMeterError(f"meter {current} is already enrolled") from exc
         for record, state in meters:
-            self._seq[record.meter_id] = 0
+            self._seq[record.meter_id] = seqs[record.meter_id]
             self._settings[record.meter_id] = state.settings
         self._checkpointer.wrote(2 * len(meters))
+
+    def update_meter(
+        self, record: MeterRecord, state: MeterState, commands: Sequence[Command], now: datetime
+    ) -> None:
+        """Correct an enrolled meter in ONE transaction: its address, map, key and relay
+        output (``record``), its state (settings) and the events that tell the headend
+        (``commands``, as ``apply`` commits them). Raises UnknownMeterError."""
+        if record.meter_id != state.meter_id:
+            raise ValueError("record and state name different meters")
+        self._on_writer(self._change_meter, MeterUpdate(state, commands, now), record)
+
+    def remove_meter(self, state: MeterState, commands: Sequence[Command], now: datetime) -> None:
+        """Unenrol a meter in ONE transaction: its last events (``commands``, e.g. the
+        removal for the headend) are queued, then its meter, ledger, token and lockout rows
+        are deleted. Its outbox rows stay until sent and purged; its event log stays."""
+        self._on_writer(self._change_meter, MeterUpdate(state, commands, now), None)
+
+    def _change_meter(self, update: MeterUpdate, record: MeterRecord | None) -> None:
+        """``update_meter`` with a record, ``remove_meter`` without."""
+        meter = update.state.meter_id
+        batch = self._prepare([update], returning=False)
+        with self._transaction() as db:
+            acks = self._take_acks(db)
+            self._write_batch(db, batch)
+            if record is not None:
+                db.execute(
+                    "UPDATE meters SET bus = ?, unit_id = ?, map_name = ?, meter_key = ?,"
+                    " key_epoch = ?, relay_output = ? WHERE meter_id = ?",
+                    (
+                        record.bus,
+                        record.unit_id,
+                        record.map_name,
+                        record.meter_key,
+                        record.key_epoch,
+                        record.relay_output,
+                        meter,
+                    ),
+                )
+            else:
+                for table in _METER_TABLES:
+                    db.execute(f"DELETE FROM {table} WHERE meter_id = ?", (meter,))  # noqa: S608
+        self._acks_written(acks)
+        if record is not None:
+            self._seq.update(batch.seqs)
+            self._settings.update(batch.settings_cache)
+        else:
+            self._seq.pop(meter, None)
+            self._settings.pop(meter, None)
+        self._checkpointer.wrote(4)
 
     def load_meters(self) -> list[StoredMeter]:
         """Every enrolled meter with its state, token window and lockout, by meter id."""

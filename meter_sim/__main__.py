@@ -1,7 +1,9 @@
 """`meter-sim` / `python -m meter_sim`: serve simulated meters, or control a running simulator.
 
-Bad input ends with one line on stderr (``meter-sim: error: ...``) and a non-zero exit:
-2 for a malformed command line, 1 for a simulator that cannot start or a refused control.
+Bad input ends with one line on stderr (``meter-sim COMMAND: error: ...``): exit 2 for a
+command line, value, fault plan or setup the simulator refuses (nothing was started or
+changed), 1 when no simulator answers at the control address. ``serve`` ends with exit 0
+on Ctrl-C or SIGTERM, its normal stop.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import json
 import selectors
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
 from meter_sim.clock import ScaledClock
-from meter_sim.errors import SimError
+from meter_sim.errors import ControlError, FaultPlanError, SetupError, SimError
 from meter_sim.faults import FaultPlan, FaultSpec, load_fault_plan
 from meter_sim.simulator import Simulator
+from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help
 from protocol.regmap import shipped_map_names
 
 PROG = "meter-sim"
@@ -72,37 +77,73 @@ def _int(text: str, what: str) -> int:
         raise argparse.ArgumentTypeError(f"{what} {text!r} is not a whole number") from None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line (no usage dump)."""
+#: refusals that are the caller's to fix: exit 2 (usage, value, file or setup)
+_USAGE_ERRORS = (CliError, ControlError, FaultPlanError, SetupError)
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+EPILOG = f"""\
+examples:
+  {PROG} serve --meters 20 --tcp 127.0.0.1:5020 --control 127.0.0.1:5021 --speed 60
+  {PROG} serve --meters 30 --no-tcp --rtu-pty --baud 9600
+  {PROG} ctl --control 127.0.0.1:5021 keypad 3 12345678901234567890
+  {PROG} COMMAND --help          (each command has its own examples)
+
+{exit_codes_help(note="serve: stopped by Ctrl-C or SIGTERM is its normal end: exit 0")}"""
+SERVE_EXAMPLES = f"""\
+examples:
+  {PROG} serve --map pe1 --meters 20 --tcp 127.0.0.1:5020 --control 127.0.0.1:5021 \\
+      --speed 60 --seed 1
+  {PROG} serve --meters 30 --no-tcp --rtu-pty --baud 9600     (RTU only, at 9,600 baud)
+  {PROG} serve --meters 4 --fault 3:timeout:0.5 --faults plan.toml
+
+It serves Modbus TCP unless --no-tcp; RTU on a pseudo-terminal with --rtu-pty or over
+TCP with --rtu-tcp (--baud emulates an RTU line's wire time). It prints where it
+listens, then "ready", and runs until Ctrl-C or SIGTERM (exit 0).
+"""
+CTL_EXAMPLES = f"""\
+examples:
+  {PROG} ctl keypad 3 12345678901234567890
+  {PROG} ctl --control 127.0.0.1:5021 tamper 3 cover on
+  {PROG} ctl load 3 2500
+  {PROG} ctl fault all exception 0.1 code=6
+  {PROG} ctl state 3
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+def build_parser() -> CliParser:
+    parser = CliParser(
         prog=PROG,
         description="prepaid-edge meter simulator: prepaid meters over Modbus TCP and RTU.",
+        epilog=EPILOG,
     )
+    parser.add_version()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="serve simulated meters until interrupted")
-    serve.add_argument("--map", default="pe1", help="register map (default pe1)")
-    serve.add_argument("--meters", type=int, default=20, help="number of meters (default 20)")
+    serve = sub.add_parser(
+        "serve", help="serve simulated meters until interrupted", epilog=SERVE_EXAMPLES
+    )
+    serve.add_argument("--map", default="pe1", help="register map")
+    serve.add_argument("--meters", type=int, default=20, help="number of meters")
     serve.add_argument(
         "--tcp",
         type=host_port,
         default=("127.0.0.1", 5020),
         metavar="HOST:PORT",
-        help="Modbus TCP; more than 247 meters take consecutive ports (default 127.0.0.1:5020)",
+        help="Modbus TCP; more than 247 meters take consecutive ports (default: 127.0.0.1:5020)",
     )
-    serve.add_argument("--no-tcp", action="store_true", help="serve no Modbus TCP")
-    serve.add_argument("--control", type=host_port, metavar="HOST:PORT", help="control port")
+    serve.add_argument("--no-tcp", action="store_true", help="serve no Modbus TCP (RTU only)")
+    serve.add_argument(
+        "--control", type=host_port, metavar="HOST:PORT", help="control port (default: none)"
+    )
     serve.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     serve.add_argument("--start", help="simulated start time, ISO 8601 with offset (default: now)")
     serve.add_argument("--seed", type=int, default=0, help="seed of loads and faults")
     serve.add_argument("--rtu-pty", action="store_true", help="RTU on a pseudo-terminal")
     serve.add_argument("--rtu-tcp", type=host_port, metavar="HOST:PORT", help="RTU over TCP")
-    serve.add_argument("--baud", type=int, help="emulate RTU wire time at this baud rate")
+    serve.add_argument(
+        "--baud",
+        type=int,
+        help="emulate an RTU line's wire time at this baud rate (--rtu-pty, --rtu-tcp; "
+        "default: none, replies at once)",
+    )
     serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (.json, .toml)")
     serve.add_argument(
         "--fault",
@@ -113,29 +154,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="a fault, e.g. 3:timeout:0.5 or all:exception:0.1:code=6 (repeatable)",
     )
 
-    ctl = sub.add_parser("ctl", help="control a running simulator")
-    ctl.add_argument("--control", type=host_port, default=("127.0.0.1", 5021), metavar="HOST:PORT")
+    ctl = sub.add_parser("ctl", help="control a running simulator", epilog=CTL_EXAMPLES)
+    ctl.add_argument(
+        "--control",
+        type=host_port,
+        default=("127.0.0.1", 5021),
+        metavar="HOST:PORT",
+        help="the simulator's control port (default: 127.0.0.1:5021)",
+    )
     csub = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
-    keypad = csub.add_parser("keypad", help="type a 20-digit entry: keypad UNIT DIGITS")
+
+    def action(name: str, text: str, example: str) -> CliParser:
+        return csub.add_parser(name, help=text, epilog=f"example:\n  {PROG} ctl {example}\n")
+
+    keypad = action(
+        "keypad", "type a 20-digit entry: keypad UNIT DIGITS", "keypad 3 12345678901234567890"
+    )
     keypad.add_argument("unit", type=int)
     keypad.add_argument("digits")
-    button = csub.add_parser("button", help="press the reconnect button: button UNIT")
+    button = action("button", "press the reconnect button: button UNIT", "button 3")
     button.add_argument("unit", type=int)
-    tamper = csub.add_parser("tamper", help="tamper UNIT cover|magnet|bypass|reverse on|off")
+    tamper = action("tamper", "tamper UNIT cover|magnet|bypass|reverse on|off", "tamper 3 cover on")
     tamper.add_argument("unit", type=int)
     tamper.add_argument("tamper")
     tamper.add_argument("switch", choices=("on", "off"))
-    load = csub.add_parser("load", help="load UNIT WATTS|auto")
+    load = action("load", "load UNIT WATTS|auto", "load 3 2500")
     load.add_argument("unit", type=int)
     load.add_argument("watts")
-    fault = csub.add_parser(
-        "fault", help="fault UNIT|all KIND [PROBABILITY] [key=value...] | fault UNIT clear"
+    fault = action(
+        "fault",
+        "fault UNIT|all KIND [PROBABILITY] [key=value...] | fault UNIT clear",
+        "fault all exception 0.1 code=6",
     )
     fault.add_argument("unit")
     fault.add_argument("kind")
     fault.add_argument("probability", nargs="?", type=float, default=1.0)
     fault.add_argument("options", nargs="*", metavar="key=value")
-    state = csub.add_parser("state", help="dump one meter's whole state as JSON: state UNIT")
+    state = action("state", "dump one meter's whole state as JSON: state UNIT", "state 3")
     state.add_argument("unit", type=int)
     return parser
 
@@ -195,9 +250,9 @@ async def _ctl(args: argparse.Namespace) -> int:
     try:
         reply = await request(host, port, payload)
     except OSError as exc:
-        raise CliError(f"no simulator at {host}:{port} ({exc.strerror or exc})") from None
+        raise SimError(f"no simulator at {host}:{port} ({exc.strerror or exc})") from None
     if not reply.get("ok"):
-        raise CliError(str(reply.get("error")))
+        raise ControlError(str(reply.get("error")))
     print(json.dumps(reply["result"], indent=2, sort_keys=True))
     return 0
 
@@ -221,6 +276,13 @@ async def _serve(args: argparse.Namespace) -> int:
         raise CliError("--meters must be at least 1")
     if args.speed <= 0:
         raise CliError("--speed must be positive")
+    rtu = args.rtu_pty or args.rtu_tcp is not None
+    if args.no_tcp and not rtu:
+        raise CliError("--no-tcp leaves nothing to serve: add --rtu-pty or --rtu-tcp HOST:PORT")
+    if args.baud is not None and not rtu:
+        raise CliError("--baud emulates an RTU line: add --rtu-pty or --rtu-tcp HOST:PORT")
+    if args.baud is not None and args.baud <= 0:
+        raise CliError("--baud must be positive")
     plan = load_fault_plan(args.faults) if args.faults else FaultPlan()
     rtu_tcp = args.rtu_tcp
     control = args.control
@@ -276,22 +338,47 @@ def _loop_factory(baud: int | None) -> Callable[[], asyncio.AbstractEventLoop] |
     return lambda: asyncio.SelectorEventLoop(selectors.SelectSelector())
 
 
+class _Terminated(Exception):  # noqa: N818 (a signal, not an error)
+    """SIGTERM outside ``serve`` (which stops on it by itself)."""
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        return parser.no_command()
+    prog = f"{PROG} {args.command}"
     try:
         if args.command == "serve":
             with asyncio.Runner(loop_factory=_loop_factory(args.baud)) as runner:
                 return runner.run(_serve(args))
         return asyncio.run(_ctl(args))
+    except _USAGE_ERRORS as exc:
+        print(error_line(prog, exc), file=sys.stderr)
+        return ExitCode.USAGE
     except SimError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
-        return 130
+        print(error_line(prog, exc), file=sys.stderr)
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:  # before serve's own handlers are installed, or during ctl
+        print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except _Terminated:
+        print(f"{prog}: stopped by SIGTERM", file=sys.stderr)
+        return ExitCode.TERMINATED
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from gateway.store import StoreError
+from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help
 from provisioning.commission import add_commission_command
 from provisioning.enrol_cli import add_enrol_command
 from provisioning.errors import ProvisionError
 from provisioning.init_cmd import add_init_command
+from provisioning.interrupt import Interrupted, signals_interrupt
 from provisioning.key_files import KeyFileError
 from provisioning.keys_cli import add_keys_commands
 from provisioning.scan import add_scan_command
@@ -18,12 +20,28 @@ from provisioning.status import add_status_command
 from provisioning.transfer import add_transfer_commands
 from provisioning.vend_cli import VendError, add_vend_command
 
+PROG = "meter-provision"
+EPILOG = f"""\
+examples:
+  {PROG} init --dir /etc/prepaid-edge --gateway-id gw-street-7
+  {PROG} scan --bus rs485-1
+  {PROG} enrol --csv street-7.csv --price-per-kwh 25.50
+  {PROG} COMMAND --help          (every command has its own examples)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meter-provision",
+Money typed on the command line and in CSV files is in currency units (12.50), with the
+decimals of the meter's currency; the store and the MQTT messages keep minor units.
+Every command that reads the gateway's config takes --config (default: ./gateway.toml).
+
+{exit_codes_help()}"""
+
+
+def build_parser() -> CliParser:
+    parser = CliParser(
+        prog=PROG,
         description="prepaid-edge provisioning CLI for field engineers.",
+        epilog=EPILOG,
     )
+    parser.add_version()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_init_command(sub)
     add_scan_command(sub)
@@ -36,23 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prog(args: argparse.Namespace) -> str:
+    """The command's own name in its error lines, as argparse names it: ``meter-provision
+    enrol``, ``meter-provision keys meter-key``."""
+    words = [PROG, args.command]
+    if getattr(args, "keys_command", None):
+        words.append(args.keys_command)
+    return " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    prog = PROG
+    with signals_interrupt():
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                return parser.no_command()
+            prog = _prog(args)
+            return _run(prog, args)
+        except Interrupted as exc:
+            print(f"{prog}: {exc.describe()}", file=sys.stderr)
+            return exc.exit_code
+
+
+def _run(prog: str, args: argparse.Namespace) -> int:
     try:
         result: int = args.func(args)
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"meter-provision {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr
-        )
-        return 2
+        problem = exc.strerror or str(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(error_line(prog, where + problem), file=sys.stderr)
+        return ExitCode.USAGE
     except (ProvisionError, KeyFileError, VendError, StoreError, ValueError) as exc:
-        print(f"meter-provision {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(error_line(prog, exc), file=sys.stderr)
+        return ExitCode.USAGE
     return result
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import JsonValue
 
@@ -28,6 +28,7 @@ from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from gateway.store import StoredMeter
 from protocol import modbus
+from protocol.cli import Subcommands, add_config_option
 from protocol.codec import decode
 from protocol.errors import DecodeError, MapError
 from protocol.regmap import Capability, RegisterMap, load_map
@@ -37,6 +38,8 @@ from protocol.tokens.replay import ReplayWindow
 from protocol.tokens.results import Accepted
 from protocol.tokens.token_class import MAX_MANAGEMENT_VALUE, TokenClass
 from provisioning.errors import ProvisionError
+from provisioning.events import COMMISSIONED
+from provisioning.interrupt import Interrupted, run_async
 from provisioning.site import (
     bus_of,
     load_extras,
@@ -60,17 +63,16 @@ class Check:
     detail: str
 
 
-def add_commission_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commission_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "commission",
         help="check an enrolled meter on site: serial, relay, keypad; store the report",
         description="Read the meter, check its serial, toggle its relay with read-back, check "
         "the keypad path with a test token; print, store and queue a pass/fail report.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("meter", help="enrolled meter id")
-    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    add_config_option(p)
     p.add_argument("--yes", action="store_true", help="switch the relay without asking")
     p.add_argument("--skip-keypad", action="store_true", help="no keypad test (report says so)")
     p.add_argument(
@@ -79,9 +81,39 @@ def add_commission_command(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.set_defaults(func=run_commission)
 
 
-def _ask(question: str) -> bool:
+async def _read_line() -> str:
+    """One line from stdin without blocking the event loop, so Ctrl-C at a prompt stops
+    the command at once (a blocking read would hold the loop until Enter)."""
+    if sys.stdin is None or sys.stdin.closed:
+        return ""
+    fd = sys.stdin.fileno()
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    data = b""
+    try:
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+    except (OSError, ValueError):  # a regular file: reading it never blocks
+        return sys.stdin.readline()
+    try:
+        while not data.endswith(b"\n"):
+            await ready
+            ready = loop.create_future()
+            chunk = os.read(fd, 1)  # one byte: nothing after the line is taken from stdin
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        loop.remove_reader(fd)
+    return data.decode(errors="replace")
+
+
+async def _ask(question: str) -> bool:
     print(question, end=" ", file=sys.stderr, flush=True)
-    answer = sys.stdin.readline().strip().lower()
+    try:
+        answer = (await _read_line()).strip().lower()
+    except asyncio.CancelledError:
+        print(file=sys.stderr)  # end the prompt's line
+        raise
     return answer in {"y", "yes"}
 
 
@@ -109,15 +141,24 @@ async def _check_serial(
 
 
 async def _check_relay(io: MeterIO, port: ModbusPort, unit: int) -> Check:
-    """Switch to the other position and back, reading back each time; ends as it began."""
+    """Switch to the other position and back, reading back each time; ends as it began,
+    also when the operator interrupts it half way (the supply is put back)."""
     start = await io.read_relay(port, unit)
     seen: list[str] = []
-    for want in (not start, start):
-        await io.write_relay(port, unit, want)
-        got = await io.read_relay(port, unit)
-        seen.append(f"{'closed' if want else 'open'}->{'closed' if got else 'open'}")
-        if got != want:
-            return Check("relay", False, f"read-back mismatch: {', '.join(seen)}")
+    try:
+        for want in (not start, start):
+            await io.write_relay(port, unit, want)
+            got = await io.read_relay(port, unit)
+            seen.append(f"{'closed' if want else 'open'}->{'closed' if got else 'open'}")
+            if got != want:
+                return Check("relay", False, f"read-back mismatch: {', '.join(seen)}")
+    except asyncio.CancelledError:
+        try:
+            await io.write_relay(port, unit, start)
+        except MeterIOError as exc:
+            where = "closed (supply on)" if start else "open"
+            print(f"warning: the relay could not be put back {where}: {exc}", file=sys.stderr)
+        raise
     return Check("relay", True, ", ".join(seen))
 
 
@@ -169,7 +210,7 @@ async def commission_meter(
     port: ModbusPort,
     *,
     expected_serial: str | None,
-    switch_relay: Callable[[], bool],
+    switch_relay: Callable[[], Awaitable[bool]],
     keypad_timeout: float | None,
     say: Callable[[str], None],
 ) -> list[Check]:
@@ -194,7 +235,7 @@ async def commission_meter(
         checks.append(await _check_serial(port, regmap, record.unit_id, expected_serial))
         if Capability.RELAY not in regmap.capabilities:
             checks.append(Check("relay", False, "the map has no relay"))
-        elif switch_relay():
+        elif await switch_relay():
             checks.append(await _check_relay(io, port, record.unit_id))
         else:
             checks.append(Check("relay", False, "not tested: the operator declined"))
@@ -216,7 +257,7 @@ def report_body(checks: list[Check]) -> dict[str, JsonValue]:
     }
     return {
         "kind": "event",
-        "event": "commissioned",
+        "event": COMMISSIONED,
         "reason": "pass" if passed else "fail",
         "details": details,
     }
@@ -255,8 +296,8 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
         meter = _find(store.load_meters(), args.meter)
     port = port_for(bus_of(config, meter.record.bus))
 
-    def switch_relay() -> bool:
-        return bool(args.yes) or _ask(
+    async def switch_relay() -> bool:
+        return bool(args.yes) or await _ask(
             f"switch the supply of {args.meter} off and on again now? [y/N]"
         )
 
@@ -276,7 +317,11 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
         finally:
             await port.close()
 
-    checks = asyncio.run(run())
+    try:
+        checks = run_async(run)
+    except Interrupted as exc:
+        exc.kept = "no report stored"
+        raise
     body = report_body(checks)
     store_report(config, args.meter, body)
     for c in checks:

@@ -1,10 +1,11 @@
 """`meter-provision enrol`: validate every meter first (one on the command line or every
-row of a CSV file), then write. A bad row is reported by line and field and nothing from
-that file is written.
+row of a CSV file), then write. A bad row is reported by file, line and field and nothing
+from that file is written: every check that can fail (keys, maps, settings, money,
+duplicates in the file and in the store) runs before the store adds the meters, all in
+one transaction.
 
-The store adds meters one transaction each (it has no multi-meter add yet), so every check
-that can fail (keys, maps, settings, duplicates in the file and in the store) runs before
-the first write.
+Money is typed in currency units (``50.00``) and parsed with the decimals of the meter's
+currency (its tariff's) into the minor units the store keeps.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,13 @@ from gateway.core.json_forms import SettingsError, settings_from_json, settings_
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, StoredMeter
+from protocol.currency import (
+    AmountError,
+    currency_decimals,
+    format_amount,
+    parse_amount,
+    parse_price,
+)
 from protocol.errors import MapError
 from protocol.regmap import Capability, RegisterMap, load_map
 from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
@@ -60,7 +67,11 @@ COLUMNS = (
     "relay_output",
 )
 REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
-_INT_SETTINGS = ("alarm1", "alarm2", "overdraft_limit", "reconnect_threshold", "max_balance")
+#: Columns kept beside the store (it has no columns for them yet).
+EXTRAS = ("customer_account", "expected_serial")
+#: Money settings, typed in currency units; only the reconnect threshold may be below zero.
+MONEY_SETTINGS = ("alarm1", "alarm2", "overdraft_limit", "reconnect_threshold", "max_balance")
+_SIGNED_MONEY = frozenset({"reconnect_threshold"})
 _METER_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _EXTRA = "\x00extra"
 _TRUE = {"true", "yes", "1", "y"}
@@ -95,6 +106,17 @@ def _int(fields: Mapping[str, str], name: str, default: int | None = None) -> in
         raise FieldError(name, f"{text!r} is not a whole number") from None
 
 
+def money_field(fields: Mapping[str, str], name: str, decimals: int) -> int | None:
+    """A money field typed in currency units (``50.00``) as minor units; None when empty."""
+    text = fields.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_amount(text, decimals, signed=name in _SIGNED_MONEY)
+    except AmountError as exc:
+        raise FieldError(name, str(exc)) from None
+
+
 def _bool(fields: Mapping[str, str], name: str) -> bool:
     text = fields.get(name, "").strip().lower()
     if text in _TRUE:
@@ -125,9 +147,26 @@ def _path(fields: Mapping[str, str], name: str, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSettings:
-    """Settings from a settings file (or defaults), then the tariff, windows and thresholds
-    the row names; the core's own checks run on the result."""
+def _schedule_currency(doc: Mapping[str, Any], field: str) -> str:
+    """The currency of the tariff in force first in a settings document's schedule."""
+    try:
+        schedule = settings_from_json({"tariffs": doc["tariffs"]}).tariffs
+    except SettingsError as exc:
+        problem = exc.problem.splitlines()
+        raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
+    return schedule.entries[0].tariff.currency
+
+
+def build_settings(
+    fields: Mapping[str, str],
+    base: Path,
+    currency: str,
+    start: Mapping[str, Any] | None = None,
+) -> MeterSettings:
+    """Settings from ``start`` (an enrolled meter's, for an update), else a settings file
+    or the defaults, then the tariff, windows and thresholds the fields name; the core's
+    own checks run on the result. Money is in units of the tariff's currency (``currency``
+    for a flat price without one of its own)."""
     settings_file = _path(fields, "settings_file", base)
     doc: dict[str, Any]
     if settings_file is not None:
@@ -136,7 +175,7 @@ def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSett
             raise FieldError("settings_file", "must hold a table of settings")
         doc = dict(loaded)
     else:
-        doc = {}
+        doc = dict(start or {})
     tariff_file = _path(fields, "tariff_file", base)
     price = fields.get("price_per_kwh", "").strip()
     if tariff_file is not None and price:
@@ -145,15 +184,13 @@ def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSett
         tariff = read_document(tariff_file, "tariff_file")
         doc["tariffs"] = {"entries": [{"activates_at": None, "tariff": tariff}]}
     elif price:
-        try:
-            per_kwh = Decimal(price)
-        except InvalidOperation:
-            raise FieldError("price_per_kwh", f"{price!r} is not a decimal number") from None
-        if not per_kwh.is_finite() or per_kwh < 0:
-            raise FieldError("price_per_kwh", f"{price!r} must be a price >= 0")
         cur = fields.get("currency", "").strip() or currency
         try:
+            per_kwh = parse_price(price, currency_decimals(cur))
             flat = TariffSchedule.single(Tariff(currency=cur, energy=FlatPricing(per_kwh)))
+        except AmountError as exc:
+            field = "currency" if "ISO 4217" in str(exc) else "price_per_kwh"
+            raise FieldError(field, str(exc)) from None
         except (ValueError, TypeError) as exc:
             raise FieldError("price_per_kwh", str(exc)) from None
         doc["tariffs"] = settings_to_json(MeterSettings(tariffs=flat))["tariffs"]
@@ -162,8 +199,10 @@ def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSett
     windows_file = _path(fields, "windows_file", base)
     if windows_file is not None:
         doc["windows"] = read_document(windows_file, "windows_file")
-    for name in _INT_SETTINGS:
-        value = _int(fields, name)
+    field = "settings_file" if settings_file else "tariff_file" if tariff_file else "settings"
+    decimals = currency_decimals(_schedule_currency(doc, field))
+    for name in MONEY_SETTINGS:
+        value = money_field(fields, name, decimals)
         if value is not None:
             doc[name] = value
     if fields.get("reconnect_needs_button", "").strip():
@@ -171,9 +210,19 @@ def _settings(fields: Mapping[str, str], base: Path, currency: str) -> MeterSett
     try:
         return settings_from_json(doc)
     except SettingsError as exc:
-        field = "settings_file" if settings_file else "tariff_file" if tariff_file else "settings"
         problem = exc.problem.splitlines()
         raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
+
+
+def settings_currency(settings: MeterSettings) -> str:
+    """The currency money of a meter is typed and shown in: its first tariff's."""
+    return settings.tariffs.entries[0].tariff.currency
+
+
+def money_text(minor: int, settings: MeterSettings) -> str:
+    """``49.87 KES``: an amount of a meter's money as a person reads it."""
+    currency = settings_currency(settings)
+    return f"{format_amount(minor, currency_decimals(currency))} {currency}"
 
 
 def check_meter_id(meter_id: str) -> str:
@@ -208,28 +257,23 @@ def _relay_output(
     return relay_output
 
 
-def plan_meter(
+def plan_record(
     fields: Mapping[str, str],
     config: GatewayConfig,
-    now: datetime,
+    meter_id: str,
     *,
     base: Path = Path(),
-) -> PlannedMeter:
-    """Validate one meter's fields (strings, as from a CSV row); raises :class:`FieldError`."""
-    unknown = sorted(set(fields) - set(COLUMNS))
-    if unknown:
-        raise FieldError(unknown[0], f"unknown column; columns are: {', '.join(COLUMNS)}")
-    for name in REQUIRED:
-        if not fields.get(name, "").strip():
-            raise FieldError(name, "required")
-    meter_id = check_meter_id(fields["meter_id"].strip())
-    bus = fields["bus"].strip()
+    key: bytes | None = None,
+) -> MeterRecord:
+    """A meter's bus, unit id, map, relay output, key epoch and key, validated; ``key``
+    stands in for a key file not given (an update keeping the enrolled key)."""
+    bus = fields.get("bus", "").strip()
     if bus not in {b.name for b in config.buses}:
         known = ", ".join(b.name for b in config.buses) or "none in the config"
         raise FieldError("bus", f"unknown bus {bus!r} (buses: {known})")
     unit = _int(fields, "unit_id")
     if unit is None or not 1 <= unit <= 247:
-        raise FieldError("unit_id", f"{fields['unit_id'].strip()!r} must be 1..247")
+        raise FieldError("unit_id", f"{fields.get('unit_id', '').strip()!r} must be 1..247")
     map_name = fields.get("map", "").strip() or "pe1"
     try:
         regmap = load_map(map_name)
@@ -241,56 +285,94 @@ def plan_meter(
     if not 0 <= epoch <= MAX_EPOCH:
         raise FieldError("key_epoch", f"{epoch} must be 0..{MAX_EPOCH}")
     key_file = _path(fields, "key_file", base)
-    assert key_file is not None
+    if key_file is not None:
+        try:
+            key = read_secret_file(key_file, METER_KEY_BYTES)
+        except KeyFileError as exc:
+            raise FieldError("key_file", str(exc)) from None
+    if key is None:
+        raise FieldError("key_file", "required")
     try:
-        key = read_secret_file(key_file, METER_KEY_BYTES)
-    except KeyFileError as exc:
-        raise FieldError("key_file", str(exc)) from None
-    settings = _settings(fields, base, config.tokens.currency)
-    credit = _int(fields, "credit", 0)
-    assert credit is not None
+        return MeterRecord(meter_id, bus, unit, map_name, key, epoch, relay_output)
+    except ValueError as exc:
+        raise FieldError("meter_id", str(exc)) from None
+
+
+def check_columns(fields: Mapping[str, str]) -> None:
+    unknown = sorted(set(fields) - set(COLUMNS))
+    if unknown:
+        raise FieldError(unknown[0], f"unknown column; columns are: {', '.join(COLUMNS)}")
+
+
+def plan_meter(
+    fields: Mapping[str, str],
+    config: GatewayConfig,
+    now: datetime,
+    *,
+    base: Path = Path(),
+) -> PlannedMeter:
+    """Validate one meter's fields (strings, as from a CSV row); raises :class:`FieldError`."""
+    check_columns(fields)
+    for name in REQUIRED:
+        if not fields.get(name, "").strip():
+            raise FieldError(name, "required")
+    meter_id = check_meter_id(fields["meter_id"].strip())
+    record = plan_record(fields, config, meter_id, base=base)
+    settings = build_settings(fields, base, config.tokens.currency)
+    decimals = currency_decimals(settings_currency(settings))
+    credit = money_field(fields, "credit", decimals) or 0
     if credit > settings.max_balance:
-        raise FieldError("credit", f"{credit} is above max_balance {settings.max_balance}")
+        raise FieldError(
+            "credit",
+            f"{fields['credit'].strip()} is above max_balance "
+            f"{format_amount(settings.max_balance, decimals)}",
+        )
     protected = _bool(fields, "protected")
     try:
         state = enrol(meter_id, settings, now, opening_balance=credit, protected=protected)
-        record = MeterRecord(meter_id, bus, unit, map_name, key, epoch, relay_output)
     except ValueError as exc:
         raise FieldError("meter_id", str(exc)) from None
-    extras = {
-        k: fields[k].strip()
-        for k in ("customer_account", "expected_serial")
-        if fields.get(k, "").strip()
-    }
-    return PlannedMeter(record, state, extras)
+    return PlannedMeter(record, state, extras_of(fields))
+
+
+def extras_of(fields: Mapping[str, str]) -> dict[str, str]:
+    """The enrolment extras the store has no columns for, as given."""
+    return {k: fields[k].strip() for k in EXTRAS if fields.get(k, "").strip()}
 
 
 def check_unique(
-    planned: Sequence[tuple[int, PlannedMeter]], existing: Sequence[StoredMeter]
+    planned: Sequence[tuple[int, PlannedMeter]],
+    existing: Sequence[StoredMeter],
+    source: str = "",
 ) -> None:
-    """Refuse a meter id or a (bus, unit id) already enrolled or given twice."""
+    """Refuse a meter id or a (bus, unit id) already enrolled or given twice; ``source``
+    names the file the lines are of."""
     ids = {m.record.meter_id: "the store" for m in existing}
     units = {(m.record.bus, m.record.unit_id): m.record.meter_id for m in existing}
     for line, p in planned:
         r = p.record
         if r.meter_id in ids:
-            raise RowError(line, "meter_id", f"{r.meter_id} is already in {ids[r.meter_id]}")
+            raise RowError(
+                line, "meter_id", f"{r.meter_id} is already in {ids[r.meter_id]}", source
+            )
         if (r.bus, r.unit_id) in units:
             raise RowError(
                 line,
                 "unit_id",
                 f"unit {r.unit_id} on bus {r.bus} is taken by {units[(r.bus, r.unit_id)]}",
+                source,
             )
         ids[r.meter_id] = f"line {line}" if line else "this command"
         units[(r.bus, r.unit_id)] = r.meter_id
 
 
 class RowError(ProvisionError):
-    """A bad row of a CSV file, by line and field."""
+    """A bad row of a CSV file, by file, line and field: ``street-7.csv line 4: unit_id:
+    'x' is not a whole number``."""
 
-    def __init__(self, line: int, field: str, problem: str) -> None:
-        where = f"line {line}: " if line else ""
-        super().__init__(f"{where}{field}: {problem}")
+    def __init__(self, line: int, field: str, problem: str, source: str = "") -> None:
+        where = " ".join(w for w in (source, f"line {line}" if line else "") if w)
+        super().__init__(f"{where}: {field}: {problem}" if where else f"{field}: {problem}")
         self.line = line
         self.field = field
 
@@ -304,24 +386,39 @@ def plan_csv(
     except (OSError, UnicodeDecodeError) as exc:
         raise ProvisionError(f"cannot read {path}: {exc}") from None
     reader = csv.DictReader(text.splitlines(), restkey=_EXTRA, strict=True)
+    source = str(path)
     try:
         header = reader.fieldnames
     except csv.Error as exc:
-        raise RowError(1, "header", str(exc)) from None
+        raise RowError(1, "header", str(exc), source) from None
     if not header:
-        raise RowError(1, "header", "the file is empty: a header naming the columns is required")
+        raise RowError(
+            1, "header", "the file is empty: a header naming the columns is required", source
+        )
     for name in header:
         if name is None or name.strip() not in COLUMNS:
-            raise RowError(1, str(name), f"unknown column; columns are: {', '.join(COLUMNS)}")
+            raise RowError(
+                1, str(name), f"unknown column; columns are: {', '.join(COLUMNS)}", source
+            )
     missing = [c for c in REQUIRED if c not in header and not defaults.get(c)]
     if missing:
-        raise RowError(1, missing[0], "required column missing from the header")
+        raise RowError(1, missing[0], "required column missing from the header", source)
     out: list[tuple[int, PlannedMeter]] = []
     try:
         for row in reader:
             line = reader.line_num
             if _EXTRA in row:
-                raise RowError(line, "row", f"more fields than the header's {len(header)}")
+                raise RowError(line, "row", f"more fields than the header's {len(header)}", source)
+            missing_cells = [k for k, v in row.items() if v is None]
+            if missing_cells:
+                raise RowError(
+                    line,
+                    "row",
+                    f"{len(header) - len(missing_cells)} fields, the header has {len(header)} "
+                    f"(no cell for {', '.join(missing_cells)}; an empty cell still needs "
+                    "its comma)",
+                    source,
+                )
             values = {k.strip(): (v or "") for k, v in row.items() if isinstance(v, str | None)}
             if not any(v.strip() for v in values.values()):
                 continue
@@ -329,9 +426,9 @@ def plan_csv(
             try:
                 out.append((line, plan_meter(fields, config, now, base=path.parent)))
             except FieldError as exc:
-                raise RowError(line, exc.field, exc.problem) from None
+                raise RowError(line, exc.field, exc.problem, source) from None
     except csv.Error as exc:
-        raise RowError(reader.line_num, "row", str(exc)) from None
+        raise RowError(reader.line_num, "row", str(exc), source) from None
     if not out:
         raise ProvisionError(f"{path}: no meters in the file")
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, parse_config
 from gateway.store import Store, StoreError
+from protocol.cli import Subcommands
 from provisioning.errors import ProvisionError
 from provisioning.identity import IdentityError, create_identity, starter_config, write_private
 
@@ -17,18 +18,19 @@ example:
 """
 
 
-def add_init_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_init_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "init",
         help="create the gateway identity, a starter gateway.toml and an empty store",
         description="Create gateway.key (owner-only), gateway.csr for the utility's CA, "
         "optionally a self-signed gateway.crt, gateway.toml and an empty store.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dir", type=Path, required=True, help="folder for the identity and config")
     p.add_argument("--gateway-id", required=True, help="this gateway's id (letters, digits, ._-)")
-    p.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
+    p.add_argument(
+        "--key-type", choices=["ed25519", "p256"], default="ed25519", help="the identity key's type"
+    )
     p.add_argument("--organisation", help="organisation name in the CSR subject")
     p.add_argument(
         "--self-signed-days", type=int, help="also write a self-signed development certificate"

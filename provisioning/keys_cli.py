@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocol.cli import Subcommands
 from protocol.tokens.keys import VENDING_KEY_BYTES, derive_meter_key
 from protocol.tokens.online import b64url_encode
 from provisioning.key_files import read_secret_file, write_secret_file
@@ -16,25 +17,56 @@ from provisioning.key_files import read_secret_file, write_secret_file
 SIGNING_KEY_BYTES = 32
 
 
-def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="make vending/signing keys, export a meter's key")
+KEYS_EXAMPLES = """\
+examples:
+  meter-provision keys new-vending-key --out vending.key
+  meter-provision keys meter-key --vending-key vending.key --meter PE1-000042 \\
+      --out keys/PE1-000042.key
+  meter-provision keys new-signing-key --out signing.key --key-id v1
+"""
+
+
+def _example(*lines: str) -> str:
+    return "example:\n" + "".join(f"  meter-provision keys {line}\n" for line in lines)
+
+
+def add_keys_commands(sub: Subcommands) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="make vending/signing keys, export a meter's key",
+        description="Key files are hex, created owner-only (0600) and never overwritten.",
+        epilog=KEYS_EXAMPLES,
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
 
-    new = keys_sub.add_parser("new-vending-key", help="a new random 256-bit vending key")
+    new = keys_sub.add_parser(
+        "new-vending-key",
+        help="a new random 256-bit vending key",
+        epilog=_example("new-vending-key --out vending.key"),
+    )
     new.add_argument("--out", type=Path, required=True, help="new file, created mode 0600")
     new.set_defaults(func=new_vending_key)
 
     sign = keys_sub.add_parser(
-        "new-signing-key", help="a new Ed25519 key for online tokens; prints its public key"
+        "new-signing-key",
+        help="a new Ed25519 key for online tokens; prints its public key",
+        epilog=_example("new-signing-key --out signing.key --key-id v1"),
     )
     sign.add_argument("--out", type=Path, required=True, help="new file, created mode 0600")
     sign.add_argument("--key-id", required=True, help="the id gateways know the key by")
     sign.set_defaults(func=new_signing_key)
 
-    meter = keys_sub.add_parser("meter-key", help="derive one meter's keypad key (hex)")
-    meter.add_argument("--vending-key", type=Path, required=True)
+    meter = keys_sub.add_parser(
+        "meter-key",
+        help="derive one meter's keypad key (hex)",
+        epilog=_example(
+            "meter-key --vending-key vending.key --meter PE1-000042 --out keys/PE1-000042.key",
+            "meter-key --vending-key vending.key --meter PE1-000042 --epoch 1   (prints it)",
+        ),
+    )
+    meter.add_argument("--vending-key", type=Path, required=True, help="the vending key file")
     meter.add_argument("--meter", required=True, help="meter id, e.g. PE1-000042")
-    meter.add_argument("--epoch", type=int, default=0, help="key epoch (default 0)")
+    meter.add_argument("--epoch", type=int, default=0, help="key epoch")
     meter.add_argument("--out", type=Path, help="write to a new 0600 file instead of stdout")
     meter.set_defaults(func=export_meter_key)
 

@@ -4,34 +4,38 @@ A PE-1 answers input register 0 (map_version) with 1. A third-party meter is rec
 by reading, with each shipped map, its voltages, frequency and energy: a map fits when all
 of them are plausible, and the fitting map that explains the most points is named (a
 guess, and the table says so).
-Probes use short timeouts; an RS-485 line answers one request at a time.
+Probes use short timeouts; an RS-485 line answers one request at a time. Ctrl-C or
+SIGTERM stops a scan with the table of what answered so far.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from gateway.meter_io import energy_wh
-from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
+from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort, RtuPort, TcpPort
 from protocol import modbus
+from protocol.cli import Subcommands, add_config_option
 from protocol.codec import Value, decode, physical
 from protocol.errors import DecodeError
 from protocol.modbus import ExceptionReplyError
 from protocol.regmap import RegisterMap, Table, load_map, shipped_map_names
 from provisioning.errors import ProvisionError
+from provisioning.interrupt import Interrupted, run_async
 from provisioning.site import bus_of, load_site_config, port_for
 
 EXAMPLE = """\
 examples:
   meter-provision scan --bus rs485-1                 (unit ids 1..247)
   meter-provision scan --bus tcp-1 --units 1-20 --timeout 0.2
+
+The time left it shows assumes every unit left is absent (the slowest common case), so
+it is an upper bound from the first unit on. Exit 1 when nothing answered.
 """
 
 
@@ -158,42 +162,96 @@ async def probe_unit(port: ModbusPort, unit: int, maps: Sequence[RegisterMap]) -
     return None
 
 
-def _progress(done: int, total: int, started: float, found: int) -> str:
-    elapsed = time.monotonic() - started
-    left = elapsed / done * (total - done) if done else 0.0
-    bar = "#" * (30 * done // total)
-    return f"\r[{bar:<30}] {done}/{total} units, {found} found, ~{left:.0f} s left "
+def silent_unit_seconds(port: ModbusPort) -> float:
+    """What a unit where nothing answers costs, by the line's arithmetic: the first
+    probe's timeout and, on RS-485, the silence before it, its wire time and the guard
+    time after it (as ``RtuPort.request`` spends them). An absent unit is the slowest
+    common case, so a scan of the units left takes about this much each at most."""
+    if isinstance(port, RtuPort):
+        probe = modbus.read_input(1, 0, 1)
+        chars = (1 + len(probe.pdu()) + 2) + 1 + probe.reply_pdu_length() + 2
+        return port.silence + chars * port.char_time + port.timeout + port.guard
+    if isinstance(port, TcpPort):
+        return port.timeout
+    return 0.0
+
+
+@dataclass(slots=True)
+class ScanTally:
+    """A scan's work so far, kept when it is interrupted, and its time-left estimate:
+    the units left times what an absent unit costs (the line's arithmetic until an absent
+    unit was timed, then the time measured), never the fast answers of the first meters."""
+
+    total: int
+    silent_unit_s: float
+    found: list[Responder] = field(default_factory=list)
+    done: int = 0
+    elapsed_s: float = 0.0
+    silent_seen: int = 0
+    silent_s: float = 0.0
+
+    def record(self, hit: Responder | None, seconds: float) -> None:
+        self.done += 1
+        self.elapsed_s += seconds
+        if hit is None:
+            self.silent_seen += 1
+            self.silent_s += seconds
+        else:
+            self.found.append(hit)
+
+    def seconds_left(self) -> float:
+        per_silent = self.silent_s / self.silent_seen if self.silent_seen else self.silent_unit_s
+        per_unit = max(per_silent, self.elapsed_s / self.done if self.done else 0.0)
+        return (self.total - self.done) * per_unit
+
+    def progress_line(self) -> str:
+        bar = "#" * (30 * self.done // self.total)
+        return (
+            f"\r[{bar:<30}] {self.done}/{self.total} units, {len(self.found)} found, "
+            f"up to ~{self.seconds_left():.0f} s left "
+        )
 
 
 async def scan(
     port: ModbusPort,
     units: range,
     maps: Sequence[RegisterMap],
-    progress: Callable[[int, int, int], None],
+    tally: ScanTally,
+    progress: Callable[[ScanTally], None],
 ) -> list[Responder]:
-    found: list[Responder] = []
-    for i, unit in enumerate(units, 1):
+    """Probe ``units`` in order; ``tally`` holds what was found so far (an interrupted
+    scan keeps it)."""
+    progress(tally)
+    for unit in units:
+        began = time.monotonic()
         hit = await probe_unit(port, unit, maps)
-        if hit is not None:
-            found.append(hit)
-        progress(i, len(units), len(found))
-    return found
+        tally.record(hit, time.monotonic() - began)
+        progress(tally)
+    return tally.found
 
 
-def add_scan_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_scan_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "scan",
         help="probe a bus for meters and identify their maps",
         description="Probe unit ids on a bus from the config; a table of responders on stdout, "
-        "progress on stderr.",
+        "progress on stderr. Ctrl-C stops it and prints the table of what it found so far.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    add_config_option(p)
     p.add_argument("--bus", required=True, help="bus name from the config")
-    p.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 or 5-9 (default all)")
-    p.add_argument("--timeout", type=float, default=0.3, help="seconds per probe (default 0.3)")
+    p.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 or 5-9")
+    p.add_argument("--timeout", type=float, default=0.3, help="seconds per probe")
     p.set_defaults(func=run_scan)
+
+
+def _print_table(bus: str, found: list[Responder]) -> None:
+    if not found:
+        print(f"no meter answered on {bus}")
+        return
+    print(f"{'unit':>4}  {'map':<8}  detail")
+    for r in found:
+        print(f"{r.unit:>4}  {r.map_name:<8}  {r.detail}")
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -205,23 +263,25 @@ def run_scan(args: argparse.Namespace) -> int:
     names = ["pe1"] + [n for n in shipped_map_names() if n != "pe1"]
     maps = [load_map(n) for n in names]
     started = time.monotonic()
+    port = port_for(bus, timeout=args.timeout)
+    tally = ScanTally(len(units), silent_unit_seconds(port))
 
-    def progress(done: int, total: int, found: int) -> None:
-        print(_progress(done, total, started, found), end="", file=sys.stderr, flush=True)
+    def progress(t: ScanTally) -> None:
+        print(t.progress_line(), end="", file=sys.stderr, flush=True)
 
     async def run() -> list[Responder]:
-        port = port_for(bus, timeout=args.timeout)
         try:
-            return await scan(port, units, maps, progress)
+            return await scan(port, units, maps, tally, progress)
         finally:
             await port.close()
 
-    found = asyncio.run(run())
+    try:
+        found = run_async(run)
+    except Interrupted as exc:
+        print(file=sys.stderr)  # end the progress line
+        _print_table(bus.name, tally.found)
+        exc.kept = f"{tally.done} of {len(units)} units scanned, the table shows what answered"
+        raise
     print(f"\nscanned {len(units)} units in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    if not found:
-        print(f"no meter answered on {bus.name}")
-        return 1
-    print(f"{'unit':>4}  {'map':<8}  detail")
-    for r in found:
-        print(f"{r.unit:>4}  {r.map_name:<8}  {r.detail}")
-    return 0
+    _print_table(bus.name, found)
+    return 0 if found else 1

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from pydantic import JsonValue
 
 from gateway.store import StoredMeter
+from protocol.cli import Subcommands, add_config_option
+from protocol.currency import currency_decimals, format_amount
+from provisioning.enrol import settings_currency
+from provisioning.events import COMMISSIONED, ENROLMENT_REMOVED, ENROLMENT_UPDATED
 from provisioning.site import load_extras, load_site_config, open_store
 
 EXAMPLE = """\
 examples:
   meter-provision status --config /etc/prepaid-edge/gateway.toml
   meter-provision status --json | jq '.[] | select(.comm_ok | not)'
+
+The table shows balances in currency units; --json keeps the store's minor units (with
+the currency).
 """
 
 COLUMNS = (
@@ -31,15 +37,14 @@ COLUMNS = (
 )
 
 
-def add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_status_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "status",
         help="a table of every meter (balance, credit state, relay, last reading, health)",
         description="Every enrolled meter from the gateway's store.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    add_config_option(p)
     p.add_argument("--json", action="store_true", help="a JSON list for scripts")
     p.set_defaults(func=run_status)
 
@@ -70,6 +75,7 @@ def meter_status(
         "customer_account": extras.get("customer_account"),
         "balance": state.ledger.balance,
         "debt": state.ledger.debt,
+        "currency": settings_currency(state.settings),
         "credit_state": str(state.credit),
         "relay": state.relay_word(),
         "relay_observed": state.relay_observed,
@@ -86,7 +92,7 @@ def _cells(row: dict[str, JsonValue]) -> list[str]:
         str(row["bus"]),
         str(row["unit"]),
         str(row["map"]),
-        str(row["balance"]),
+        format_amount(int(str(row["balance"])), currency_decimals(str(row["currency"]))),
         str(row["credit_state"]),
         str(row["relay"]),
         str(row["last_reading"] or "never")[:19],
@@ -103,11 +109,28 @@ def render_table(rows: list[dict[str, JsonValue]]) -> str:
     )
 
 
+def commissioning_reports(events: list[dict[str, JsonValue]]) -> list[dict[str, JsonValue]]:
+    """The commissioning reports that still hold: those after the last change of the
+    enrolment that voids them (a new address, key or expected serial; a removal)."""
+    reports: list[dict[str, JsonValue]] = []
+    for body in events:
+        event = body.get("event")
+        details = body.get("details")
+        if event == COMMISSIONED:
+            reports.append(body)
+        elif event == ENROLMENT_REMOVED or (
+            event == ENROLMENT_UPDATED
+            and isinstance(details, dict)
+            and details.get("commissioning_needed") is True
+        ):
+            reports = []
+    return reports
+
+
 def last_commissioning(events: list[dict[str, JsonValue]]) -> str | None:
-    for body in reversed(events):
-        if body.get("event") == "commissioned":
-            return str(body.get("reason"))
-    return None
+    """The last commissioning's result (``pass``/``fail``), if one still holds."""
+    reports = commissioning_reports(events)
+    return str(reports[-1].get("reason")) if reports else None
 
 
 def run_status(args: argparse.Namespace) -> int:

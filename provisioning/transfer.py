@@ -1,7 +1,8 @@
 """`meter-provision export` / `import`: move a gateway's enrolment to a replacement box.
 
-The file is JSON: each meter's address, map, settings and enrolment extras, with its
-ledger, token window and keypad lockout when ``--with-ledgers`` (so credit and the replay
+The file is JSON: each meter's address, map, settings, enrolment extras and the
+commissioning reports that still hold, with its ledger, token window and keypad lockout
+when ``--with-ledgers`` (so credit and the replay
 protection move too). Meter keys travel only with ``--with-keys``, and then only
 encrypted: scrypt (n=2^15, r=8, p=1) derives an AES-256-GCM key from a passphrase.
 """
@@ -14,6 +15,7 @@ import getpass
 import json
 import os
 import secrets
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pydantic import JsonValue
 
 from gateway.config import GatewayConfig
+from gateway.core.commands import Publish
 from gateway.core.driver import MeterState, enrol
 from gateway.core.json_forms import (
     SettingsError,
@@ -34,9 +37,12 @@ from gateway.core.json_forms import (
     state_to_json,
 )
 from gateway.store import MeterRecord, StoreError, TokenWindow
+from protocol.cli import Subcommands, add_config_option
 from protocol.tokens.keys import METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
+from provisioning.events import COMMISSIONED
+from provisioning.interrupt import Interrupted
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import (
     load_extras,
@@ -46,6 +52,7 @@ from provisioning.site import (
     save_extras,
     write_atomic,
 )
+from provisioning.status import commissioning_reports
 
 FORMAT = "prepaid-edge-enrolment"
 VERSION = 1
@@ -124,23 +131,26 @@ def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
 def _passphrase(confirm: bool) -> str:
     value = os.environ.get(PASSPHRASE_ENV)
     if value is None:
-        value = getpass.getpass("passphrase for the meter keys: ")
-        if confirm and getpass.getpass("again: ") != value:
-            raise ProvisionError("the passphrases differ")
+        try:
+            value = getpass.getpass("passphrase for the meter keys: ")
+            if confirm and getpass.getpass("again: ") != value:
+                raise ProvisionError("the passphrases differ")
+        except Interrupted:
+            print(file=sys.stderr)  # end the prompt's line
+            raise
     if len(value) < 12:
         raise ProvisionError("the passphrase must have at least 12 characters")
     return value
 
 
-def add_transfer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_transfer_commands(sub: Subcommands) -> None:
     ex = sub.add_parser(
         "export",
         help="write the enrolment as JSON (keys only encrypted, with --with-keys)",
         description="Write this gateway's enrolment to a JSON file for a replacement box.",
         epilog=EXPORT_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ex.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    add_config_option(ex)
     ex.add_argument("--out", type=Path, required=True, help="new file (not overwritten)")
     ex.add_argument("--with-ledgers", action="store_true", help="balances, token windows too")
     ex.add_argument(
@@ -154,10 +164,9 @@ def add_transfer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="enrol the meters of an exported file into this gateway's store",
         description="Validate the whole file, then add its meters to this gateway's store.",
         epilog=IMPORT_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     im.add_argument("file", type=Path, help="a file written by meter-provision export")
-    im.add_argument("--config", type=Path, default=Path("gateway.toml"), help="gateway.toml")
+    add_config_option(im)
     im.add_argument("--key-dir", type=Path, help="meter keys as METER_ID.key files (0600)")
     im.set_defaults(func=run_import)
 
@@ -172,6 +181,10 @@ def run_export(args: argparse.Namespace) -> int:
     keys: dict[str, str] = {}
     with open_store(config) as store:
         stored = store.load_meters()
+        commissioning = {
+            m.record.meter_id: commissioning_reports(store.events(m.record.meter_id))
+            for m in stored
+        }
     for m in stored:
         r = m.record
         item: dict[str, JsonValue] = {
@@ -183,6 +196,7 @@ def run_export(args: argparse.Namespace) -> int:
             "relay_output": r.relay_output,
             "settings": settings_to_json(m.state.settings),
             "extras": dict(extras.get(r.meter_id, {})),
+            "commissioning": list(commissioning[r.meter_id]),
         }
         if args.with_ledgers:
             state = state_to_json(m.state)
@@ -210,9 +224,35 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reports(item: dict[str, Any], source: str) -> list[dict[str, JsonValue]]:
+    """An exported meter's commissioning reports, marked with the gateway they come from."""
+    reports = item.get("commissioning", [])
+    if not isinstance(reports, list):
+        raise ProvisionError("commissioning: must be a list of reports")
+    out: list[dict[str, JsonValue]] = []
+    for body in reports:
+        if (
+            not isinstance(body, dict)
+            or body.get("event") != COMMISSIONED
+            or body.get("reason") not in ("pass", "fail")
+            or not isinstance(body.get("details"), dict)
+        ):
+            raise ProvisionError("commissioning: each report is a commissioned event body")
+        details = {**body["details"], "imported_from": source}
+        out.append({**body, "details": details})
+    return out
+
+
 def _planned(
-    item: Any, keys: dict[str, bytes], key_dir: Path | None, now: datetime
-) -> tuple[MeterRecord, MeterState, TokenWindow | None, Any, dict[str, str]]:
+    item: Any, keys: dict[str, bytes], key_dir: Path | None, now: datetime, source: str
+) -> tuple[
+    MeterRecord,
+    MeterState,
+    TokenWindow | None,
+    Any,
+    dict[str, str],
+    list[dict[str, JsonValue]],
+]:
     if not isinstance(item, dict):
         raise ProvisionError("meters: every entry must be an object")
     meter = str(item.get("meter_id", ""))
@@ -241,9 +281,10 @@ def _planned(
         )
         w = item.get("token_window")
         window = TokenWindow(int(w["epoch"]), int(w["highest"]), int(w["bitmap"])) if w else None
-    except (KeyError, TypeError, ValueError, SettingsError, KeyFileError) as exc:
+        reports = _reports(item, source)
+    except (KeyError, TypeError, ValueError, SettingsError, KeyFileError, ProvisionError) as exc:
         raise ProvisionError(f"meter {meter or '?'}: {exc}") from None
-    return record, state, window, item.get("lockout"), dict(item.get("extras") or {})
+    return record, state, window, item.get("lockout"), dict(item.get("extras") or {}), reports
 
 
 #: why import refuses to run beside a gateway
@@ -270,7 +311,8 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
     items = doc.get("meters")
     if not isinstance(items, list) or not items:
         raise ProvisionError(f"{args.file}: no meters")
-    planned = [_planned(item, keys, args.key_dir, now) for item in items]
+    source = str(doc.get("gateway_id") or args.file)
+    planned = [_planned(item, keys, args.key_dir, now, source) for item in items]
     bus_names = {b.name for b in config.buses}
     for record, *_ in planned:
         if record.bus not in bus_names:
@@ -279,17 +321,20 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
             )
     with open_store(config) as store:
         check_unique(
-            [(i + 1, PlannedMeter(r, s, e)) for i, (r, s, _, _, e) in enumerate(planned)],
+            [(i + 1, PlannedMeter(r, s, e)) for i, (r, s, _, _, e, _) in enumerate(planned)],
             store.load_meters(),
         )
         extras = load_extras(config)
-        extras.update({r.meter_id: e for r, _, _, _, e in planned if e})
+        extras.update({r.meter_id: e for r, _, _, _, e, _ in planned if e})
         save_extras(config, extras)
-        for record, state, window, lockout, _ in planned:
+        for record, state, window, lockout, _, reports in planned:
             try:
                 store.add_meter(record, state, now)
-                if window is not None or lockout is not None:
-                    store.apply(state, [], now, token_window=window, lockout=lockout)
+                if window is not None or lockout is not None or reports:
+                    # The reports go to this gateway's event log and, through its outbox,
+                    # to the headend: it learns which box now holds the meter, commissioned.
+                    events = [Publish(record.meter_id, "event", body) for body in reports]
+                    store.apply(state, events, now, token_window=window, lockout=lockout)
             except StoreError as exc:
                 raise ProvisionError(f"{record.meter_id}: {exc}") from None
     print(f"imported {len(planned)} meters from {args.file}")

@@ -32,7 +32,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], *needles: str) -> No
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("meter-gateway: error: "), done.stderr
+    assert done.stderr.startswith("meter-gateway run: error: "), done.stderr
     for needle in needles:
         assert needle in done.stderr, done.stderr
 

@@ -12,11 +12,16 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from gateway.core.commands import Publish
+from gateway.core.tariff import FlatPricing
 from gateway.store import Store
 from meter_sim.simulator import Simulator
 from provisioning.__main__ import main
@@ -239,18 +244,18 @@ def test_scan_of_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_enrol_one_meter_then_status_shows_it(site: Site) -> None:
-    ran = site.enrol(1, "--credit", "2500", "--customer-account", "ACC-1")
+    ran = site.enrol(1, "--credit", "25.00", "--customer-account", "ACC-1")
     assert ran.rc == 0, ran.err
-    assert "enrolled PE1-000001 on tcp-1 unit 1 (pe1), credit 2500" in ran.out
+    assert "enrolled PE1-000001 on tcp-1 unit 1 (pe1), credit 25.00 KES, state normal" in ran.out
     status = cli("status", "--config", site.config, "--json")
     rows = json.loads(status.out)
     assert rows[0]["meter"] == "PE1-000001"
-    assert rows[0]["balance"] == 2500
+    assert (rows[0]["balance"], rows[0]["currency"]) == (2500, "KES")  # minor units in JSON
     assert rows[0]["customer_account"] == "ACC-1"
     assert rows[0]["commissioned"] is None
     table = cli("status", "--config", site.config)
     assert table.out.splitlines()[0].split()[:3] == ["meter", "bus", "unit"]
-    assert "PE1-000001" in table.out
+    assert table.out.splitlines()[1].split()[:5] == ["PE1-000001", "tcp-1", "1", "pe1", "25.00"]
 
 
 @pytest.mark.asyncio
@@ -272,8 +277,8 @@ async def test_enrol_takes_tariff_and_windows_files_and_flags(site: Site) -> Non
         'name = "nights"\nweekdays = [0, 1, 2, 3, 4, 5, 6]\nstart = "18:00:00"\nend = "06:00:00"\n'
     )
     ran = site.enrol(
-        1, "--price-per-kwh", "", "--tariff", tariff, "--windows", windows, "--alarm1", "900",
-        "--alarm2", "300", "--overdraft-limit", "250", "--reconnect-needs-button", "--protected",
+        1, "--price-per-kwh", "", "--tariff", tariff, "--windows", windows, "--alarm1", "9.00",
+        "--alarm2", "3", "--overdraft-limit", "2.50", "--reconnect-needs-button", "--protected",
     )  # fmt: skip
     assert ran.rc == 0, ran.err
     assert "state protected" in ran.out
@@ -346,7 +351,12 @@ async def test_enrol_refuses_duplicates_and_leaves_the_store_unchanged(site: Sit
         (("--map", "sdm120", "--relay-output", "rs485-9:5:0"), "unknown bus 'rs485-9'"),
         (("--relay-output", "tcp-1:5:0"), "map pe1 has its own relay"),
         (("--alarm1", "10", "--alarm2", "20"), "alarm1 > alarm2"),
-        (("--credit", "lots"), "credit: 'lots' is not a whole number"),
+        (("--credit", "lots"), "credit: 'lots' is not an amount like 12.50"),
+        (("--credit=-1",), "credit: '-1' is negative"),
+        (("--credit", "1.005"), "credit: 1.005 has more than 2 decimals"),
+        (("--price-per-kwh", "-3"), "price_per_kwh: '-3' is negative"),
+        (("--alarm1", "-5"), "alarm1: '-5' is negative"),
+        (("--currency", "usd"), "currency: 'usd' is not an ISO 4217 code"),
         (("--price-per-kwh", "cheap"), "price_per_kwh"),
     ],
 )
@@ -404,19 +414,19 @@ async def test_enrol_csv_writes_all_rows_or_none(site: Site) -> None:
     good = site.folder / "street.csv"
     good.write_text(
         "meter_id,bus,unit_id,key_file,credit,customer_account,protected\n"
-        "PE1-000001,tcp-1,1,PE1-000001.key,1000,A-1,no\n"
-        "PE1-000002,tcp-1,2,PE1-000002.key,2000,A-2,yes\n"
+        "PE1-000001,tcp-1,1,PE1-000001.key,10.00,A-1,no\n"
+        "PE1-000002,tcp-1,2,PE1-000002.key,20,A-2,yes\n"
     )
     bad = site.folder / "bad.csv"
     bad.write_text(
         "meter_id,bus,unit_id,key_file,credit\n"
-        "PE1-000003,tcp-1,3,PE1-000003.key,100\n"
-        "PE1-000004,tcp-1,2x,PE1-000003.key,100\n"
+        "PE1-000003,tcp-1,3,PE1-000003.key,1.00\n"
+        "PE1-000004,tcp-1,2x,PE1-000003.key,1.00\n"
     )
     before = site.snapshot()
     ran = cli("enrol", "--config", site.config, "--csv", bad, "--price-per-kwh", "50")
     assert ran.rc == 2
-    assert "line 3: unit_id: '2x' is not a whole number" in ran.err
+    assert f"{bad} line 3: unit_id: '2x' is not a whole number" in ran.err
     assert site.snapshot() == before
     ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
     assert ran.rc == 0, ran.err
@@ -429,7 +439,7 @@ async def test_enrol_csv_writes_all_rows_or_none(site: Site) -> None:
     before = site.snapshot()
     ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
     assert ran.rc == 2
-    assert "line 2: meter_id: PE1-000001 is already in the store" in ran.err
+    assert f"{good} line 2: meter_id: PE1-000001 is already in the store" in ran.err
     assert site.snapshot() == before
 
 
@@ -511,7 +521,7 @@ async def commission(site: Site, meter: str, unit: int, *extra: str) -> tuple[in
 @pytest.mark.asyncio
 async def test_commission_passes_and_is_stored_as_an_outbox_event(site: Site) -> None:
     serial = site.sim.layout.serial_number(1)
-    assert site.enrol(1, "--credit", "5000", "--expected-serial", serial).rc == 0
+    assert site.enrol(1, "--credit", "50.00", "--expected-serial", serial).rc == 0
     rc, text = await commission(site, "PE1-000001", 1, "--yes")
     assert rc == 0, text
     assert "commissioning PASSED" in text
@@ -578,8 +588,8 @@ async def test_commission_of_an_unreachable_meter_writes_nothing(site: Site) -> 
 async def test_export_import_moves_meters_ledgers_and_encrypted_keys(
     site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert site.enrol(1, "--credit", "1234", "--customer-account", "ACC-9").rc == 0
-    assert site.enrol(2, "--credit", "50").rc == 0
+    assert site.enrol(1, "--credit", "12.34", "--customer-account", "ACC-9").rc == 0
+    assert site.enrol(2, "--credit", "0.50").rc == 0
     plain = tmp_path / "plain.json"
     ran = cli("export", "--config", site.config, "--out", plain)
     assert ran.rc == 0, ran.err
@@ -632,3 +642,214 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert ran.rc == 0
     assert "example" in ran.out
     assert "meter-provision " + command in ran.out
+
+
+# ---------------------------------------------------------------------------- money units
+
+
+@pytest.mark.asyncio
+async def test_money_is_typed_in_the_currency_units_of_the_meter(site: Site) -> None:
+    """KES has 2 decimals, JPY none: the same typed text is different minor units."""
+    ran = site.enrol(1, "--credit", "50.25", "--price-per-kwh", "25.5", "--alarm1", "10",
+                     "--alarm2", "2.50", "--reconnect-threshold", "-1", "--overdraft-limit", "3")  # fmt: skip
+    assert ran.rc == 0, ran.err
+    assert "credit 50.25 KES" in ran.out
+    yen = site.enrol(2, "--credit", "500", "--currency", "JPY", "--price-per-kwh", "31",
+                     "--alarm1", "300", "--alarm2", "100", "--max-balance", "90000")  # fmt: skip
+    assert yen.rc == 0, yen.err
+    assert "credit 500 JPY" in yen.out
+    with Store.open(site.store) as store:
+        kes, jpy = (m.state for m in store.load_meters())
+    assert kes.ledger.balance == 5025
+    assert kes.settings.tariffs.entries[0].tariff.energy == FlatPricing(Decimal(2550))
+    assert (kes.settings.alarm1, kes.settings.alarm2) == (1000, 250)
+    assert (kes.settings.reconnect_threshold, kes.settings.overdraft_limit) == (-100, 300)
+    assert jpy.ledger.balance == 500
+    assert jpy.settings.tariffs.entries[0].tariff.energy == FlatPricing(Decimal(31))
+    assert (jpy.settings.alarm1, jpy.settings.max_balance) == (300, 90000)
+    too_fine = site.enrol(3, "--credit", "1.5", "--currency", "JPY", "--price-per-kwh", "31")
+    assert too_fine.rc == 2
+    assert "credit: 1.5 has more than 0 decimals" in too_fine.err
+    table = cli("status", "--config", site.config).out.splitlines()
+    assert [line.split()[4] for line in table[1:]] == ["50.25", "500"]
+
+
+@pytest.mark.asyncio
+async def test_csv_credit_is_in_currency_units_and_bad_rows_name_file_and_line(
+    site: Site,
+) -> None:
+    for unit in (1, 2):
+        site.meter_key(f"PE1-{unit:06d}")
+    path = site.folder / "street.csv"
+    cases = [
+        ("PE1-000001,tcp-1,1,PE1-000001.key,-500,A-1\n", "line 2: credit: '-500' is negative"),
+        ("PE1-000001,tcp-1,1,PE1-000001.key,5\n", "line 2: row: 5 fields, the header has 6"),
+        ("PE1-000001,tcp-1,1,PE1-000001.key\n", "line 2: row: 4 fields, the header has 6"),
+    ]
+    for row, message in cases:
+        path.write_text("meter_id,bus,unit_id,key_file,credit,customer_account\n" + row)
+        before = site.snapshot()
+        ran = cli("enrol", "--config", site.config, "--csv", path, "--price-per-kwh", "25")
+        assert ran.rc == 2
+        assert ran.err.startswith(f"meter-provision enrol: error: {path} {message}")
+        assert ran.err.count("\n") == 1
+        assert site.snapshot() == before
+    path.write_text(
+        "meter_id,bus,unit_id,key_file,credit,customer_account\n"
+        "PE1-000001,tcp-1,1,PE1-000001.key,12.50,A-1\n"
+        "PE1-000002,tcp-1,2,PE1-000002.key,,\n"
+    )
+    ran = cli("enrol", "--config", site.config, "--csv", path, "--price-per-kwh", "25")
+    assert ran.rc == 0, ran.err
+    rows = json.loads(cli("status", "--config", site.config, "--json").out)
+    assert [(r["meter"], r["balance"]) for r in rows] == [("PE1-000001", 1250), ("PE1-000002", 0)]
+
+
+# ---------------------------------------------------------------------------- --update, --remove
+
+
+def outbox_events(site: Site) -> list[tuple[str, int, dict[str, Any]]]:
+    with Store.open(site.store) as store:
+        return [(r.meter_id, r.seq, r.body) for r in store.outbox_pending()]
+
+
+@pytest.mark.asyncio
+async def test_update_changes_only_what_is_given_and_tells_the_headend(site: Site) -> None:
+    assert site.enrol(1, "--credit", "50", "--customer-account", "ACC-1",
+                      "--expected-serial", "WRONG").rc == 0  # fmt: skip
+    assert site.enrol(2).rc == 0
+    key3 = site.meter_key("PE1-000003")
+    ran = cli("enrol", "--config", site.config, "--update", "--meter", "PE1-000001",
+              "--expected-serial", "PE1-0007-000001", "--unit", "3", "--key-file", key3,
+              "--alarm1", "20")  # fmt: skip
+    assert ran.rc == 0, ran.err
+    assert ran.out.splitlines() == [
+        "updated PE1-000001: unit_id, key, settings, expected_serial",
+        "commission PE1-000001 again: its address, key or expected serial changed",
+    ]
+    with Store.open(site.store) as store:
+        meter = next(m for m in store.load_meters() if m.record.meter_id == "PE1-000001")
+    assert meter.record.unit_id == 3
+    assert meter.record.meter_key == bytes.fromhex(key3.read_text())
+    assert meter.state.settings.alarm1 == 2000
+    assert meter.state.ledger.balance == 5000  # untouched
+    rows = json.loads(cli("status", "--config", site.config, "--json").out)
+    assert rows[0]["customer_account"] == "ACC-1"  # kept
+    ((meter_id, seq, body),) = outbox_events(site)
+    assert (meter_id, seq, body["event"]) == ("PE1-000001", 1, "enrolment_updated")
+    assert body["details"] == {
+        "changed": {
+            "unit_id": 3,
+            "key": "replaced",
+            "settings": {"alarm1": 2000},
+            "expected_serial": "PE1-0007-000001",
+        },
+        "commissioning_needed": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--unit", "2"), "unit_id: unit 2 on bus tcp-1 is taken by PE1-000002"),
+        (("--unit", "0"), "unit_id: '0' must be 1..247"),
+        (("--bus", "tcp-9"), "bus: unknown bus 'tcp-9'"),
+        (("--map", "sdm120"), "map sdm120 has no relay"),
+        (("--alarm1", "1", "--alarm2", "2"), "alarm1 > alarm2"),
+        (("--alarm1", "-1"), "alarm1: '-1' is negative"),
+        (("--credit", "10"), "credit: not changed by --update"),
+        (("--protected",), "protected: not changed by --update"),
+        (("--key-epoch", "1"), "key_epoch: not changed by --update"),
+        (("--key-file", "nope.key"), "key_file: cannot read"),
+        ((), "PE1-000001: nothing to update"),
+        (("--customer-account", "ACC-1"), "PE1-000001: already enrolled like that"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_update_is_checked_as_an_enrolment_and_writes_nothing_when_refused(
+    site: Site, extra: tuple[str, ...], message: str
+) -> None:
+    assert site.enrol(1, "--customer-account", "ACC-1").rc == 0
+    assert site.enrol(2).rc == 0
+    before = site.snapshot()
+    ran = cli("enrol", "--config", site.config, "--update", "--meter", "PE1-000001", *extra)
+    assert ran.rc == 2
+    assert message in ran.err
+    assert ran.err.count("\n") == 1
+    assert site.snapshot() == before
+
+
+@pytest.mark.asyncio
+async def test_remove_queues_the_last_event_and_a_new_enrolment_goes_on_from_its_seq(
+    site: Site,
+) -> None:
+    assert site.enrol(1, "--credit", "12.34", "--customer-account", "ACC-1").rc == 0
+    assert cli("enrol", "--config", site.config, "--update", "--meter", "PE1-000001",
+               "--customer-account", "ACC-2").rc == 0  # fmt: skip
+    refused = cli("enrol", "--config", site.config, "--remove", "--meter", "PE1-000001",
+                  "--unit", "1")  # fmt: skip
+    assert (refused.rc, "--remove takes only --meter" in refused.err) == (2, True)
+    ran = cli("enrol", "--config", site.config, "--remove", "--meter", "PE1-000001")
+    assert ran.rc == 0, ran.err
+    assert "removed PE1-000001 from the store (balance 12.34 KES when removed" in ran.out
+    assert cli("status", "--config", site.config).out == "no meters enrolled\n"
+    again = cli("enrol", "--config", site.config, "--remove", "--meter", "PE1-000001")
+    assert (again.rc, "meter PE1-000001 is not enrolled" in again.err) == (2, True)
+    events = outbox_events(site)
+    assert [(m, s, b["event"]) for m, s, b in events] == [
+        ("PE1-000001", 1, "enrolment_updated"),
+        ("PE1-000001", 2, "enrolment_removed"),
+    ]
+    assert events[1][2]["details"] == {"balance": 1234, "debt": 0, "currency": "KES"}
+    # Enrolled again (a replaced meter under the same id): its seq is never reused.
+    assert site.enrol(1).rc == 0
+    assert (
+        json.loads(cli("status", "--config", site.config, "--json").out)[0]["customer_account"]
+        is None
+    )
+    with Store.open(site.store) as store:
+        assert store.last_seq("PE1-000001") == 2
+        (meter,) = store.load_meters()
+        store.apply(meter.state, [Publish("PE1-000001", "event", {"event": "x", "reason": "y"})],
+                    datetime.now(UTC))  # fmt: skip
+        assert store.last_seq("PE1-000001") == 3
+
+
+@pytest.mark.asyncio
+async def test_export_keeps_commissioning_results_and_import_round_trips_them(
+    site: Site, tmp_path: Path
+) -> None:
+    serial = site.sim.layout.serial_number(1)
+    assert site.enrol(1, "--expected-serial", serial).rc == 0
+    assert site.enrol(2).rc == 0
+    rc, text = await commission(site, "PE1-000001", 1, "--yes")
+    assert rc == 0, text
+    exported = tmp_path / "site.json"
+    assert cli("export", "--config", site.config, "--out", exported).rc == 0
+    doc = json.loads(exported.read_text())
+    one, two = doc["meters"]
+    assert [r["reason"] for r in one["commissioning"]] == ["pass"]
+    assert two["commissioning"] == []
+    new = tmp_path / "new"
+    assert cli("init", "--dir", new, "--gateway-id", "gw-new").rc == 0
+    write_site_config(new, site.sim)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for meter in ("PE1-000001", "PE1-000002"):
+        (keys / f"{meter}.key").write_bytes(site.meter_key(meter).read_bytes())
+        (keys / f"{meter}.key").chmod(0o600)
+    ran = cli("import", exported, "--config", new / "gateway.toml", "--key-dir", keys)
+    assert ran.rc == 0, ran.err
+    status = json.loads(cli("status", "--config", new / "gateway.toml", "--json").out)
+    assert [r["commissioned"] for r in status] == ["pass", None]
+    again = tmp_path / "again.json"
+    assert cli("export", "--config", new / "gateway.toml", "--out", again).rc == 0
+    (moved,) = json.loads(again.read_text())["meters"][:1]
+    original = one["commissioning"][0]
+    copy = moved["commissioning"][0]
+    assert copy["details"].pop("imported_from") == GW
+    assert copy == original
+    # The new box tells the headend it holds the commissioned meter.
+    with Store.open(new / "gateway.db") as store:
+        pending = store.outbox_pending()
+    assert [(r.meter_id, r.body["event"]) for r in pending] == [("PE1-000001", "commissioned")]

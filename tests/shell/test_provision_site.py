@@ -85,12 +85,13 @@ async def test_from_init_to_a_commissioned_meter_that_works_in_the_gateway(
             cli, "scan", "--config", config_path, "--bus", "tcp-1", "--units", "1-2"
         )
         assert "   1  pe1" in scan.out
-        # Small thresholds and no overdraft: 150 minor units run out in seconds at 6 kW.
+        # Small thresholds and no overdraft: 1.50 (150 minor units) runs out in seconds at
+        # 6 kW and 1.00 a kWh. Money on the command line is in currency units.
         ran = cli(
             "enrol", "--config", config_path, "--meter", METER, "--bus", "tcp-1", "--unit", "1",
-            "--key-file", key, "--price-per-kwh", "100", "--credit", "150",
-            "--alarm1", "100", "--alarm2", "50", "--overdraft-limit", "0",
-            "--reconnect-threshold", "50", "--max-balance", "10000000",
+            "--key-file", key, "--price-per-kwh", "1", "--credit", "1.50",
+            "--alarm1", "1", "--alarm2", "0.50", "--overdraft-limit", "0",
+            "--reconnect-threshold", "0.50", "--max-balance", "100000",
             "--expected-serial", sim.layout.serial_number(1),
         )  # fmt: skip
         assert ran.rc == 0, ran.err

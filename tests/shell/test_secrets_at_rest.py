@@ -160,6 +160,6 @@ def test_the_gateway_refuses_to_start_on_files_open_to_others(
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("meter-gateway: error: "), done.stderr
+    assert done.stderr.startswith("meter-gateway run: error: "), done.stderr
     assert f"{fix} {path}" in done.stderr, done.stderr
     assert f"mode {bad_mode:04o}" in done.stderr, done.stderr

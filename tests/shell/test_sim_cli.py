@@ -115,10 +115,10 @@ async def test_ctl_rejects_bad_requests_with_one_line() -> None:
             (["load", "1", "lots"], "not a whole number"),
         ]:
             code, out, err = await run("ctl", "--control", p["control"], *args)
-            assert code == 1, args
+            assert code == 2, args  # a value the simulator refuses: the caller's to fix
             assert out == ""
             assert err.count("\n") == 1
-            assert err.startswith("meter-sim: error: ")
+            assert err.startswith("meter-sim ctl: error: ")
             assert problem in err, (args, err)
 
 
@@ -136,10 +136,15 @@ async def test_serve_refuses_bad_input_with_one_line_and_a_non_zero_exit(tmp_pat
             (["--meters", "300", "--rtu-pty", "--tcp", "127.0.0.1:0"], "at most 247"),
             (["--faults", str(bad_plan), "--tcp", "127.0.0.1:0"], "probability"),
             (["--faults", str(tmp_path / "none.toml"), "--tcp", "127.0.0.1:0"], "cannot read"),
+            (["--no-tcp"], "--no-tcp leaves nothing to serve"),
+            (["--no-tcp", "--baud", "9600"], "--no-tcp leaves nothing to serve"),
+            (["--baud", "9600", "--tcp", "127.0.0.1:0"], "--baud emulates an RTU line"),
+            (["--baud", "0", "--rtu-pty", "--tcp", "127.0.0.1:0"], "--baud must be positive"),
         ]
         for args, problem in cases:
-            code, _out, err = await run("serve", *args)
-            assert code != 0, args
+            code, out, err = await run("serve", *args)
+            assert code == 2, (args, err)
+            assert "ready" not in out
             assert err.count("\n") == 1, err
             assert problem in err, (args, err)
             assert "Traceback" not in err
@@ -154,4 +159,4 @@ async def test_ctl_without_a_simulator_says_so() -> None:
     s.close()
     code, _, err = await run("ctl", "--control", f"127.0.0.1:{free}", "state", "1")
     assert code == 1
-    assert "no simulator at" in err
+    assert err.startswith("meter-sim ctl: error: no simulator at")

@@ -1,5 +1,6 @@
-"""The provisioning CLI's parsers (unit ranges, CSV files, enrolment fields, sealed key
-blobs) accept what they document and refuse everything else with a ProvisionError."""
+"""The provisioning CLI's parsers (unit ranges, CSV files, enrolment fields and updates,
+sealed key blobs) accept what they document and refuse everything else with a
+ProvisionError."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.store import StoredMeter
 from provisioning.enrol import COLUMNS, FieldError, plan_csv, plan_meter
+from provisioning.enrol_changes import plan_update
 from provisioning.errors import ProvisionError
 from provisioning.scan import parse_units
 from provisioning.transfer import decrypt_keys, encrypt_keys
@@ -140,3 +143,34 @@ def test_sealed_keys_open_with_the_passphrase_only() -> None:
     assert {m: k.hex() for m, k in opened.items()} == keys
     with pytest.raises(ProvisionError, match="wrong passphrase"):
         decrypt_keys(sealed, "correct horse batterY")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from([c for c in COLUMNS if c != "meter_id"]),
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12),
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_any_update_is_planned_or_refused_with_the_field(fields: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        first = plan_meter(
+            {"meter_id": "PE1-000001", "bus": "tcp-1", "unit_id": "1",
+             "key_file": str(_key_file(base)), "price_per_kwh": "10"},
+            CONFIG, NOW, base=base,
+        )  # fmt: skip
+        stored = StoredMeter(first.record, first.state, None, None)
+        try:
+            planned = plan_update(fields, stored, {}, [stored], CONFIG, base=base)
+        except FieldError as exc:
+            assert exc.field in COLUMNS or exc.field == "settings"
+            return
+        except ProvisionError as exc:
+            assert "nothing" in str(exc)
+            return
+    assert planned.changed
+    assert planned.stored.state.ledger == first.state.ledger  # money never moves here
+    assert planned.record.key_epoch == first.record.key_epoch
+    assert 1 <= planned.record.unit_id <= 247

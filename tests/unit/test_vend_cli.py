@@ -26,10 +26,19 @@ from protocol.tokens import (
 )
 from protocol.tokens.online import b64url_decode, load_public_key
 from provisioning.__main__ import main
+from provisioning.counter_ledger import LEDGER_ENV
 from provisioning.vend_cli import VendError, amount_to_minor
 
 METER = "PE1-000042"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every vend of a test records its counters in the test's own ledger."""
+    path = tmp_path / "vend-counters.json"
+    monkeypatch.setenv(LEDGER_ENV, str(path))
+    return path
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -137,6 +146,7 @@ def test_vend_prints_grouped_digits_the_gateway_accepts(
         "12.50",
         "--counter",
         "7",
+        "--force",  # the same counter again, on purpose
     )
     assert (code, again) == (0, out)
 
@@ -213,8 +223,11 @@ def test_key_file_others_can_access_is_refused(
     ("args", "message"),
     [
         (["--amount", "12.505"], "more than 2 decimals"),
-        (["--amount", "abc"], "not a plain decimal amount"),
-        (["--amount", "1e3"], "not a plain decimal amount"),
+        (["--amount", "abc"], "is not an amount like 12.50"),
+        (["--amount", "1e3"], "is not an amount like 12.50"),
+        (["--amount", "-5"], "--amount -5 must be positive"),
+        (["--amount", "1", "--currency", "JPY", "--decimals", "2"], "JPY has 0 decimals"),
+        (["--amount", "1.5", "--currency", "JPY"], "more than 0 decimals"),
         (["--amount", "0"], "must be 0.01 to 100,000.00"),
         (["--amount", "100000.01"], "must be 0.01 to 100,000.00"),
         (["--amount", "1", "--counter", "70000"], "counter"),
