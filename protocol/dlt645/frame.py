@@ -202,10 +202,11 @@ class Deframer:
     not wake-up bytes.
     """
 
-    __slots__ = ("_buf", "discarded")
+    __slots__ = ("_buf", "_wake", "discarded")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._wake = 0  # wake-up bytes skipped since the last non-wake-up byte
         self.discarded = 0
 
     @property
@@ -224,15 +225,21 @@ class Deframer:
     def reset(self) -> int:
         """Drop whatever was buffered (a silence or a failure ends it); returns how much."""
         n = len(self._buf)
-        self.discarded += sum(1 for b in self._buf if b != WAKE_UP)
+        self.discarded += n - self._buf.count(WAKE_UP)
         self._buf.clear()
+        self._wake = 0
         return n
 
     def feed(self, data: bytes) -> list[Frame]:
         """Append bytes; return every complete valid frame, in order."""
+        return [frame for frame, _ in self.feed_sized(data)]
+
+    def feed_sized(self, data: bytes) -> list[tuple[Frame, int]]:
+        """As :meth:`feed`, with the bytes each frame took on the line (its wake-up bytes
+        included): what its transmission cost."""
         buf = self._buf
         buf += data
-        out: list[Frame] = []
+        out: list[tuple[Frame, int]] = []
         while buf:
             at = buf.find(START)
             if at < 0:
@@ -251,12 +258,16 @@ class Deframer:
                 continue
             assert isinstance(state, tuple)
             frame, end = state
-            out.append(frame)
+            out.append((frame, end + self._wake))
+            self._wake = 0
             del buf[:end]
         return out
 
     def _skip(self, n: int) -> None:
-        self.discarded += sum(1 for b in self._buf[:n] if b != WAKE_UP)
+        skipped = self._buf[:n]
+        wake = len(skipped) - len(skipped.rstrip(bytes((WAKE_UP,))))
+        self._wake = self._wake + wake if wake == n else wake
+        self.discarded += n - skipped.count(WAKE_UP)
         del self._buf[:n]
 
 

@@ -186,8 +186,10 @@ def test_deframer_gives_up_a_false_start_when_a_whole_frame_follows() -> None:
 def test_deframer_counts_noise_but_not_wake_up_bytes() -> None:
     deframer = Deframer()
     good = ReadRequest(METER, 0x00010000).to_frame()
-    assert deframer.feed(b"\xfe\xfe\x00\x01" + good.to_bytes(4)) == [good]
+    assert deframer.feed_sized(b"\xfe\xfe\x00\x01" + good.to_bytes(4)) == [(good, 20)]
     assert deframer.discarded == 2
+    assert deframer.feed_sized(b"\xfe\xfe") == []
+    assert deframer.feed_sized(good.to_bytes(2)) == [(good, 20)]
     raw = good.to_bytes(0)  # 16 bytes
     assert deframer.feed(raw[:9]) == []
     assert deframer.missing() == 3  # at least the rest of the header
