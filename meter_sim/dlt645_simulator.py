@@ -126,8 +126,8 @@ class Dlt645Simulator:
             raise SetupError(f"baud {baud} must be positive")
         if not 0 <= reply_delay <= 0.5:
             raise SetupError(f"reply delay {reply_delay} s outside 0..0.5 (the standard's Td)")
-        if not 10 <= max_data <= MAX_DATA:
-            raise SetupError(f"max data {max_data} outside 10..{MAX_DATA}")
+        if not 6 <= max_data <= MAX_DATA:
+            raise SetupError(f"max data {max_data} outside 6..{MAX_DATA}")
         if not rtu_pty and rtu_tcp_port is None:
             raise SetupError("DL/T 645 needs a pty or RTU over TCP to serve on")
         sim = cls(
