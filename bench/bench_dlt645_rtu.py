@@ -9,7 +9,8 @@ reply delay Td of 20 ms (the standard's least).
 
 - line: per meter, (request + reply bytes, wake-up bytes included) x 11 / baud for both
   exchanges, plus 2 x Td: the best any master could do on this line;
-- efficiency = line / measured time per meter (target >= 90%);
+- efficiency = line / measured time per meter (target >= 90%); the port keeps one
+  character of quiet before each request, which the line figure does not include;
 - the same reads by the ``dlt645`` package's client over the same link, as a yardstick.
 """
 
@@ -116,6 +117,10 @@ async def run(baud: int, seconds: float, package: bool) -> None:
             f"{1000 * REPLY_DELAY:.0f} ms reply delay), {1 / line:.2f} meters/s at best"
         )
         report("gateway Dlt645Port", await ours(host, port_no, baud, seconds), line)
+        quiet = len(POINTS) * BITS_PER_BYTE / baud  # the port's default: one character
+        print(
+            f"    (of which the port's quiet character before each request: {1000 * quiet:.1f} ms)"
+        )
         if package:
             report("dlt645 package client", await theirs(host, port_no, seconds / 2), line)
     finally:

@@ -278,7 +278,8 @@ class Dlt645Port:
         self, address: Address, waiter: asyncio.Future[Frame], deadline: float
     ) -> Frame:
         """The first frame on the line, or a typed failure at the deadline (extended while a
-        frame is still arriving)."""
+        frame is still arriving, never past the time the longest frame takes)."""
+        latest = deadline + self.guard + BYTE_GAP
         while not waiter.done():
             remaining = deadline - time.monotonic()
             if remaining > 0:
@@ -286,8 +287,9 @@ class Dlt645Port:
                 continue
             missing = self._deframer.missing()
             now = time.monotonic()
-            if missing is not None and now - self._last_activity < BYTE_GAP:
-                deadline = max(now, self._last_activity) + (missing + 1) * self.char_time + 0.05
+            if missing is not None and now - self._last_activity < BYTE_GAP and now < latest:
+                arriving = max(now, self._last_activity) + (missing + 1) * self.char_time
+                deadline = min(latest, arriving + 0.05)
                 continue
             if missing is not None:
                 raise Dlt645IOError(address, IOFailure.GARBLED, "reply truncated")
