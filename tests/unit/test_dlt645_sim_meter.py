@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meter_sim.dlt645_meter import DEFAULT_PASSWORD, Dlt645Meter, answer, point_bytes
 from meter_sim.physics import MeterModel, Tamper
@@ -259,3 +261,18 @@ def test_state_reports_the_645_side() -> None:
     assert state["address"] == "000000000001"
     assert state["relay_command_open"] is True
     assert state["clock"] == datetime.fromtimestamp(NOW, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@given(
+    st.sampled_from(
+        [b"\x01\x00\x00\x00\x00\x00", b"\xaa" * 6, b"\x99" * 6, b"\x02\x00\x00\x00\x00\x00"]
+    ),
+    st.integers(0, 255),
+    st.binary(max_size=40),
+)
+def test_any_frame_gets_a_decodable_reply_or_none(
+    address: bytes, control: int, data: bytes
+) -> None:
+    meter = _meter()
+    for _, reply in answer(SINGLE, [meter], Frame(Address(address), control, data), NOW):
+        assert decode_reply(reply).address == meter.address
