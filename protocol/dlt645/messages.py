@@ -447,6 +447,8 @@ class WriteReply(_Message):
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
         _expect_reply(frame, Function.WRITE, "write reply")
+        if frame.data:
+            raise PayloadError("write reply with data (it has none)", frame.to_bytes())
         return cls(frame.address)
 
 
@@ -462,6 +464,8 @@ class ControlReply(_Message):
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
         _expect_reply(frame, Function.CONTROL, "control reply")
+        if frame.data:
+            raise PayloadError("control reply with data (it has none)", frame.to_bytes())
         return cls(frame.address)
 
 
