@@ -25,10 +25,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from meter_sim.clock import ScaledClock
+from meter_sim.dlt645_server import REPLY_DELAY
+from meter_sim.dlt645_simulator import DEFAULT_BAUD as DLT645_BAUD
+from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.errors import ControlError, FaultPlanError, SetupError, SimError
 from meter_sim.faults import FaultPlan, FaultSpec, load_fault_plan
 from meter_sim.simulator import Simulator
 from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help
+from protocol.dlt645.meter_map import shipped_dlt645_map_names
 from protocol.regmap import shipped_map_names
 
 PROG = "meter-sim"
@@ -112,7 +116,8 @@ examples:
 def build_parser() -> CliParser:
     parser = CliParser(
         prog=PROG,
-        description="prepaid-edge meter simulator: prepaid meters over Modbus TCP and RTU.",
+        description="prepaid-edge meter simulator: prepaid meters over Modbus TCP and RTU, "
+        "and DL/T 645-2007 meters on an RS-485 bus.",
         epilog=EPILOG,
     )
     parser.add_version()
@@ -120,12 +125,20 @@ def build_parser() -> CliParser:
     serve = sub.add_parser(
         "serve", help="serve simulated meters until interrupted", epilog=SERVE_EXAMPLES
     )
-    serve.add_argument("--map", default="pe1", help="register map")
+    serve.add_argument(
+        "--protocol",
+        choices=("modbus", "dlt645"),
+        default="modbus",
+        help="meter protocol; dlt645: one DL/T 645-2007 bus, RTU only",
+    )
+    serve.add_argument(
+        "--map",
+        help="meter model (default pe1; dlt645: dlt645_single_phase)",
+    )
     serve.add_argument("--meters", type=int, default=20, help="number of meters")
     serve.add_argument(
         "--tcp",
         type=host_port,
-        default=("127.0.0.1", 5020),
         metavar="HOST:PORT",
         help="Modbus TCP; more than 247 meters take consecutive ports (default: 127.0.0.1:5020)",
     )
@@ -141,8 +154,20 @@ def build_parser() -> CliParser:
     serve.add_argument(
         "--baud",
         type=int,
-        help="emulate an RTU line's wire time at this baud rate (--rtu-pty, --rtu-tcp; "
-        "default: none, replies at once)",
+        help="emulate RTU wire time at this baud rate (dlt645: default 2400, 8E1; 0: none)",
+    )
+    serve.add_argument(
+        "--reply-delay",
+        type=float,
+        metavar="SECONDS",
+        help="dlt645: the meters' reply delay Td with wire time (default 0.02)",
+    )
+    serve.add_argument(
+        "--first-address",
+        type=int,
+        default=1,
+        metavar="N",
+        help="dlt645: address of meter 1, as a number; meter n has N+n-1 (default 1)",
     )
     serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (.json, .toml)")
     serve.add_argument(
@@ -270,6 +295,11 @@ def _start_time(text: str | None) -> float | None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if args.protocol == "dlt645":
+        return await _serve_dlt645(args)
+    if args.reply_delay is not None or args.first_address != 1:
+        raise CliError("--reply-delay and --first-address are for --protocol dlt645")
+    args.map = args.map or "pe1"
     if args.map not in shipped_map_names():
         raise CliError(f"unknown map {args.map!r}; shipped maps: {', '.join(shipped_map_names())}")
     if args.meters < 1:
@@ -286,7 +316,7 @@ async def _serve(args: argparse.Namespace) -> int:
     plan = load_fault_plan(args.faults) if args.faults else FaultPlan()
     rtu_tcp = args.rtu_tcp
     control = args.control
-    tcp_host, tcp_port = args.tcp
+    tcp_host, tcp_port = args.tcp or ("127.0.0.1", 5020)
     if rtu_tcp and rtu_tcp[0] != tcp_host:
         raise CliError("--tcp and --rtu-tcp must use the same host")
     clock = ScaledClock(args.speed, _start_time(args.start))
@@ -324,6 +354,73 @@ async def _serve(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         await stop.wait()
     return 0
+
+
+async def _serve_dlt645(args: argparse.Namespace) -> int:
+    """One DL/T 645 bus: on a pty and/or RTU over TCP."""
+    names = shipped_dlt645_map_names()
+    args.map = args.map or "dlt645_single_phase"
+    if args.map not in names:
+        raise CliError(f"unknown DL/T 645 map {args.map!r}; shipped: {', '.join(names)}")
+    if args.tcp is not None:
+        raise CliError("DL/T 645 has no TCP framing of its own: use --rtu-tcp (or --rtu-pty)")
+    if not (args.rtu_pty or args.rtu_tcp):
+        raise CliError("--protocol dlt645 needs --rtu-pty or --rtu-tcp HOST:PORT")
+    if args.meters < 1:
+        raise CliError("--meters must be at least 1")
+    if args.speed <= 0:
+        raise CliError("--speed must be positive")
+    baud = dlt645_baud(args.baud)
+    plan = load_fault_plan(args.faults) if args.faults else FaultPlan()
+    control = args.control
+    clock = ScaledClock(args.speed, _start_time(args.start))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host = args.rtu_tcp[0] if args.rtu_tcp else "127.0.0.1"
+    async with Dlt645Simulator.start(
+        meters=args.meters,
+        map_name=args.map,
+        host=host,
+        rtu_pty=args.rtu_pty,
+        rtu_tcp_port=args.rtu_tcp[1] if args.rtu_tcp else None,
+        baud=baud,
+        reply_delay=REPLY_DELAY if args.reply_delay is None else args.reply_delay,
+        clock=clock,
+        seed=args.seed,
+        first_address=args.first_address,
+        faults=[*plan.faults, *args.fault],
+        control_port=control[1] if control else None,
+        control_host=control[0] if control else "127.0.0.1",
+    ) as sim:
+        n = len(sim.meters)
+        span = f"meters 1..{n}, addresses {sim.address_of(1)}..{sim.address_of(n)}"
+        if sim.rtu_tcp_address:
+            host, port = sim.rtu_tcp_address
+            print(f"rtu-tcp {host}:{port} {span}")
+        if sim.rtu_pty_path:
+            print(f"rtu-pty {sim.rtu_pty_path} {span}")
+        if sim.control_address:
+            host, port = sim.control_address
+            print(f"control {host}:{port}")
+        wire = f"{baud} baud 8E1" if baud else "no wire time"
+        print(
+            f"ready: protocol dlt645, map {sim.model_map.name}, {n} meters, {wire}, "
+            f"speed {args.speed}, seed {args.seed}"
+        )
+        sys.stdout.flush()
+        await stop.wait()
+    return 0
+
+
+def dlt645_baud(flag: int | None) -> int | None:
+    """The emulated baud rate of a DL/T 645 bus: 2400 unless told; 0 means none."""
+    if flag is None:
+        return DLT645_BAUD
+    if flag < 0:
+        raise CliError("--baud must not be negative")
+    return flag or None
 
 
 def _loop_factory(baud: int | None) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -364,7 +461,8 @@ def _main(argv: Sequence[str] | None) -> int:
     prog = f"{PROG} {args.command}"
     try:
         if args.command == "serve":
-            with asyncio.Runner(loop_factory=_loop_factory(args.baud)) as runner:
+            baud = dlt645_baud(args.baud) if args.protocol == "dlt645" else args.baud
+            with asyncio.Runner(loop_factory=_loop_factory(baud)) as runner:
                 return runner.run(_serve(args))
         return asyncio.run(_ctl(args))
     except _USAGE_ERRORS as exc:

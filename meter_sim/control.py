@@ -11,17 +11,38 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from meter_sim.errors import ControlError, SetupError, SimError
-from meter_sim.faults import FaultKind
-
-if TYPE_CHECKING:
-    from meter_sim.simulator import Simulator
+from meter_sim.faults import FaultKind, FaultSpec
+from meter_sim.physics import Tamper
 
 log = logging.getLogger(__name__)
+
+
+class Simulator(Protocol):
+    """What the control port drives: the Modbus simulator and the DL/T 645 one alike."""
+
+    def keypad(self, number: int, digits: str) -> int: ...
+
+    def press_button(self, number: int) -> None: ...
+
+    def set_tamper(self, number: int, tamper: Tamper | str, on: bool) -> None: ...
+
+    def set_load(self, number: int, watts: int | None) -> None: ...
+
+    def inject_fault(
+        self, number: int | str, kind: FaultKind | str, probability: float = 1.0, **options: float
+    ) -> FaultSpec: ...
+
+    def clear_faults(
+        self, number: int | str = ..., kind: FaultKind | str | None = None
+    ) -> None: ...
+
+    def state(self, number: int) -> dict[str, Any]: ...
+
 
 MAX_LINE = 64 * 1024
 

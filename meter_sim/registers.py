@@ -139,23 +139,30 @@ def _pe1_source(point: Point, regmap: RegisterMap, serial: Callable[[int], str])
     return None
 
 
+def measurement(map_name: str, name: str, unit: str) -> tuple[str, Fraction] | None:
+    """(the :func:`quantities` key, the factor from it to ``unit``) of a canonical point
+    name; None when the name is not a measurement. Any protocol's maps use it."""
+    if name not in _QUANTITY:
+        return None
+    quantity, base = _QUANTITY[name]
+    units = _UNITS[_family(quantity)]
+    if unit not in units:
+        raise SetupError(
+            f"map {map_name!r} point {name!r}: unit {unit!r} is not one of {sorted(units)}"
+        )
+    return quantity, base * units[unit]
+
+
 def source_for(point: Point, regmap: RegisterMap, serial: Callable[[int], str]) -> Source | None:
     """How to fill a read-only point, or None for a point the simulator leaves at zero."""
     special = _pe1_source(point, regmap, serial)
     if special is not None:
         return special
-    if point.name not in _QUANTITY:
+    found = measurement(regmap.name, point.name, point.unit)
+    if found is None:
         return None
-    quantity, base = _QUANTITY[point.name]
-    family = _family(quantity)
-    units = _UNITS[family]
-    if point.unit not in units:
-        raise SetupError(
-            f"map {regmap.name!r} point {point.name!r}: unit {point.unit!r} is not one of "
-            f"{sorted(units)}"
-        )
-    factor = base * units[point.unit] / Fraction(point.scale)
-    return _numeric_source(point, quantity, factor)
+    quantity, factor = found
+    return _numeric_source(point, quantity, factor / Fraction(point.scale))
 
 
 #: Produces the struct arguments of one point from (model, quantities, stored registers).

@@ -7,6 +7,7 @@ the point and the problem, so a field engineer can fix a map without our code.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import tomllib
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -175,6 +176,7 @@ class _MapHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
+    protocol: Literal["modbus"] = "modbus"
     title: str
     version: int = Field(ge=1)
     document: str = Field(min_length=1)
@@ -197,6 +199,22 @@ def _point_name(data: dict[str, Any], loc: tuple[int | str, ...]) -> str | None:
             return f"#{loc[1] + 1}"
         return str(name) if name is not None else f"#{loc[1] + 1}"
     return None
+
+
+def validation_error(source: str, data: dict[str, Any], exc: ValidationError) -> MapError:
+    """The first problem pydantic found in a map file, naming the file and the point."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    field = ".".join(str(part) for part in loc)
+    return MapError(source, _point_name(data, loc), f"{field}: {err['msg']}")
+
+
+def load_toml(text: str, source: str) -> dict[str, Any]:
+    """A map file's TOML, or MapError naming the file."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MapError(source, None, f"not valid TOML: {exc}") from None
 
 
 def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Point:
@@ -237,17 +255,11 @@ def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Poin
 
 def parse_map(text: str, source: str) -> RegisterMap:
     """Validate a map file's TOML text; ``source`` names it in errors."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise MapError(source, None, f"not valid TOML: {exc}") from None
+    data = load_toml(text, source)
     try:
         parsed = _MapFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        field = ".".join(str(part) for part in loc)
-        raise MapError(source, _point_name(data, loc), f"{field}: {err['msg']}") from None
+        raise validation_error(source, data, exc) from None
     points = tuple(_build_point(p, parsed.map.word_order, source) for p in parsed.points)
     seen: dict[str, Point] = {}
     for p in points:
@@ -283,12 +295,27 @@ def load_map_file(path: Path) -> RegisterMap:
     return parse_map(text, str(path))
 
 
-def shipped_map_names() -> list[str]:
-    """Names of the maps shipped in ``protocol/maps``."""
+@functools.cache
+def _shipped_protocols() -> dict[str, str]:
+    """Each map shipped in ``protocol/maps`` with its protocol (``[map] protocol``, by
+    default ``modbus``): Modbus and DL/T 645 models share the folder."""
     folder = resources.files("protocol") / "maps"
-    return sorted(
-        f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml")
-    )
+    out: dict[str, str] = {}
+    for f in folder.iterdir():
+        if not f.name.endswith(".toml"):
+            continue
+        try:
+            header = tomllib.loads(f.read_text(encoding="utf-8")).get("map", {})
+        except tomllib.TOMLDecodeError:
+            header = {}  # loading it reports the problem
+        protocol = header.get("protocol", "modbus") if isinstance(header, dict) else "modbus"
+        out[f.name.removesuffix(".toml")] = str(protocol)
+    return out
+
+
+def shipped_map_names(protocol: str = "modbus") -> list[str]:
+    """Names of the maps shipped in ``protocol/maps`` for one protocol (Modbus by default)."""
+    return sorted(name for name, p in _shipped_protocols().items() if p == protocol)
 
 
 def load_map(name: str) -> RegisterMap:

@@ -1,5 +1,5 @@
 """atheris (coverage-guided) fuzz targets for the parsers that face the outside world:
-Modbus RTU and TCP replies, keypad digits and online tokens. Each target accepts only a
+Modbus RTU and TCP replies, DL/T 645 byte streams, keypad digits and online tokens. Each target accepts only a
 typed rejection; anything else is a crash that atheris reports with its input.
 
 Run one: ``python tests/reliability/fuzz_targets.py modbus -runs=100000``.
@@ -15,6 +15,13 @@ from datetime import UTC, datetime
 import atheris
 
 with atheris.instrument_imports():
+    from meter_sim.dlt645_meter import Dlt645Meter, answer
+    from meter_sim.physics import MeterModel
+    from protocol.dlt645.bcd import BitsFormat, DigitsFormat, NumberFormat
+    from protocol.dlt645.clock import MeterTime
+    from protocol.dlt645.frame import Address, Deframer
+    from protocol.dlt645.messages import decode_reply, decode_request
+    from protocol.dlt645.meter_map import load_dlt645_map
     from protocol.errors import DecodeError
     from protocol.modbus import (
         ExceptionReplyError,
@@ -51,6 +58,34 @@ def modbus(data: bytes) -> None:
         parse_mbap_header(raw[:7])
 
 
+DLT645_MODEL = load_dlt645_map("dlt645_three_phase")
+
+
+def dlt645(data: bytes) -> None:
+    """A master's and a meter's view of any bytes on a DL/T 645 line: frames found in them,
+    decoded as replies and requests, their values, and a simulated meter's answers."""
+    fdp = atheris.FuzzedDataProvider(data)
+    meters = [Dlt645Meter(MeterModel(n, 0, 1.767e9), Address.of_number(n)) for n in (1, 2)]
+    deframer = Deframer()
+    while fdp.remaining_bytes():
+        chunk = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 64))
+        for frame in deframer.feed(chunk):
+            for decode in (decode_reply, decode_request):
+                with contextlib.suppress(DecodeError):
+                    decode(frame)
+            for point in DLT645_MODEL.points:
+                fmt = point.format
+                if isinstance(fmt, NumberFormat | DigitsFormat | BitsFormat):
+                    with contextlib.suppress(DecodeError):
+                        fmt.decode(frame.data[: point.size])
+            with contextlib.suppress(DecodeError):
+                MeterTime.from_bytes(frame.data[:6])
+            with contextlib.suppress(DecodeError):
+                MeterTime.from_date_and_time(frame.data[:4], frame.data[4:7])
+            for _, reply in answer(DLT645_MODEL, meters, frame, 1.767e9, max_data=8):
+                assert decode_reply(reply) is not None
+
+
 def keypad(data: bytes) -> None:
     text = data.decode("latin-1")
     verdict = verify_keypad(text, "PE1-000001", KEY, WINDOW)
@@ -64,7 +99,12 @@ def online(data: bytes) -> None:
         assert isinstance(verdict, Rejected), verdict
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"modbus": modbus, "keypad": keypad, "online": online}
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "modbus": modbus,
+    "dlt645": dlt645,
+    "keypad": keypad,
+    "online": online,
+}
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing with atheris of the Modbus reply parsers, keypad digits and online tokens: hundreds of thousands of inputs, never a crash, only typed rejections."""
+"""Coverage-guided fuzzing with atheris of the Modbus reply parsers, DL/T 645 byte streams, keypad digits and online tokens: hundreds of thousands of inputs, never a crash, only typed rejections."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.reliability
 
 TARGETS = Path(__file__).with_name("fuzz_targets.py")
-RUNS = {"modbus": 300_000, "keypad": 100_000, "online": 100_000}
+RUNS = {"modbus": 300_000, "dlt645": 100_000, "keypad": 100_000, "online": 100_000}
 SCALE = int(os.environ.get("PREPAID_EDGE_FUZZ_SCALE", "1"))
 
 

@@ -1,4 +1,4 @@
-"""The simulator page and the field guide, run as written: their commands are taken from the
+"""The simulator page (Modbus and DL/T 645 meters) and the field guide, run as written: their commands are taken from the
 Markdown in order and executed by a shell with the installed console scripts, against a
 real simulator. Only what ties them to a real site is swapped: `/etc/prepaid-edge` for a
 temporary folder, the example ports for free ones, `/dev/ttyUSB0` for the simulator's
@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dlt645_io import Dlt645MeterIO
+from gateway.dlt645_port import Dlt645Port
+from protocol.dlt645.frame import Address
+from protocol.dlt645.meter_map import load_dlt645_map
 from tests.unit.test_docs_commands import _commands, _expand
 
 pytestmark = pytest.mark.asyncio
@@ -139,16 +143,17 @@ async def served(command: str, cwd: Path) -> AsyncIterator[dict[str, str]]:
 
 async def test_the_simulator_page_runs_as_written(tmp_path: Path) -> None:
     tcp, control = _free_port(), _free_port()
+    bus, bus_control = _free_port(), _free_port()
 
     def local(cmd: str) -> str:
-        return cmd.replace("127.0.0.1:5020", f"127.0.0.1:{tcp}").replace(
-            "127.0.0.1:5021", f"127.0.0.1:{control}"
-        )
+        for example, port in ((5020, tcp), (5021, control), (5022, bus), (5023, bus_control)):
+            cmd = cmd.replace(f"127.0.0.1:{example}", f"127.0.0.1:{port}")
+        return cmd
 
     commands = [local(c) for _, c in _shell_commands("simulator.md")]
     serves = [c for c in commands if c.startswith("meter-sim serve")]
     controls = [c for c in commands if c.startswith("meter-sim ctl")]
-    assert len(serves) == 2, commands
+    assert len(serves) == 3, commands
     assert len(controls) >= 10, commands
     ran = 0
     async with served(serves[0], tmp_path) as printed:
@@ -166,7 +171,20 @@ async def test_the_simulator_page_runs_as_written(tmp_path: Path) -> None:
     async with served(serves[1], tmp_path) as printed:
         assert printed["rtu-pty"].startswith("/dev/")
         ran += 2
-    assert ran == len(controls) + 2
+    async with served(serves[2], tmp_path) as printed:  # the DL/T 645 bus
+        assert printed["rtu-tcp"] == f"127.0.0.1:{bus}"
+        assert printed["rtu-pty"].startswith("/dev/")
+        assert printed["control"] == f"127.0.0.1:{bus_control}"
+        port = Dlt645Port("bus", f"socket://127.0.0.1:{bus}", baud=2400)
+        io = Dlt645MeterIO(load_dlt645_map("dlt645_single_phase"))
+        try:
+            assert (await io.read(port, Address.of_number(20))).relay_closed is True
+        finally:
+            await port.close()
+        pressed = await sh(f"meter-sim ctl --control 127.0.0.1:{bus_control} button 20", tmp_path)
+        assert pressed.rc == 0, pressed
+        ran += 3
+    assert ran == len(controls) + 5
 
 
 # ---------------------------------------------------------------------- docs/field-guide.md
