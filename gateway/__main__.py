@@ -13,7 +13,7 @@ from types import FrameType
 
 from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
-from gateway.runner import StartupError, run_gateway, status_file
+from gateway.runner import GatewayCrashedError, StartupError, run_gateway, status_file
 from protocol.cli import CliParser, ExitCode, add_config_option, error_line, exit_codes_help
 
 PROG = "meter-gateway"
@@ -124,6 +124,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, StartupError) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         return ExitCode.USAGE
+    except GatewayCrashedError as exc:
+        print(error_line(prog, exc), file=sys.stderr)
+        return ExitCode.FAILURE
     except KeyboardInterrupt:  # Ctrl-C before the service's own handlers are installed
         print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
         return ExitCode.INTERRUPTED

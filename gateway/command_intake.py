@@ -25,7 +25,7 @@ from pydantic import JsonValue, ValidationError
 from gateway.core.events import RemoteCommand, RemoteKind, TariffChanged
 from gateway.core.json_forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
-from gateway.resend import ResendBusyError, ResendQueue
+from gateway.resend import ResendQueue
 from gateway.service import Gateway
 from gateway.store import StorageUnavailableError, StoreError
 from gateway.token_intake import OnlineTopUp
@@ -211,12 +211,9 @@ class CommandIntake:
                 gw.meters[meter].poller.poll_now(meter)
                 return Answer(True, None, "read scheduled")
             case ResendCommand(from_seq=from_seq):
-                try:
-                    plan = self.resends.plan(meter, from_seq)
-                except ResendBusyError as exc:
-                    return Answer(False, "busy", str(exc))
-                details = {"resent": len(plan.rows), "next_seq": plan.next_seq}
-                return Answer(True, None, f"resending {len(plan.rows)} messages", details)
+                plan = self.resends.plan(meter, from_seq)
+                details = {"resent": plan.count, "next_seq": plan.next_seq}
+                return Answer(True, None, f"resending {plan.count} messages", details)
         return Answer(False, "malformed", "unknown command")
 
 

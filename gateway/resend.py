@@ -3,16 +3,17 @@ background, paced, so that it never delays a top-up or a relay command.
 
 A request asks for a meter's stored messages from ``from_seq``; it gets at most
 ``MAX_ROWS`` of them (the result says where it stopped, so the headend asks again from
-there). At most one request per meter waits or runs, and at most ``MAX_QUEUED`` in all: a
-requester cannot make the gateway publish more than ``RATE`` resent messages a second,
-however often it asks. Resent messages take one in-flight slot at a time, so live
-traffic and command results always find room in the window.
+there). A meter has at most one resend waiting: a second request for it is merged into the
+first (from the lower seq), so the queue never holds more than one entry per meter, and
+rows are read from the store only as they are sent. Everything resent shares one pace,
+``RATE`` messages a second, however many requesters ask and however often; resent
+messages take one in-flight slot at a time, so live traffic and command results always
+find room in the window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,28 +28,33 @@ log = logging.getLogger(__name__)
 
 #: Most messages one resend request publishes.
 MAX_ROWS = 1000
-#: Most resend requests waiting or running at once (one per meter).
-MAX_QUEUED = 32
-#: Resent messages a second, at most (a bound on what any requester can cause).
+#: Resent messages a second, at most, for all requesters together.
 RATE = 500.0
+#: Rows read from the store at a time while resending.
+CHUNK = 100
+
+#: (meter, from seq, at most n) -> rows, in seq order
+RowsSince = Callable[[str, int, int], Sequence[OutboxRow]]
+#: the same, only their seqs
+SeqsSince = Callable[[str, int, int], Sequence[int]]
+
+
+@dataclass
+class _Pending:
+    """One meter's resend: the seqs from ``next_seq`` on, ``left`` of them at most."""
+
+    meter_id: str
+    next_seq: int
+    left: int
 
 
 @dataclass(frozen=True, slots=True)
 class ResendPlan:
-    """What one accepted request will publish."""
+    """What a request was answered: how many messages follow, where to ask again."""
 
     meter_id: str
-    rows: Sequence[OutboxRow]
-    truncated: bool
-
-    @property
-    def next_seq(self) -> int | None:
-        """Where to ask again from when the request was cut at ``MAX_ROWS``."""
-        return self.rows[-1].seq + 1 if self.truncated and self.rows else None
-
-
-class ResendBusyError(Exception):
-    """A resend for this meter is already waiting, or too many are."""
+    count: int
+    next_seq: int | None
 
 
 class ResendQueue:
@@ -57,63 +63,61 @@ class ResendQueue:
 
     def __init__(
         self,
-        rows_since: Callable[[str, int, int], Sequence[OutboxRow]],
+        rows_since: RowsSince,
+        seqs_since: SeqsSince,
         topics: Topics,
         *,
         rate: float = RATE,
         max_rows: int = MAX_ROWS,
-        max_queued: int = MAX_QUEUED,
     ) -> None:
         self._rows_since = rows_since
+        self._seqs_since = seqs_since
         self.topics = topics
         self.rate = rate
         self.max_rows = max_rows
-        self.max_queued = max_queued
-        self._queue: collections.deque[ResendPlan] = collections.deque()
-        self._meters: set[str] = set()
+        self._queue: dict[str, _Pending] = {}  # in arrival order
         self._ready = asyncio.Event()
         self.resent = 0
 
     def plan(self, meter_id: str, from_seq: int) -> ResendPlan:
-        """Queue a request; :class:`ResendBusyError` when the meter already has one
-        waiting or the queue is full."""
-        if meter_id in self._meters:
-            raise ResendBusyError(f"a resend for {meter_id} is already under way")
-        if len(self._queue) >= self.max_queued:
-            raise ResendBusyError(f"{len(self._queue)} resends are already waiting")
-        rows = self._rows_since(meter_id, from_seq, self.max_rows + 1)
-        plan = ResendPlan(meter_id, rows[: self.max_rows], len(rows) > self.max_rows)
-        if plan.rows:
-            self._queue.append(plan)
-            self._meters.add(meter_id)
+        """Queue a request (merged with the meter's waiting one, if any)."""
+        pending = self._queue.get(meter_id)
+        start = from_seq if pending is None else min(from_seq, pending.next_seq)
+        seqs = self._seqs_since(meter_id, start, self.max_rows + 1)
+        count = min(len(seqs), self.max_rows)
+        next_seq = seqs[self.max_rows] if len(seqs) > self.max_rows else None
+        if count:
+            if pending is None:
+                self._queue[meter_id] = _Pending(meter_id, start, count)
+            else:
+                pending.next_seq, pending.left = start, count
             self._ready.set()
-        return plan
+        return ResendPlan(meter_id, count, next_seq)
 
     async def run(self, link: MqttLink) -> None:
         """Publish queued requests in order, one message in flight, at most ``rate`` a
-        second, until the session ends (a request cut short is finished next session)."""
+        second, until the session ends (a request cut short goes on next session)."""
         gap = 1.0 / self.rate
         while True:
             while not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
-            plan = self._queue[0]
-            sent = 0
-            try:
-                for row in plan.rows:
-                    started = time.monotonic()
-                    try:
-                        await link.publish(
-                            self.topics.meter(row.meter_id, row.kind),
-                            envelope(self.topics.gateway_id, row),
-                        )
-                    except PublishRefusedError as exc:
-                        log.warning("resent message %s/%d refused: %s", row.meter_id, row.seq, exc)
-                    sent += 1
-                    self.resent += 1
-                    await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
-            finally:
-                if sent < len(plan.rows):
-                    self._queue[0] = ResendPlan(plan.meter_id, plan.rows[sent:], plan.truncated)
-            self._queue.popleft()
-            self._meters.discard(plan.meter_id)
+            pending = next(iter(self._queue.values()))
+            rows = self._rows_since(pending.meter_id, pending.next_seq, min(CHUNK, pending.left))
+            if not rows:
+                del self._queue[pending.meter_id]
+                continue
+            for row in rows:
+                started = time.monotonic()
+                try:
+                    await link.publish(
+                        self.topics.meter(row.meter_id, row.kind),
+                        envelope(self.topics.gateway_id, row),
+                    )
+                except PublishRefusedError as exc:
+                    log.warning("resent message %s/%d refused: %s", row.meter_id, row.seq, exc)
+                pending.next_seq, pending.left = row.seq + 1, pending.left - 1
+                self.resent += 1
+                await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
+            if pending.left <= 0:
+                del self._queue[pending.meter_id]

@@ -18,9 +18,10 @@ import signal
 import ssl
 import stat
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -31,7 +32,7 @@ from gateway.clock import GatewayClock
 from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
-from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
 from gateway.paho_client import client_class
 from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
 from gateway.resend import ResendQueue
@@ -50,6 +51,25 @@ PURGE_PERIOD_S = 3600.0
 
 class StartupError(Exception):
     """The gateway refuses to start (a clear one-line reason for the operator)."""
+
+
+class GatewayCrashedError(Exception):
+    """A fault of the gateway's own that no boundary held: one line for the operator, the
+    traceback in a file beside the store (systemd restarts the service)."""
+
+
+def crash_report(config: GatewayConfig, exc: BaseException) -> str:
+    """Write the traceback beside the store (best effort); the one line that names it."""
+    path = config.store.with_name(config.store.name + ".crash.txt")
+    text = "".join(traceback.format_exception(exc))
+    try:
+        write_private_text(path, f"{datetime.now(UTC).isoformat()}\n{text}")
+        where = f"traceback in {path}"
+    except OSError as err:
+        log.critical("internal fault (the traceback file could not be written):\n%s", text)
+        where = f"traceback not written ({path}: {err.strerror}), see the log"
+    first = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else exc
+    return f"internal fault: {type(first).__name__}: {first} ({where})"
 
 
 def check_secret_file(path: Path, what: str) -> None:
@@ -255,7 +275,10 @@ class Runner:
                     async with asyncio.timeout(HEALTH_PERIOD_S):
                         await self.status_changed.wait()
                 self.status_changed.clear()
-                await link.publish(self.topics.status, self.status_message(True), retain=True)
+                try:
+                    await link.publish(self.topics.status, self.status_message(True), retain=True)
+                except PublishRefusedError as exc:
+                    log.warning("status refused by the broker: %s", exc)
 
         try:
             try:
@@ -285,7 +308,10 @@ class Runner:
                 model=rt.stored.record.map_name.upper(),
                 prefix=self.config.home_assistant.prefix,
             ):
-                await link.publish(topic, json.dumps(config).encode(), retain=True)
+                try:
+                    await link.publish(topic, json.dumps(config).encode(), retain=True)
+                except PublishRefusedError as exc:
+                    log.warning("discovery config %s refused by the broker: %s", topic, exc)
 
     def reload(self) -> None:
         """SIGHUP (sent by ``meter-provision enrol``): start polling the meters enrolled
@@ -342,7 +368,7 @@ class Runner:
         self.drain = OutboxDrain(store, self.topics, clock=self.clock)
         self.gateway.on_commit = self.drain.wake.set
         self.gateway.on_storage = self._on_storage
-        self.resends = ResendQueue(store.outbox_since, self.topics)
+        self.resends = ResendQueue(store.outbox_since, store.outbox_seqs_since, self.topics)
         self.intake = CommandIntake(
             self.gateway,
             self.topics,
@@ -517,6 +543,10 @@ def run_gateway(config: GatewayConfig, config_path: Path | None = None) -> int:
 
     try:
         asyncio.run(main())
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise GatewayCrashedError(crash_report(config, exc)) from None
     finally:
         if lock is not None:
             lock.release()

@@ -88,10 +88,9 @@ STORAGE_RETRY_MAX_S = 60.0
 #: The PE-1 holding register of the credit lease, and the least drift that rewrites it.
 LEASE_POINT = "credit_lease"
 LEASE_SLACK_WH = 50
-#: The lease's grace: this many normal poll intervals (at least LEASE_GRACE_MIN_S) at the
-#: meter's rated power, so that a gateway in touch always cuts first.
+#: The lease's grace: this many normal poll intervals at the meter's rated power, so that
+#: a gateway in touch always cuts first (it polls a meter near exhaustion more often).
 LEASE_GRACE_POLLS = 3
-LEASE_GRACE_MIN_S = 60.0
 
 
 def utc_now() -> datetime:
@@ -676,7 +675,7 @@ class Gateway:
 
     def _lease_value(self, rt: MeterRuntime) -> int:
         """The lease register's value for this meter now (gateway seconds of grace)."""
-        grace = max(LEASE_GRACE_MIN_S, LEASE_GRACE_POLLS * self.config.polling.interval_s)
+        grace = LEASE_GRACE_POLLS * self.config.polling.interval_s  # real seconds
         allowance = lease_allowance_wh(rt.state, self.clock(), grace * self.speed)
         return lease_register_value(allowance)
 
@@ -778,16 +777,25 @@ class Gateway:
     async def run_clock(self, period: float = 30.0) -> None:
         """Send each meter a ClockTick when its next deadline (midnight, window edge,
         tariff activation) has passed."""
-        deadlines = {m: next_deadline(rt.state, self.clock()) for m, rt in self.meters.items()}
+        deadlines: dict[str, datetime] = {}
         while True:
-            await asyncio.sleep(period)
             now = self.clock()
-            for meter_id in self.meters.keys() - deadlines.keys():  # added by a reload
-                deadlines[meter_id] = next_deadline(self.meters[meter_id].state, now)
+            for meter_id in self.meters.keys() - deadlines.keys():  # at start, or reloaded
+                deadlines[meter_id] = self._deadline(meter_id, now)
             for meter_id, due in list(deadlines.items()):
                 if due <= now:
                     await self.queue.put(CoreItem(ClockTick(meter_id, now)))
-                    deadlines[meter_id] = next_deadline(self.meters[meter_id].state, now)
+                    deadlines[meter_id] = self._deadline(meter_id, now)
+            await asyncio.sleep(period)
+
+    def _deadline(self, meter_id: str, now: datetime) -> datetime:
+        """The meter's next deadline; a state the core cannot place in time (a fault
+        logged here) is asked again in an hour, never ending the clock for the others."""
+        try:
+            return next_deadline(self.meters[meter_id].state, now)
+        except Exception:
+            log.exception("meter %s: its next deadline could not be worked out", meter_id)
+            return now + timedelta(hours=1)
 
     async def run_pollers(self) -> None:
         async with asyncio.TaskGroup() as tg:

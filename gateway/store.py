@@ -960,6 +960,16 @@ class Store:
             for r in rows
         ]
 
+    def outbox_seqs_since(self, meter_id: str, seq: int, limit: int) -> list[int]:
+        """The seqs :meth:`outbox_since` would return (at most ``limit``), unread."""
+        return [
+            s
+            for (s,) in self._read(
+                "SELECT seq FROM outbox WHERE meter_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (meter_id, min(seq, _INT64_MAX), limit),
+            )
+        ]
+
     def mark_acked(self, ids: Iterable[int], at: datetime) -> None:
         """Record broker acknowledgements without waiting. They are written in the next
         commit's transaction (or alone, unsynced, after ACK_FLUSH_S or once ACK_FLUSH_ROWS
@@ -1047,6 +1057,34 @@ class Store:
         except sqlite3.Error as exc:
             raise _storage_error(exc, "recording the command failed") from exc
         return cursor.rowcount == 1
+
+    def executed_commands(self, now: datetime) -> list[tuple[str, datetime, datetime]]:
+        """Signed commands executed and not yet expired: (id, expires, executed), for an
+        export to carry to a replacement gateway (so a captured one fails there too)."""
+        return [
+            (i, datetime.fromisoformat(e), datetime.fromisoformat(x))
+            for i, e, x in self._read(
+                "SELECT command_id, expires_at, executed_at FROM executed_commands"
+                " WHERE expires_at >= ? ORDER BY executed_at",
+                (_iso(now),),
+            )
+        ]
+
+    def restore_executed_commands(self, rows: Sequence[tuple[str, datetime, datetime]]) -> int:
+        """Record commands another gateway executed (from an export); how many were new."""
+        return self._on_writer(self._restore_executed, list(rows))
+
+    def _restore_executed(self, rows: list[tuple[str, datetime, datetime]]) -> int:
+        try:
+            with self._transaction() as db:
+                before = db.total_changes
+                db.executemany(
+                    "INSERT OR IGNORE INTO executed_commands VALUES (?, ?, ?)",
+                    [(i, _iso(e), _iso(x)) for i, e, x in rows],
+                )
+                return db.total_changes - before
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "recording executed commands failed") from exc
 
     async def release_command_async(self, command_id: str) -> None:
         """Forget a claimed command that could not be carried out (its step did not

@@ -102,10 +102,13 @@ class StoreLock:
                     if attempt == _TRIES - 1:
                         raise StoreLockedError(path, _read_holder(fd)) from None
                     time.sleep(0.05)
-            if os.fstat(fd).st_size == 0:
-                os.fchmod(fd, PRIVATE_FILE)  # new: owner-only whatever the umask
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+            try:
+                if os.fstat(fd).st_size == 0:
+                    os.fchmod(fd, PRIVATE_FILE)  # new: owner-only whatever the umask
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+            except OSError as exc:  # a full disk: the lock cannot say who holds it
+                raise StoreLockError(path, exc.strerror or str(exc)) from None
         except BaseException:
             os.close(fd)
             raise

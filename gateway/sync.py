@@ -283,6 +283,10 @@ async def run_sessions(
                 await body(link)
         except MqttError as exc:
             log.warning("MQTT session with %s ended: %s", broker, exc)
+        except Exception:
+            # A fault of ours in the session: the uplink is not what enforces supply, so
+            # log it, count on the next session, and never let it end the gateway.
+            log.exception("MQTT session with %s failed; reconnecting", broker)
         on_state("disconnected", None)
         index += 1
         if index % len(brokers) == 0:

@@ -160,14 +160,14 @@ def build_parser() -> CliParser:
         "--reply-delay",
         type=float,
         metavar="SECONDS",
-        help="dlt645: the meters' reply delay Td with wire time (default 0.02)",
+        help="dlt645: the meters' reply delay Td with wire time (default: 0.02)",
     )
     serve.add_argument(
         "--first-address",
         type=int,
         default=1,
         metavar="N",
-        help="dlt645: address of meter 1, as a number; meter n has N+n-1 (default 1)",
+        help="dlt645: address of meter 1, as a number; meter n has N+n-1 (default: 1)",
     )
     serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (.json, .toml)")
     serve.add_argument(

@@ -181,6 +181,7 @@ def run_export(args: argparse.Namespace) -> int:
     keys: dict[str, str] = {}
     with open_store(config) as store:
         stored = store.load_meters()
+        executed = store.executed_commands(datetime.now(UTC))
         commissioning = {
             m.record.meter_id: commissioning_reports(store.events(m.record.meter_id))
             for m in stored
@@ -215,6 +216,11 @@ def run_export(args: argparse.Namespace) -> int:
         "gateway_id": config.gateway_id,
         "exported_at": datetime.now(UTC).isoformat(),
         "meters": meters,
+        # Signed commands already carried out and still valid: the new gateway refuses
+        # them too, so a captured one cannot be played to the replacement box.
+        "executed_commands": [
+            {"id": i, "expires": e.isoformat(), "executed": x.isoformat()} for i, e, x in executed
+        ],
     }
     if passphrase is not None:
         doc["keys"] = encrypt_keys(keys, passphrase)
@@ -313,6 +319,7 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
         raise ProvisionError(f"{args.file}: no meters")
     source = str(doc.get("gateway_id") or args.file)
     planned = [_planned(item, keys, args.key_dir, now, source) for item in items]
+    executed = _executed_commands(doc.get("executed_commands", []))
     bus_names = {b.name for b in config.buses}
     for record, *_ in planned:
         if record.bus not in bus_names:
@@ -337,5 +344,27 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
                     store.apply(state, events, now, token_window=window, lockout=lockout)
             except StoreError as exc:
                 raise ProvisionError(f"{record.meter_id}: {exc}") from None
-    print(f"imported {len(planned)} meters from {args.file}")
+        store.restore_executed_commands(executed)
+    print(
+        f"imported {len(planned)} meters from {args.file}"
+        + (f" and {len(executed)} executed command ids" if executed else "")
+    )
     return 0
+
+
+def _executed_commands(items: object) -> list[tuple[str, datetime, datetime]]:
+    """The export's executed signed commands, checked."""
+    if not isinstance(items, list):
+        raise ProvisionError("executed_commands: must be a list")
+    out = []
+    for item in items:
+        try:
+            command_id = str(item["id"])
+            expires = datetime.fromisoformat(str(item["expires"]))
+            executed = datetime.fromisoformat(str(item["executed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProvisionError(f"executed_commands: {exc}") from None
+        if expires.tzinfo is None or executed.tzinfo is None:
+            raise ProvisionError("executed_commands: times must carry a time zone")
+        out.append((command_id, expires, executed))
+    return out

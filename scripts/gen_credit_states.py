@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gateway.core.driver import NEAR_EXHAUSTION
 from gateway.core.states import RELAY_OPEN_STATES, TRANSITIONS, CreditState
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "credit-states.md"
@@ -27,6 +28,12 @@ disconnected meter exceeds the reconnect threshold (armed when the customer's bu
 required), and the rest from button presses and signed headend commands. A trigger with
 no arrow from the current state is ignored (and a headend command that is ignored is
 reported). States with the relay open: {open_states}.
+
+Away from the gateway: a PE-1 meter holds a credit lease, the energy its credit buys plus
+a few polls' grace, and opens its relay by itself when the lease runs out with no new
+grant (a cut bus wire is not free electricity; docs/operations.md, *The credit lease*). A
+meter without a lease register that stops answering in {near_exhaustion} raises
+`communication_lost_while_exhausted` instead.
 """
 
 
@@ -43,7 +50,10 @@ def render() -> str:
         for trigger, target in row.items()
     ]
     open_states = ", ".join(f"`{s}`" for s in CreditState if s in RELAY_OPEN_STATES)
-    return HEADER.format(open_states=open_states) + "\n" + "\n".join(lines + table) + "\n"
+    near = [s for s in CreditState if s in NEAR_EXHAUSTION]
+    near_exhaustion = ", ".join(f"`{s}`" for s in near[:-1]) + f" or `{near[-1]}`"
+    header = HEADER.format(open_states=open_states, near_exhaustion=near_exhaustion)
+    return header + "\n" + "\n".join(lines + table) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

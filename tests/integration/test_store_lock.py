@@ -67,7 +67,7 @@ async def test_one_gateway_per_store(tmp_path: Path, mosquitto: Mosquitto) -> No
                 await eventually(lambda: log.of(meter_id(1), "reading"), 30, "meter 1 polled")
 
                 second = await run("gateway", "run", "--config", config)
-                refused_naming(second, first.pid, "meter-gateway")
+                refused_naming(second, first.pid, "meter-gateway run")
 
                 asked = time.monotonic()
                 enrolled = await run(

@@ -29,6 +29,8 @@ class Fault(StrEnum):
     OTHER_UNIT = "other_unit"
     #: the reply carries one register fewer than asked (a consistent but short frame)
     SHORT = "short"
+    #: no reply at all (the meter is gone, or its bus is cut)
+    SILENT = "silent"
 
 
 @dataclass
@@ -156,6 +158,9 @@ class FaultyMeterServer:
         else:
             reply = self._reply_pdu(unit, pdu)
             fault = unit.fault
+        if fault is Fault.SILENT:
+            self.counts[str(fault)] += 1
+            return
         named = unit_id + 1 if fault is Fault.OTHER_UNIT else unit_id
         frame = struct.pack(">HHHB", tid, 0, len(reply) + 1, named) + reply
         self.counts[str(fault)] += 1

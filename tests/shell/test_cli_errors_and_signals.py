@@ -358,7 +358,7 @@ async def test_services_stop_cleanly_on_a_signal(tmp_path: Path, signum: signal.
     assert sim.stdout is not None
     await read_until(sim.stdout, "ready:")  # started by hand: this test stops it itself
     world = GatewayWorld(tmp_path, tmp_path / "gateway.db", gateway_id="gw-stop")
-    (tmp_path / "gateway.toml").write_text(to_toml(world.config_data()))  # no buses, no broker
+    world.write_config()  # no buses, no broker (written owner-only, as the gateway wants)
     gateway = await start("meter-gateway", "run", cwd=tmp_path)
     assert gateway.stderr is not None
     seen = await read_until(gateway.stderr, "messages waiting")

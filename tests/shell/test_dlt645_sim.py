@@ -174,14 +174,14 @@ async def test_the_cli_serves_a_bus_and_ctl_presses_the_button() -> None:
 )
 async def test_bad_dlt645_command_lines_end_with_one_line(args: list[str], message: str) -> None:
     code, out, err = await run("serve", "--protocol", "dlt645", *args)
-    assert code == 1
+    assert code == 2  # a usage error
     assert out == ""
-    assert err.startswith("meter-sim: error: ")
+    assert err.startswith("meter-sim serve: error: ")
     assert message in err
     assert err.count("\n") == 1
 
 
 async def test_modbus_serve_refuses_the_645_flags() -> None:
     code, _, err = await run("serve", "--first-address", "5", "--no-tcp", "--rtu-pty")
-    assert code == 1
+    assert code == 2
     assert "--protocol dlt645" in err

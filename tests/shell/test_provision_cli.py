@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gateway.core.tariff import FlatPricing
 from gateway.store import Store
 from meter_sim.simulator import Simulator
 from provisioning.__main__ import main
+from provisioning.key_files import write_secret_file
 from tests.support.gateway_env import GatewayWorld, to_toml
 
 GW = "gw-prov"
@@ -629,6 +630,31 @@ async def test_export_import_moves_meters_ledgers_and_encrypted_keys(
     again = cli("import", sealed, "--config", new / "gateway.toml")
     assert again.rc == 2
     assert "already in the store" in again.err
+
+
+def test_executed_command_ids_move_with_an_export(site: Site, tmp_path: Path) -> None:
+    """A signed command executed on the old box is refused as a replay on the new one."""
+    assert site.enrol(1, "--credit", "5").rc == 0
+    now = datetime.now(UTC)
+    with Store.open(site.store) as store:
+        assert store.claim_command("dc-1", now + timedelta(hours=2), now)
+        assert store.claim_command("old", now - timedelta(minutes=1), now - timedelta(hours=1))
+    out = tmp_path / "site.json"
+    assert cli("export", "--config", site.config, "--out", out).rc == 0
+    new = tmp_path / "new"
+    assert cli("init", "--dir", new, "--gateway-id", "gw-new").rc == 0
+    write_site_config(new, site.sim)
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    with Store.open(site.store) as store:
+        for m in store.load_meters():
+            write_secret_file(key_dir / f"{m.record.meter_id}.key", m.record.meter_key)
+    ran = cli("import", out, "--config", new / "gateway.toml", "--key-dir", key_dir)
+    assert ran.rc == 0, ran.err
+    assert "1 executed command ids" in ran.out
+    with Store.open(new / "gateway.db") as store:
+        assert not store.claim_command("dc-1", now + timedelta(hours=2), now)  # a replay
+        assert [i for i, _e, _x in store.executed_commands(now)] == ["dc-1"]
 
 
 # ---------------------------------------------------------------------------- help

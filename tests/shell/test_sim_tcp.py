@@ -221,7 +221,7 @@ async def test_refused_requests_get_the_standard_exception_codes() -> None:
             (1, struct.pack(">BHH", 4, 0, 0), 0x84, 0x03),  # count 0
             (1, struct.pack(">BHH", 4, 0, 126), 0x84, 0x03),  # count above 125
             (1, struct.pack(">BHH", 2, 0, 1), 0x82, 0x02),  # PE-1 has no discrete inputs
-            (1, struct.pack(">BHH", 6, 6, 1), 0x86, 0x02),  # no holding register 6
+            (1, struct.pack(">BHH", 6, 8, 1), 0x86, 0x02),  # no holding register 8
             (1, struct.pack(">BHH", 5, 0, 0x1234), 0x85, 0x03),  # coil value not 0/FF00
             (1, struct.pack(">BHH", 5, 1, 0xFF00), 0x85, 0x02),  # no coil 1
             (1, struct.pack(">BHHBH", 16, 0, 2, 2, 1), 0x90, 0x03),  # byte count mismatch
