@@ -30,7 +30,7 @@ from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ReadingReceived
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import DayType, Tariff, TariffSchedule, TimeOfUsePricing, TouPeriod
-from gateway.service import MAX_BATCH
+from gateway.core_task import MAX_BATCH
 from gateway.store import MeterRecord, MeterUpdate, OutboxRow, Store
 
 START = datetime(2026, 11, 2, tzinfo=UTC)

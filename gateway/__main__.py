@@ -13,7 +13,8 @@ from types import FrameType
 
 from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
-from gateway.runner import GatewayCrashedError, StartupError, run_gateway, status_file
+from gateway.runner import run_gateway
+from gateway.startup import GatewayCrashedError, StartupError, status_file
 from protocol.cli import CliParser, ExitCode, add_config_option, error_line, exit_codes_help
 
 PROG = "meter-gateway"

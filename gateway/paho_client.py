@@ -4,7 +4,7 @@ messages a second.
 paho 2.x sends each packet with its own ``send`` and reads each incoming packet with
 three ``recv`` calls (the type byte, the length byte, the rest); and it decodes every
 PUBACK into a new reason code and property set. With two messages per reading that was
-about half of the gateway's CPU per reading (bench/bench_gateway.py (a) and (d)). Here:
+a large share of the gateway's CPU per reading (measured in docs/benchmarks.md). Here:
 
 - packets paho writes in one ``loop_write`` go out in one ``send`` (what the socket does
   not take stays buffered, and the client keeps asking for writability until it is

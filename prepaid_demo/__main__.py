@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config, to_toml
 from gateway.private_files import make_private_dir, write_private_text
-from gateway.runner import status_file
+from gateway.startup import status_file
 from meter_sim.control import request
 from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
 from prepaid_demo.screen import Status, compose

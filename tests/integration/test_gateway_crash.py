@@ -19,6 +19,7 @@ from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import eventually, sim_start
 from tests.support.gateway_env import GatewayWorld, meter_id
+from tests.support.gateway_process import start_gateway
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -27,15 +28,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 SPEED = 60.0
 KILLS = 12
 METERS = 4
-
-
-def _start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
@@ -60,7 +52,7 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
             with TestClient(broker, "headend-crash", persistent=True) as client:
                 client.subscribe("prepaid/v1/gw-test/meters/+/+")
             for _ in range(KILLS):
-                proc = _start_gateway(config, log)
+                proc = start_gateway(config, log)
                 try:
                     await asyncio.sleep(rng.uniform(0.6, 2.0))
                     unit = rng.randint(1, METERS)
@@ -75,7 +67,7 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
             # A last run to let everything settle: every entry acknowledged, outbox empty.
-            proc = _start_gateway(config, log)
+            proc = start_gateway(config, log)
             try:
                 await eventually(
                     lambda: all(not sim.state(u)["keypad_pending"] for u in range(1, METERS + 1)),

@@ -17,6 +17,7 @@ from protocol.tokens.keys import derive_meter_key
 from provisioning.key_files import write_secret_file
 from tests.integration.helpers import MessageLog, eventually
 from tests.support.gateway_env import VENDING_KEY, GatewayWorld, meter_id
+from tests.support.gateway_process import start_gateway
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -33,15 +34,6 @@ async def run(*argv: object) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def refused_naming(done: subprocess.CompletedProcess[str], pid: int, prog: str) -> None:

@@ -8,7 +8,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,10 @@ from typing import Any
 from examples.headend import Headend
 from gateway.store import Store
 from tests.support.gateway_env import GatewayWorld, meter_id, online_token
+from tests.support.gateway_process import start_gateway
 from tests.support.mqtt import TestClient
+
+__all__ = ["start_gateway"]  # the reliability tests import it from here too
 
 
 def env_count(name: str, ci: int, big: int) -> int:
@@ -26,16 +28,6 @@ def env_count(name: str, ci: int, big: int) -> int:
     if raw:
         return int(raw)
     return big if os.environ.get("PREPAID_EDGE_SOAK") == "1" else ci
-
-
-def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``python -m gateway run`` as an operator starts it, output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ from meter_sim.simulator import Simulator
 from protocol.command_auth import sign_command
 from tests.integration.helpers import MessageLog, eventually, sim_start
 from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, online_token, to_toml
+from tests.support.gateway_process import GatewayProcess
 from tests.support.mosquitto import Mosquitto, TlsMaterial
 from tests.support.mqtt import TestClient
 from tests.support.pki import TestCA
@@ -43,31 +41,29 @@ class HostileSite:
     headend: TestClient
     log: MessageLog
     config_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    gateway: GatewayProcess = field(init=False)
     counter: int = 100
     sent: int = 0
     _online_from: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.gateway = GatewayProcess(self.config_path, self.folder / "gateway.log")
+
     @property
     def gateway_log(self) -> Path:
-        return self.folder / "gateway.log"
+        return self.gateway.log
 
     def start_gateway(self) -> None:
         self._online_from = len(self.log.pull())
-        with self.gateway_log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.gateway.start()
 
     async def wait_online(self) -> None:
         """Until the gateway started last publishes its retained status ``online``."""
 
         def online() -> bool:
             if not self.alive():
-                raise AssertionError(f"gateway exited:\n{self.gateway_log.read_text()[-3000:]}")
+                raise AssertionError(f"gateway exited:\n{self.gateway.text()[-3000:]}")
             return any(
                 t == f"{ROOT}/status" and m.get("state") == "online"
                 for t, m in self.log.pull()[self._online_from :]
@@ -76,19 +72,17 @@ class HostileSite:
         await eventually(online, 20, "the gateway online")
 
     def stop_gateway(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
+        self.gateway.stop()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.gateway.alive()
 
     def sessions(self) -> int:
         """MQTT sessions the gateway opened (one per connect)."""
-        return self.gateway_log.read_text(errors="replace").count("MQTT connected to")
+        return self.gateway.logged("MQTT connected to")
 
     def tracebacks(self) -> int:
-        return self.gateway_log.read_text(errors="replace").count("Traceback")
+        return self.gateway.logged("Traceback")
 
     def balances(self) -> dict[str, tuple[int, int, str]]:
         """(balance, topups, credit state) per meter, read-only from the store."""

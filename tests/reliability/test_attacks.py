@@ -20,6 +20,7 @@ from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.support.gateway_env import HEADEND_KEY, GatewayWorld, meter_id, online_token
+from tests.support.gateway_process import first_readings
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 from tests.support.pki import TestCA
@@ -68,7 +69,7 @@ async def test_keypad_guessing_and_forged_commands(tmp_path: Path, mosquitto: Mo
             log = MessageLog(client)
             async with running_gateway(config) as runner:
                 gw = runner.gateway
-                await eventually(lambda: gw.meters[M1].state.ledger.register_wh is not None)
+                await first_readings(gw, [M1])
                 balance = gw.meters[M1].state.ledger.balance
                 # Guesses: another meter's genuine token and forged digits with a good check
                 # digit (a token for meter 1 under the wrong vending key).

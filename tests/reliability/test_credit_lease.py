@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from gateway.core.lease import lease_allowance_wh
-from gateway.service import LEASE_GRACE_POLLS
+from gateway.meter_actions import LEASE_GRACE_POLLS
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.reliability.faulty_meter import Fault, FaultyMeterServer, Unit, put, words_f32
 from tests.support.gateway_env import GatewayWorld, fast_settings, meter_id
+from tests.support.gateway_process import first_readings
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -99,11 +100,7 @@ async def test_a_meter_without_a_lease_that_goes_quiet_near_exhaustion_raises_an
             log = MessageLog(headend)
             async with running_gateway(config) as runner:
                 gw = runner.gateway
-                await eventually(
-                    lambda: all(rt.state.ledger.register_wh for rt in gw.meters.values()),
-                    10,
-                    "baselines",
-                )
+                await first_readings(gw)
                 server.units[1].fault = Fault.SILENT
                 server.units[2].fault = Fault.SILENT
                 alarm = await eventually(

@@ -19,6 +19,7 @@ from tests.reliability.faulty_meter import (
     words_u64,
 )
 from tests.support.gateway_env import GatewayWorld, fast_settings, meter_id
+from tests.support.gateway_process import first_readings
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -91,13 +92,7 @@ async def test_faulty_meters_never_stop_enforcement_nor_charge(
             log = MessageLog(headend)
             async with running_gateway(config) as runner:
                 gw = runner.gateway
-                await eventually(
-                    lambda: all(
-                        rt.state.ledger.register_wh is not None for rt in gw.meters.values()
-                    ),
-                    10,
-                    "every meter's baseline",
-                )
+                await first_readings(gw)
                 before = {m: rt.state.ledger.balance for m, rt in gw.meters.items()}
                 server.units[2] = _pe1(energy=2**64 - 1)
                 put(server.units[3].input, PE1_ENERGY, words_u64(ENERGY_WH - 500))

@@ -14,6 +14,7 @@ from meter_sim.simulator import Simulator
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.reliability.harness import env_count
 from tests.support.gateway_env import GatewayWorld, meter_id
+from tests.support.gateway_process import first_readings
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -130,9 +131,7 @@ async def _send_all(
             log = MessageLog(client)
             async with running_gateway(config) as runner:
                 gw = runner.gateway
-                await eventually(
-                    lambda: gw.meters[meter_id(1)].state.ledger.register_wh is not None
-                )
+                await first_readings(gw, [meter_id(1)])
                 before = _snapshot(gw)
                 for n, payload in enumerate(payloads):
                     client.publish(topics[n % len(topics)], payload)

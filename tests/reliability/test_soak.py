@@ -16,9 +16,10 @@ import pytest
 from gateway.config import GatewayConfig
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
-from tests.integration.helpers import eventually, running_gateway, sim_start
+from tests.integration.helpers import running_gateway, sim_start
 from tests.reliability.harness import env_count
 from tests.support.gateway_env import GatewayWorld, meter_id
+from tests.support.gateway_process import first_readings
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -156,9 +157,7 @@ async def test_soak_stays_flat(
             headend.subscribe("prepaid/v1/gw-test/#")
             async with running_gateway(config) as runner:
                 gw = runner.gateway
-                await eventually(
-                    lambda: gw.meters[meter_id(METERS)].state.ledger.register_wh is not None, 60
-                )
+                await first_readings(gw, [meter_id(METERS)], within=60)
                 for kind in ("exception", "slow", "timeout"):
                     sim.inject_fault("all", kind, probability=0.01, delay=0.2)
                 # The headend here only proves delivery goes on; its queue is the test's

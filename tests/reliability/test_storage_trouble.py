@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from tests.integration.helpers import MessageLog, eventually, sim_start
 from tests.support.gateway_env import GatewayWorld, meter_id, online_token, to_toml
+from tests.support.gateway_process import GatewayProcess
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -73,31 +72,31 @@ class Site:
     log: MessageLog
     headend: TestClient
     config: Path
-    proc: subprocess.Popen[bytes] | None = None
     counter: int = 10
+    gateway: GatewayProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gateway = GatewayProcess(self.config, self.folder / "gateway.log")
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.gateway.proc
 
     @property
     def gateway_log(self) -> Path:
-        return self.folder / "gateway.log"
+        return self.gateway.log
 
     def start(self) -> None:
-        with self.gateway_log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.gateway.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
+        self.gateway.stop()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.gateway.alive()
 
     def logged(self, text: str) -> int:
-        return self.gateway_log.read_text(errors="replace").count(text)
+        return self.gateway.logged(text)
 
     def storage(self) -> str | None:
         """The storage health in the latest retained status the headend saw."""

@@ -97,10 +97,15 @@ class TestClient:
         except (OSError, ssl.SSLError) as exc:
             raise ConnectRefusedError(str(exc)) from exc
         self._client.loop_start()
+        problem = None
         if not self._connected.wait(timeout):
-            raise ConnectRefusedError(f"no CONNACK within {timeout}s")
-        if self._connect_result != "Success":
-            raise ConnectRefusedError(self._connect_result or "unknown")
+            problem = f"no CONNACK within {timeout}s"
+        elif self._connect_result != "Success":
+            problem = self._connect_result or "unknown"
+        if problem is not None:
+            self._client.disconnect()
+            self._client.loop_stop()  # the network thread is ours: never left behind
+            raise ConnectRefusedError(problem)
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 5.0) -> None:
         rc, mid = self._client.subscribe(topic, qos)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.runner import crash_report
+from gateway.startup import crash_report
 from tests.support.gateway_env import GatewayWorld
 
 
@@ -18,7 +18,7 @@ def _raised(exc: BaseException) -> BaseException:
 def test_one_line_names_the_first_fault_and_the_file(tmp_path: Path) -> None:
     world = GatewayWorld(tmp_path, tmp_path / "gateway.db")
     config = world.config()
-    group = _raised(ExceptionGroup("tasks", [_raised(ValueError("boom in the clock"))]))
+    group = _raised(ExceptionGroup("tasks", [ValueError("boom in the clock")]))
     line = crash_report(config, group)
     crash = tmp_path / "gateway.db.crash.txt"
     assert line == f"internal fault: ValueError: boom in the clock (traceback in {crash})"
