@@ -37,7 +37,7 @@ def _until_marker(client: TestClient, marker: str) -> list[bytes]:
     """What ``client`` receives on :data:`DATA` before its marker: the broker delivers one
     session's messages in the order they were published, so the marker comes after
     everything queued before it."""
-    got = []
+    got: list[bytes] = []
     while True:
         try:
             msg = client.next_message(timeout=10)
