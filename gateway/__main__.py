@@ -15,7 +15,14 @@ from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.runner import run_gateway
 from gateway.startup import GatewayCrashedError, StartupError, status_file
-from protocol.cli import CliParser, ExitCode, add_config_option, error_line, exit_codes_help
+from protocol.cli import (
+    CliParser,
+    ExitCode,
+    add_config_option,
+    error_line,
+    exit_codes_help,
+    survive_closed_stdout,
+)
 
 PROG = "meter-gateway"
 EXAMPLES = f"""\
@@ -66,9 +73,11 @@ def _status(config_path: Path, as_json: bool) -> int:
     path = status_file(config)
     try:
         data = json.loads(path.read_text())
-        written = datetime.fromisoformat(data["written_at"])
+        # Real time, not the gateway's clock: under a simulation clock that runs ahead,
+        # the gateway's time would make the age negative. Files of older gateways lack it.
+        written = datetime.fromisoformat(data.get("written_at_real") or data["written_at"])
         health = data["health"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(
             error_line(f"{PROG} status", f"no status at {path}: is the gateway running?"),
             file=sys.stderr,
@@ -102,10 +111,10 @@ def _terminated(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():
-        return _main(argv)
+        return survive_closed_stdout(lambda: _main(argv))
     before = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _main(argv)
+        return survive_closed_stdout(lambda: _main(argv))
     finally:
         signal.signal(signal.SIGTERM, before)
 

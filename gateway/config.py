@@ -141,12 +141,18 @@ class MqttSettings(_Strict):
 
 
 class PollingSettings(_Strict):
-    interval_s: float = Field(default=60.0, gt=0, description="normal poll interval")
-    min_interval_s: float = Field(default=5.0, gt=0, description="for meters near exhaustion")
-    max_interval_s: float = Field(
-        default=900.0, gt=0, description="for meters with weeks of credit"
+    interval_s: float = Field(
+        default=60.0, gt=0, description="normal poll interval, in real seconds (see clock_speed)"
     )
-    backoff_max_s: float = Field(default=300.0, gt=0, description="longest wait for a dead meter")
+    min_interval_s: float = Field(
+        default=5.0, gt=0, description="for meters near exhaustion, in real seconds"
+    )
+    max_interval_s: float = Field(
+        default=900.0, gt=0, description="for meters with weeks of credit, in real seconds"
+    )
+    backoff_max_s: float = Field(
+        default=300.0, gt=0, description="longest wait for a dead meter, in real seconds"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PollingSettings:
@@ -199,7 +205,11 @@ class SimulationSettings(_Strict):
     """For demos and tests against a simulator only: never set on a real site."""
 
     clock_speed: float = Field(
-        default=1.0, gt=0, le=100_000, description="gateway seconds per real second"
+        default=1.0,
+        gt=0,
+        le=100_000,
+        description="gateway seconds per real second; the polling intervals stay real "
+        "seconds (at 60, interval_s = 60 polls once per simulated hour)",
     )
     clock_start: AwareDatetime | None = Field(
         default=None, description="gateway time at clock_anchor; default: now"

@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.clock import GatewayClock
@@ -116,7 +116,8 @@ class Runner:
     def write_status_file(self) -> None:
         data = {
             "gateway": self.config.gateway_id,
-            "written_at": self.clock().isoformat(),
+            "written_at": self.clock().isoformat(),  # the gateway's clock (maybe simulated)
+            "written_at_real": datetime.now(UTC).isoformat(),  # what `status` ages it by
             "broker": self.broker_state,
             "broker_address": str(self.broker) if self.broker else None,
             "health": json.loads(self.health().model_dump_json()),

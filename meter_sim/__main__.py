@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import selectors
 import signal
@@ -31,7 +30,7 @@ from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.errors import ControlError, FaultPlanError, SetupError, SimError
 from meter_sim.faults import FaultPlan, FaultSpec, load_fault_plan
 from meter_sim.simulator import Simulator
-from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help
+from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help, survive_closed_stdout
 from protocol.dlt645.meter_map import shipped_dlt645_map_names
 from protocol.regmap import shipped_map_names
 
@@ -445,10 +444,10 @@ def _terminated(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():
-        return _main(argv)
+        return survive_closed_stdout(lambda: _main(argv))
     before = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _main(argv)
+        return survive_closed_stdout(lambda: _main(argv))
     finally:
         signal.signal(signal.SIGTERM, before)
 
@@ -480,5 +479,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    sys.exit(main())

@@ -10,8 +10,10 @@ the one module all three may import.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from importlib import metadata
 from pathlib import Path
@@ -104,6 +106,25 @@ class CliParser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: give a command (see --help)", file=sys.stderr)
         return ExitCode.USAGE
+
+
+def survive_closed_stdout(run: Callable[[], int]) -> int:
+    """``run()``'s exit code, with standard output flushed before returning. A reader that
+    went away (``... --json | head`` read enough) ends the program quietly with exit 1
+    (not all output was delivered) instead of a BrokenPipeError traceback: standard
+    output is pointed at /dev/null so the flush at exit cannot fail again, as the Python
+    documentation advises (*Note on SIGPIPE*)."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced, e.g. in a test
+            pass
+        return ExitCode.FAILURE
+    return code
 
 
 def error_line(prog: str, problem: object) -> str:

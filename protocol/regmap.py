@@ -107,6 +107,10 @@ class Point:
     unit: str
     description: str = ""
     bits: tuple[str, ...] = ()
+    #: one meaning per name of ``bits`` (docs/pe1.md shows them), or none
+    bit_descriptions: tuple[str, ...] = ()
+    #: the extension that added this point after the map's version, "" for the version's own
+    extension: str = ""
 
     @property
     def end(self) -> int:
@@ -159,6 +163,8 @@ class _PointFile(BaseModel):
     unit: str = ""
     description: str = ""
     bits: list[str] = Field(default_factory=list)
+    bit_descriptions: list[str] = Field(default_factory=list)
+    extension: str = ""
 
     @field_validator("scale")
     @classmethod
@@ -239,6 +245,8 @@ def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Poin
         raise fail("only a bits16 point names bits")
     if len(raw.bits) > 16:
         raise fail("a bits16 point names at most 16 bits")
+    if raw.bit_descriptions and len(raw.bit_descriptions) != len(raw.bits):
+        raise fail("bit_descriptions needs one description per bit")
     return Point(
         name=raw.name,
         table=raw.table,
@@ -250,6 +258,8 @@ def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Poin
         unit=raw.unit,
         description=raw.description,
         bits=tuple(raw.bits),
+        bit_descriptions=tuple(raw.bit_descriptions),
+        extension=raw.extension,
     )
 
 

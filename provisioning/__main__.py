@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.store import StoreError
-from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help
+from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help, survive_closed_stdout
 from provisioning.commission import add_commission_command
 from provisioning.enrol_cli import add_enrol_command
 from provisioning.errors import ProvisionError
@@ -64,6 +64,10 @@ def _prog(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return survive_closed_stdout(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     prog = PROG
     with signals_interrupt():
         try:
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(prog: str, args: argparse.Namespace) -> int:
     try:
         result: int = args.func(args)
+    except BrokenPipeError:
+        raise  # the reader of our output went away: main ends quietly
     except OSError as exc:
         problem = exc.strerror or str(exc)
         where = f"{exc.filename}: " if exc.filename else ""

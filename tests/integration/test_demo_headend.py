@@ -1,4 +1,4 @@
-"""The reference headend (examples/headend.py), subscribed to a running `make demo` with an MQTT 5 shared subscription, sees every message valid against the published schemas and no sequence gap."""
+"""The reference headend (examples/headend.py), subscribed to a running `make demo`, sees every message valid against the published schemas and no sequence gap."""
 
 from __future__ import annotations
 

@@ -145,6 +145,8 @@ class Mosquitto:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        if self._proc is not None and self._proc.stderr:
+            self._proc.stderr.close()  # a start() after this makes a new process
 
 
 #: The ACL the TLS fixture installs: the gateway writes its own tree, the headend

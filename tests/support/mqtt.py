@@ -48,6 +48,8 @@ class TestClient:
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connected = threading.Event()
         self._connect_result: str | None = None
+        #: the broker's CONNACK said it kept our session (a persistent one)
+        self.session_present: bool | None = None
         self._subscribed: dict[int, threading.Event] = {}
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
@@ -64,8 +66,14 @@ class TestClient:
         self._client.on_subscribe = self._on_subscribe
 
     def _on_connect(
-        self, _c: paho.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+        self,
+        _c: paho.Client,
+        _u: object,
+        flags: paho.ConnectFlags,
+        rc: ReasonCode,
+        _p: Properties | None,
     ) -> None:
+        self.session_present = bool(flags.session_present)
         self._connect_result = str(rc)
         self._connected.set()
 
