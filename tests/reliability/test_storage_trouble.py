@@ -122,7 +122,7 @@ class Site:
         )
         return dict(found[0])
 
-    async def credited_total(self) -> int:
+    def credited_total(self) -> int:
         return sum(
             m["details"]["credited"]
             for t, m in self.log.pull()
@@ -185,7 +185,9 @@ async def test_a_full_disk_while_working_degrades_and_recovers(
             "the retried top-up",
         )
         assert again[0]["ok"] is True, again
-        assert await site.credited_total() == 700
+        # The event comes through the outbox, the result straight away: wait for it.
+        await eventually(lambda: site.credited_total() >= 700, 20, "token_accepted")
+        assert site.credited_total() == 700
         assert site.alive()
         print(f"full disk while working: '{problem}', top-up refused, recovered, credited once")
 
