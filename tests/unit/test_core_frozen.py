@@ -8,11 +8,11 @@ from dataclasses import FrozenInstanceError, dataclass, field
 import pytest
 
 from gateway.core.commands import Publish, WriteDisplay
-from gateway.core.driver import MeterState
 from gateway.core.events import ReadingReceived
 from gateway.core.forecast import SpendSample
 from gateway.core.frozen import quick_init
 from gateway.core.ledger import Ledger
+from gateway.core.meter_state import MeterState
 
 
 @dataclass(frozen=True, slots=True)
