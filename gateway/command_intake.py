@@ -23,12 +23,12 @@ from typing import Any
 from pydantic import JsonValue, ValidationError
 
 from gateway.core.events import RemoteCommand, RemoteKind, TariffChanged
-from gateway.core.json_forms import SettingsError, tariff_from_json
+from gateway.core.token_intake import OnlineTopUp
+from gateway.forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
 from gateway.resend import ResendQueue
 from gateway.service import Gateway
 from gateway.store import StorageUnavailableError, StoreError
-from gateway.token_intake import OnlineTopUp
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
 from protocol.mqtt import (
     COMMAND,
