@@ -12,13 +12,14 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 from gateway.core.meter_state import MeterState
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import Tariff
+from gateway.errors import GatewayError
 
 _TARIFF = TypeAdapter(Tariff)
 _SETTINGS = TypeAdapter(MeterSettings)
 _STATE = TypeAdapter(MeterState)
 
 
-class SettingsError(ValueError):
+class SettingsError(GatewayError, ValueError):
     """A tariff, settings or state document that does not describe a valid one."""
 
     def __init__(self, what: str, problem: str) -> None:

@@ -32,6 +32,7 @@ from gateway.clock import GatewayClock
 from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig, MqttSettings
+from gateway.errors import GatewayError
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
 from gateway.paho_client import client_class
 from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
@@ -49,11 +50,11 @@ HEALTH_PERIOD_S = 60.0
 PURGE_PERIOD_S = 3600.0
 
 
-class StartupError(Exception):
+class StartupError(GatewayError):
     """The gateway refuses to start (a clear one-line reason for the operator)."""
 
 
-class GatewayCrashedError(Exception):
+class GatewayCrashedError(GatewayError):
     """A fault of the gateway's own that no boundary held: one line for the operator, the
     traceback in a file beside the store (systemd restarts the service)."""
 
@@ -266,7 +267,7 @@ class Runner:
         async def commands() -> None:
             while True:
                 msg = await link.incoming.get()
-                await self.intake.handle(link, msg)  # its own boundary: never raises but
+                await self.intake.answer(link, msg)  # its own boundary: never raises but
                 # for the session ending (MqttError)
 
         async def health() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
 from gateway.store import OutboxRow, RawOutboxRow
@@ -208,7 +208,7 @@ async def run_sessions(
     brokers: Sequence[BrokerEndpoint],
     *,
     client_id: str,
-    protocol: str,
+    protocol: Literal["5", "3.1.1"],
     will: Will,
     body: SessionBody,
     backoff: Backoff,
@@ -229,7 +229,7 @@ async def run_sessions(
             async with MqttLink(
                 broker,
                 client_id=client_id,
-                protocol="3.1.1" if protocol == "3.1.1" else "5",
+                protocol=protocol,
                 will=will,
                 keepalive=keepalive,
                 max_inflight=max_inflight,

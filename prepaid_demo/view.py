@@ -59,7 +59,6 @@ class ViewModel:
     """Everything the view shows, from the messages of one gateway's topic tree."""
 
     gateway: str
-    broker_name: str
     rows: dict[str, MeterRow] = field(default_factory=dict)
     gateway_state: str = "unknown"
     latest_ts: datetime | None = None

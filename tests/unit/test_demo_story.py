@@ -82,7 +82,7 @@ def event(meter: str, name: str, reason: str, **details: JsonValue) -> tuple[str
 
 
 def test_messages_fill_rows_and_tell_the_story() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     status = StatusMessage(gateway="gw-demo", state="online", ts=T0)
     assert model.apply(f"{ROOT}/status", dump(status)) == ["gateway gw-demo is online"]
     assert model.apply(f"{ROOT}/status", dump(status)) == []  # health updates say nothing new
@@ -116,7 +116,7 @@ def test_messages_fill_rows_and_tell_the_story() -> None:
 
 @given(payload=st.binary(max_size=300), kind=st.sampled_from(["status", "balance", "event"]))
 def test_a_payload_off_the_contract_changes_nothing(payload: bytes, kind: str) -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     topic = f"{ROOT}/status" if kind == "status" else f"{ROOT}/meters/PE1-000001/{kind}"
     lines = model.apply(topic, payload)
     assert lines == [f"message on {topic} breaks the contract: ignored"]
@@ -131,7 +131,7 @@ def test_a_payload_off_the_contract_changes_nothing(payload: bytes, kind: str) -
     ).map(lambda d: json.dumps(d).encode())
 )
 def test_json_that_is_almost_a_balance_is_refused(payload: bytes) -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     lines = model.apply(f"{ROOT}/meters/PE1-000001/balance", payload)
     assert len(lines) == 1
     assert "breaks the contract" in lines[0]
@@ -139,7 +139,7 @@ def test_json_that_is_almost_a_balance_is_refused(payload: bytes) -> None:
 
 
 def test_command_topics_are_not_the_views_business() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     assert model.apply(f"{ROOT}/meters/PE1-000001/cmd", b"{}") == []
     assert model.messages == 0
 
@@ -151,7 +151,7 @@ def test_money_formats_minor_units() -> None:
 
 
 def test_director_tops_up_after_the_cut_and_replays_after_the_reconnection() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     director = Director((2, 7))
     assert director.step(model, 0.0) is None
     model.apply(*balance("PE1-000007", -1100, "open", "disconnected"))
