@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from gateway.core.commands import Reason
 from gateway.core.events import RemoteKind
 from gateway.core.settings import MeterSettings
 
@@ -139,19 +140,9 @@ def credit_level(balance: int, settings: MeterSettings) -> CreditState:
     return CreditState.EXHAUSTED
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A trigger the balance or the clock makes due, with the rule that raises it."""
-
-    trigger: Trigger
-    rule: str
-    window: str | None = None
-    detail: str = ""
-
-
 def due_trigger(
     credit: CreditState, balance: int, settings: MeterSettings, now: datetime, comm_ok: bool
-) -> Due | None:
+) -> tuple[Trigger, Reason] | None:
     """The trigger due in ``credit`` with ``balance`` at ``now``, or None when the state
     matches the balance. A supplied meter follows its credit level; an exhausted one is
     disconnected outside no-disconnect windows while it answers; a disconnected one is
@@ -161,11 +152,12 @@ def due_trigger(
         level = credit_level(balance, settings)
         if level != credit:
             window = settings.windows.active(now) if level == CreditState.EXHAUSTED else None
-            return Due(_LEVEL_TRIGGER_FOR[level], f"balance_{level}", window, f"balance {balance}")
+            reason = Reason(f"balance_{level}", balance, window, f"balance {balance}")
+            return _LEVEL_TRIGGER_FOR[level], reason
         if credit == CreditState.EXHAUSTED and comm_ok and settings.windows.active(now) is None:
-            return Due(
-                Trigger.DISCONNECT_DUE,
+            return Trigger.DISCONNECT_DUE, Reason(
                 "credit_exhausted",
+                balance,
                 None,
                 f"balance {balance} at or below -{settings.overdraft_limit}, "
                 "outside no-disconnect windows",
@@ -174,19 +166,20 @@ def due_trigger(
     if credit == CreditState.DISCONNECTED and balance > settings.reconnect_threshold:
         detail = f"balance {balance} above reconnect threshold {settings.reconnect_threshold}"
         if settings.reconnect_needs_button:
-            return Due(Trigger.RECONNECT_ARM, "reconnect_armed", None, detail)
-        return Due(Trigger.RECONNECT_ALLOWED, "credit_restored", None, detail)
+            return Trigger.RECONNECT_ARM, Reason("reconnect_armed", balance, None, detail)
+        return Trigger.RECONNECT_ALLOWED, Reason("credit_restored", balance, None, detail)
     if credit == CreditState.RECONNECT_ARMED and balance <= -settings.overdraft_limit:
-        return Due(Trigger.CREDIT_EXHAUSTED, "credit_exhausted")
+        return Trigger.CREDIT_EXHAUSTED, Reason("credit_exhausted", balance)
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One step through the table: ``source --due.trigger--> target``."""
+    """One step through the table: ``source --trigger--> target``, and why."""
 
     source: CreditState
-    due: Due
+    trigger: Trigger
+    reason: Reason
     target: CreditState
 
 
@@ -206,11 +199,12 @@ def settle(
     walk: list[Transition] = []
     for _ in CreditState:  # a walk never visits a state twice
         due = due_trigger(credit, balance, settings, now, comm_ok)
-        if due is None or (not switching and due.trigger in SWITCHING_TRIGGERS):
+        if due is None or (not switching and due[0] in SWITCHING_TRIGGERS):
             break
-        target = apply_trigger(meter_id, credit, due.trigger)
+        trigger, reason = due
+        target = apply_trigger(meter_id, credit, trigger)
         if target is None:
             break
-        walk.append(Transition(credit, due, target))
+        walk.append(Transition(credit, trigger, reason, target))
         credit = target
     return walk

@@ -79,18 +79,16 @@ class StepRun:
         """Walk the table until the credit state matches the balance. Without
         ``switching`` only the credit level moves: the relay waits for the event."""
         state = self.state
-        balance = state.ledger.balance
         for move in settle(
             state.meter_id,
             state.credit,
-            balance=balance,
+            balance=state.ledger.balance,
             settings=state.settings,
             now=self.now,
             comm_ok=state.comm_ok,
             switching=switching,
         ):
-            due = move.due
-            self._enter(move.target, due.trigger, Reason(due.rule, balance, due.window, due.detail))
+            self._enter(move.target, move.trigger, move.reason)
 
     def _enter(self, target: CreditState, trigger: Trigger, reason: Reason) -> None:
         """Record the move to ``target``, and switch the relay if the move does."""
