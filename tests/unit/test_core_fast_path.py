@@ -14,7 +14,7 @@ from gateway.core.events import Event, ReadingReceived, RemoteCommand, RemoteKin
 from gateway.core.meter_state import MeterState, enrol
 from gateway.core.money import round_money, round_ratio
 from gateway.core.settings import MeterSettings
-from gateway.core.steady import steady_reading
+from gateway.core.steady import steady_day, steady_reading
 from gateway.core.step import general_step, step
 from gateway.core.tariff import (
     DayType,
@@ -23,7 +23,6 @@ from gateway.core.tariff import (
     TariffSchedule,
     TimeOfUsePricing,
     TouPeriod,
-    steady_day,
 )
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow
 
