@@ -5,7 +5,7 @@ the core imports no pydantic.)"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Generic, TypeVar
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
@@ -14,9 +14,7 @@ from gateway.core.settings import MeterSettings
 from gateway.core.tariff import Tariff
 from gateway.errors import GatewayError
 
-_TARIFF = TypeAdapter(Tariff)
-_SETTINGS = TypeAdapter(MeterSettings)
-_STATE = TypeAdapter(MeterState)
+T = TypeVar("T")
 
 
 class SettingsError(GatewayError, ValueError):
@@ -28,45 +26,37 @@ class SettingsError(GatewayError, ValueError):
         self.problem = problem
 
 
-def _load(adapter: TypeAdapter[Any], what: str, data: object) -> Any:
-    try:
-        return adapter.validate_python(data)
-    except ValidationError as exc:
-        raise SettingsError(what, str(exc)) from exc
-    except (ValueError, TypeError) as exc:
-        raise SettingsError(what, str(exc)) from exc
+class _Form(Generic[T]):
+    """The JSON form of one of the core's dataclasses (``what`` names it in errors)."""
+
+    def __init__(self, cls: type[T], what: str) -> None:
+        self.adapter = TypeAdapter(cls)
+        self.what = what
+
+    def load(self, data: object) -> T:
+        """The value ``data`` describes; ``SettingsError`` if it describes none."""
+        try:
+            return self.adapter.validate_python(data)
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise SettingsError(self.what, str(exc)) from exc
+
+    def dump(self, value: T) -> dict[str, JsonValue]:
+        result: dict[str, JsonValue] = self.adapter.dump_python(value, mode="json")
+        return result
 
 
-def tariff_from_json(data: object) -> Tariff:
-    result: Tariff = _load(_TARIFF, "tariff", data)
-    return result
+_TARIFF = _Form(Tariff, "tariff")
+_SETTINGS = _Form(MeterSettings, "meter settings")
+_STATE = _Form(MeterState, "meter state")
 
-
-def tariff_to_json(tariff: Tariff) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _TARIFF.dump_python(tariff, mode="json")
-    return result
-
-
-def settings_from_json(data: object) -> MeterSettings:
-    result: MeterSettings = _load(_SETTINGS, "meter settings", data)
-    return result
-
-
-def settings_to_json(settings: MeterSettings) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _SETTINGS.dump_python(settings, mode="json")
-    return result
-
-
-def state_from_json(data: object) -> MeterState:
-    result: MeterState = _load(_STATE, "meter state", data)
-    return result
-
-
-def state_to_json(state: MeterState) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _STATE.dump_python(state, mode="json")
-    return result
+tariff_from_json = _TARIFF.load
+tariff_to_json = _TARIFF.dump
+settings_from_json = _SETTINGS.load
+settings_to_json = _SETTINGS.dump
+state_from_json = _STATE.load
+state_to_json = _STATE.dump
 
 
 def ledger_json(state: MeterState) -> str:
     """The state without its settings (stored apart, written only when they change)."""
-    return _STATE.dump_json(state, exclude={"settings"}).decode()
+    return _STATE.adapter.dump_json(state, exclude={"settings"}).decode()
