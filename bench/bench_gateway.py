@@ -45,9 +45,9 @@ import gateway.runner as runner_mod  # noqa: E402
 from gateway.clock import GatewayClock  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.core.commands import Publish, SetRelay  # noqa: E402
-from gateway.core.driver import MeterState, enrol  # noqa: E402
 from gateway.core.events import ReadingReceived, RelayObserved  # noqa: E402
 from gateway.core.forecast import SAMPLES_KEPT  # noqa: E402
+from gateway.core.meter_state import MeterState, enrol  # noqa: E402
 from gateway.core.settings import MeterSettings  # noqa: E402
 from gateway.meter_io import MeterSnapshot  # noqa: E402
 from gateway.mqtt_link import BrokerEndpoint, MqttLink  # noqa: E402

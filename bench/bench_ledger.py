@@ -26,9 +26,10 @@ from pathlib import Path
 
 from gateway.collector import THRESHOLDS, tune_collector
 from gateway.core.commands import Publish
-from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ReadingReceived
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
+from gateway.core.step import step
 from gateway.core.tariff import DayType, Tariff, TariffSchedule, TimeOfUsePricing, TouPeriod
 from gateway.core_task import MAX_BATCH
 from gateway.store import MeterRecord, MeterUpdate, OutboxRow, Store

@@ -39,10 +39,10 @@ if not os.environ.get("PYTHONPATH"):  # PYTHONPATH=/other/checkout measures that
     sys.path.insert(0, str(ROOT))
 
 from gateway.core.events import ReadingReceived  # noqa: E402
+from gateway.core.token_intake import KeypadEntry  # noqa: E402
 from gateway.meter_io import MeterIO, MeterSnapshot  # noqa: E402
 from gateway.modbus_port import MeterIOError, TcpPort  # noqa: E402
 from gateway.poller import BusPoller, PolledMeter  # noqa: E402
-from gateway.token_intake import KeypadEntry  # noqa: E402
 from protocol.regmap import load_map  # noqa: E402
 
 PY = sys.executable

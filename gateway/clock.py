@@ -31,7 +31,3 @@ class GatewayClock:
     def now(self) -> datetime:
         elapsed = (time.time() - self._anchor_s) * self.speed
         return datetime.fromtimestamp(self._start_s + elapsed, UTC)
-
-    def real_seconds(self, clock_seconds: float) -> float:
-        """How long ``clock_seconds`` of gateway time takes in real time."""
-        return clock_seconds / self.speed

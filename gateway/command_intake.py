@@ -4,7 +4,7 @@ Every command gets exactly one result, on the MQTT 5 response topic with the req
 correlation data, or on ``cmd/result`` for MQTT 3.1.1 clients. A malformed, oversized,
 unsigned, stale or replayed command gets a clear error result and changes nothing.
 
-Each message is handled inside a boundary (:meth:`CommandIntake.handle`): whatever it
+Each message is answered inside a boundary (:meth:`CommandIntake.answer`): whatever it
 holds, the gateway answers, logs what went wrong and goes on. A response topic is
 checked before anything runs (no wildcards, within the configured result topics), and a
 result the broker refuses is logged, never the end of the session.
@@ -23,12 +23,12 @@ from typing import Any
 from pydantic import JsonValue, ValidationError
 
 from gateway.core.events import RemoteCommand, RemoteKind, TariffChanged
-from gateway.core.json_forms import SettingsError, tariff_from_json
+from gateway.core.token_intake import OnlineTopUp
+from gateway.forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
 from gateway.resend import ResendQueue
 from gateway.service import Gateway
 from gateway.store import StorageUnavailableError, StoreError
-from gateway.token_intake import OnlineTopUp
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
 from protocol.mqtt import (
     COMMAND,
@@ -70,9 +70,6 @@ class CommandIntake:
     resends: ResendQueue
     #: MQTT 5 response topics (filters) results may go to, besides ``cmd/result``
     response_topics: Sequence[str] = ()
-    handled: int = 0
-    #: results the broker refused (an ACL), or that could not be published at all
-    results_refused: int = 0
     #: commands whose handling raised unexpectedly (answered ``internal_error``)
     internal_errors: int = 0
 
@@ -90,8 +87,8 @@ class CommandIntake:
         allowed = ", ".join([*self.response_topics, self.topics.fallback_result])
         return f"is outside the gateway's result topics ({allowed})"
 
-    async def handle(self, link: MqttLink, msg: IncomingMessage) -> CommandResult:
-        """Execute one incoming command and publish its result (the boundary: nothing
+    async def answer(self, link: MqttLink, msg: IncomingMessage) -> CommandResult:
+        """Carry out one incoming command and publish its result (the boundary: nothing
         a message holds ends the session or the gateway)."""
         request_id: str | None = None
         correlation: str | None = None
@@ -103,19 +100,18 @@ class CommandIntake:
                 topic = msg.response_topic
         try:
             if problem is not None:
-                request_id, correlation = _ids(msg.payload)
+                request_id, correlation = _request_ids(msg.payload)
                 answer = Answer(False, "bad_response_topic", f"response topic {problem}")
             else:
-                request_id, correlation, answer = await self._execute(msg)
+                request_id, correlation, answer = await self._check_and_carry_out(msg)
         except StorageUnavailableError:
-            request_id, correlation = _ids(msg.payload)
+            request_id, correlation = _request_ids(msg.payload)
             answer = STORAGE_UNAVAILABLE
         except Exception:
             self.internal_errors += 1
             log.exception("command on %s failed (answered internal_error)", msg.topic)
-            request_id, correlation = _ids(msg.payload)
+            request_id, correlation = _request_ids(msg.payload)
             answer = Answer(False, "internal_error", "the gateway failed to carry out the command")
-        self.handled += 1
         result = CommandResult(
             gateway=self.topics.gateway_id,
             id=request_id,
@@ -129,11 +125,14 @@ class CommandIntake:
         try:
             await link.publish(topic, dump(result), correlation_data=msg.correlation_data)
         except PublishRefusedError as exc:
-            self.results_refused += 1
             log.warning("result of command %s to %r refused: %s", request_id, topic[:200], exc)
         return result
 
-    async def _execute(self, msg: IncomingMessage) -> tuple[str | None, str | None, Answer]:
+    async def _check_and_carry_out(
+        self, msg: IncomingMessage
+    ) -> tuple[str | None, str | None, Answer]:
+        """Parse, authenticate and carry out one command (the request id and correlation
+        it names, and the answer)."""
         if len(msg.payload) > MAX_COMMAND_BYTES:
             return None, None, Answer(False, "too_large", f"over {MAX_COMMAND_BYTES} bytes")
         try:
@@ -146,7 +145,7 @@ class CommandIntake:
             return None, None, Answer(False, "malformed", "not JSON")
         except RecursionError:
             return None, None, Answer(False, "malformed", "JSON nested too deeply")
-        request_id, correlation = _ids_of(raw)
+        request_id, correlation = _request_ids_in(raw)
         try:
             cmd = COMMAND.validate_python(raw)
         except ValidationError as exc:
@@ -172,15 +171,15 @@ class CommandIntake:
             if not await self.gateway.store.claim_command_async(cmd.id, cmd.expires, now):
                 return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
             try:
-                return cmd.id, correlation, await self._run(cmd, meter, now)
+                return cmd.id, correlation, await self._carry_out(cmd, meter, now)
             except StorageUnavailableError:
                 # Not carried out: the headend may send it again once the store recovers.
                 with contextlib.suppress(StoreError):
                     await self.gateway.store.release_command_async(cmd.id)
                 raise
-        return cmd.id, correlation, await self._run(cmd, meter, now)
+        return cmd.id, correlation, await self._carry_out(cmd, meter, now)
 
-    async def _run(self, cmd: object, meter: str, now: datetime) -> Answer:
+    async def _carry_out(self, cmd: object, meter: str, now: datetime) -> Answer:
         gw = self.gateway
         match cmd:
             case TopUpCommand(token=token):
@@ -217,7 +216,7 @@ class CommandIntake:
         return Answer(False, "malformed", "unknown command")
 
 
-def _ids_of(raw: object) -> tuple[str | None, str | None]:
+def _request_ids_in(raw: object) -> tuple[str | None, str | None]:
     """The request id and 3.1.1 correlation a command names, if it can be read."""
     if not isinstance(raw, dict):
         return None, None
@@ -228,10 +227,10 @@ def _ids_of(raw: object) -> tuple[str | None, str | None]:
     )
 
 
-def _ids(payload: bytes) -> tuple[str | None, str | None]:
+def _request_ids(payload: bytes) -> tuple[str | None, str | None]:
     if len(payload) > MAX_COMMAND_BYTES:
         return None, None
     try:
-        return _ids_of(json.loads(payload))
+        return _request_ids_in(json.loads(payload))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None

@@ -26,13 +26,14 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.errors import GatewayError
 from protocol.mqtt import DEFAULT_RESPONSE_TOPICS, topic_filter_problem
 
 ENV_PREFIX = "PREPAID_EDGE__"
 _ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """The configuration is wrong: which file, which key, what problem."""
 
     def __init__(self, path: str, key: str | None, problem: str) -> None:

@@ -29,15 +29,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.errors import GatewayError
 from gateway.paho_client import PlainClient, client_class
 from protocol.mqtt import topic_name_problem
 
 log = logging.getLogger(__name__)
 
-ProtocolChoice = Literal["5", "3.1.1", "auto"]
 
-
-class MqttLinkError(Exception):
+class MqttLinkError(GatewayError):
     """Something went wrong on the MQTT link; carries paho's reason when there is one."""
 
     def __init__(self, message: str, reason: str | None = None) -> None:
@@ -379,10 +378,6 @@ class MqttLink:
             self._connack.cancel()
         elif not self._connack.cancelled():
             self._connack.exception()  # mark retrieved
-
-    @property
-    def is_connected(self) -> bool:
-        return self._connack.done() and not self.closed.done()
 
     async def publish(
         self,

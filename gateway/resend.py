@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway.mqtt_link import MqttLink, PublishRefusedError
 from gateway.store import OutboxRow
-from gateway.sync import envelope
+from protocol.messages import encode_body, encode_message, utc_stamp
 from protocol.mqtt import Topics
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,15 @@ class ResendQueue:
             for row in rows:
                 started = time.monotonic()
                 try:
-                    await link.publish(
-                        self.topics.meter(row.meter_id, row.kind),
-                        envelope(self.topics.gateway_id, row),
+                    payload = encode_message(
+                        row.kind,
+                        encode_body(row.body),
+                        gateway=self.topics.gateway_id,
+                        meter=row.meter_id,
+                        seq=row.seq,
+                        ts=utc_stamp(row.ts),
                     )
+                    await link.publish(self.topics.meter(row.meter_id, row.kind), payload)
                 except PublishRefusedError as exc:
                     log.warning("resent message %s/%d refused: %s", row.meter_id, row.seq, exc)
                 pending.next_seq, pending.left = row.seq + 1, pending.left - 1

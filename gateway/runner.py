@@ -147,7 +147,7 @@ class Runner:
         async def commands() -> None:
             while True:
                 msg = await link.incoming.get()
-                await self.intake.handle(link, msg)  # its own boundary: never raises but
+                await self.intake.answer(link, msg)  # its own boundary: never raises but
                 # for the session ending (MqttError)
 
         async def health() -> None:

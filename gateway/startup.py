@@ -20,6 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config import GatewayConfig, MqttSettings
+from gateway.errors import GatewayError
 from gateway.mqtt_link import BrokerEndpoint
 from gateway.private_files import PRIVATE_DIR, PRIVATE_FILE, open_to_others, write_private_text
 from gateway.store import StorageUnavailableError, Store, StoreError, storage_problem
@@ -28,11 +29,11 @@ from gateway.store_lock import GATEWAY, StoreLock, StoreLockedError, StoreLockEr
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
+class StartupError(GatewayError):
     """The gateway refuses to start (a clear one-line reason for the operator)."""
 
 
-class GatewayCrashedError(Exception):
+class GatewayCrashedError(GatewayError):
     """A fault of the gateway's own that no boundary held: one line for the operator, the
     traceback in a file beside the store (systemd restarts the service)."""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from gateway.errors import GatewayError
 from gateway.private_files import PRIVATE_FILE
 
 #: what the gateway writes into the lock file beside its PID
@@ -48,7 +49,7 @@ class Holder:
         return f"{self.role} (PID {self.pid})" if self.pid is not None else self.role
 
 
-class StoreLockError(Exception):
+class StoreLockError(GatewayError):
     """The lock file cannot be opened or created (``reason`` is the OS's)."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -57,7 +58,7 @@ class StoreLockError(Exception):
         super().__init__(f"cannot open the lock file {path}: {reason}")
 
 
-class StoreLockedError(Exception):
+class StoreLockedError(GatewayError):
     """Another process holds the store's lock."""
 
     def __init__(self, path: Path, holder: Holder) -> None:

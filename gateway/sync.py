@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Protocol
+from datetime import datetime
+from functools import lru_cache
+from typing import Literal, Protocol
 
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
 from gateway.store import OutboxRow, RawOutboxRow
-from protocol.mqtt import SCHEMA_VERSION, Topics
+from protocol.messages import encode_message, utc_stamp
+from protocol.mqtt import Topics
 
 log = logging.getLogger(__name__)
 
@@ -47,61 +48,22 @@ class Outbox(Protocol):
     def mark_acked(self, ids: Sequence[int], at: datetime) -> None: ...
 
 
-def utc_iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@lru_cache(maxsize=4096)
+def _stamp(stored: str) -> str:
+    """The envelope time of a stored row time (a drain sees the same few over and over)."""
+    return utc_stamp(datetime.fromisoformat(stored))
 
 
-#: the envelope's own fields: a body key of the same name never overrides them
-_ENVELOPE_KEYS = frozenset({"v", "gateway", "meter", "seq", "ts", "kind"})
-#: how such a key would look in a stored body (a false match only takes the slow path)
-_ENVELOPE_KEY_TEXTS = tuple(f'"{k}":' for k in _ENVELOPE_KEYS - {"kind"})
-
-
-def envelope_raw(
-    gateway_id: str, row: RawOutboxRow, stamps: dict[str, str], quoted: dict[str, str]
-) -> bytes:
-    """:func:`envelope` of a row as stored, without decoding its body: the common fields,
-    then the stored body spliced in after its leading ``kind`` (the same bytes).
-    ``stamps`` caches stored time -> envelope time, ``quoted`` id -> JSON string (a drain
-    sees the same few over and over); the caller bounds their size."""
-    ts = stamps.get(row.ts)
-    if ts is None:
-        ts = stamps[row.ts] = utc_iso(datetime.fromisoformat(row.ts))
-    kind = quoted.get(row.kind) or quoted.setdefault(row.kind, json.dumps(row.kind))
-    head = '{"kind":' + kind
-    body = row.body_json
-    if not (body.startswith(head) and body[len(head) : len(head) + 1] in (",", "}")) or any(
-        key in body for key in _ENVELOPE_KEY_TEXTS
-    ):
-        parsed = OutboxRow(
-            row.id,
-            row.meter_id,
-            row.seq,
-            row.kind,
-            datetime.fromisoformat(row.ts),
-            json.loads(body),
-        )
-        return envelope(gateway_id, parsed)
-    gateway = quoted.get(gateway_id) or quoted.setdefault(gateway_id, json.dumps(gateway_id))
-    meter = quoted.get(row.meter_id) or quoted.setdefault(row.meter_id, json.dumps(row.meter_id))
-    return (
-        f'{{"v":{SCHEMA_VERSION},"gateway":{gateway},"meter":{meter},"seq":{row.seq},'
-        f'"ts":"{ts}","kind":{kind}{body[len(head) :]}'
-    ).encode()
-
-
-def envelope(gateway_id: str, row: OutboxRow) -> bytes:
-    """The published JSON of one outbox row: the common fields, then the body."""
-    message = {
-        "v": SCHEMA_VERSION,
-        "gateway": gateway_id,
-        "meter": row.meter_id,
-        "seq": row.seq,
-        "ts": utc_iso(row.ts),
-        "kind": row.kind,
-        **{k: v for k, v in row.body.items() if k not in _ENVELOPE_KEYS},
-    }
-    return json.dumps(message, separators=(",", ":"), sort_keys=False).encode()
+def outbox_message(gateway_id: str, row: RawOutboxRow) -> bytes:
+    """The published bytes of one outbox row as stored (its body is not decoded)."""
+    return encode_message(
+        row.kind,
+        row.body_json,
+        gateway=gateway_id,
+        meter=row.meter_id,
+        seq=row.seq,
+        ts=_stamp(row.ts),
+    )
 
 
 class OutboxDrain:
@@ -139,8 +101,6 @@ class OutboxDrain:
         acked = asyncio.Event()
         link.attach_acks(lambda mid, ok: pubacks.append((mid, ok)), acked)
         gateway_id, meter_topic = self.topics.gateway_id, self.topics.meter
-        stamps: dict[str, str] = {}
-        quoted: dict[str, str] = {}
         try:
             while True:
                 rows = self._pending(after_id)
@@ -151,11 +111,8 @@ class OutboxDrain:
                     self._collect(inflight, pubacks, flush=True)
                     await self._idle(link)
                     continue
-                if len(stamps) > 4096 or len(quoted) > 65536:
-                    stamps.clear()
-                    quoted.clear()
                 for row in rows:
-                    payload = envelope_raw(gateway_id, row, stamps, quoted)
+                    payload = outbox_message(gateway_id, row)
                     topic = meter_topic(row.meter_id, row.kind)
                     retain = row.kind in RETAINED_KINDS
                     while (mid := link.publish_nowait(topic, payload, retain=retain)) is None:
@@ -251,7 +208,7 @@ async def run_sessions(
     brokers: Sequence[BrokerEndpoint],
     *,
     client_id: str,
-    protocol: str,
+    protocol: Literal["5", "3.1.1"],
     will: Will,
     body: SessionBody,
     backoff: Backoff,
@@ -272,7 +229,7 @@ async def run_sessions(
             async with MqttLink(
                 broker,
                 client_id=client_id,
-                protocol="3.1.1" if protocol == "3.1.1" else "5",
+                protocol=protocol,
                 will=will,
                 keepalive=keepalive,
                 max_inflight=max_inflight,

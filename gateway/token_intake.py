@@ -1,228 +1,50 @@
-"""From a typed keypad entry or an online token to a core event, with replay window and
-keypad lockout applied. Pure: the core task calls these with the meter's current window
-and lockout and commits what they return together with the credit.
-
-A keypad entry carries the meter's keypad sequence number; the last one consumed is
-stored with the lockout in the same transaction as the credit, so an entry seen again
-after a crash (applied, not yet acknowledged) is acknowledged without being applied or
-refused a second time.
-"""
+"""The shell's door to token intake (``gateway.core.token_intake``, pure): online tokens
+are checked against the vending service's public keys as the config gives them, loaded
+once per set of keys. The moved names stay importable from here, the guard under its old
+name too, for callers not yet moved."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import JsonValue
 
 from gateway.config import TokenSettings
-from gateway.core.commands import TopUpDecision
-from gateway.core.events import Event, TokenRejected, TopUpAccepted
-from protocol.command_auth import load_public_keys
-from protocol.tokens.errors import RejectReason
-from protocol.tokens.keypad import verify_keypad
-from protocol.tokens.keys import MeterKey
-from protocol.tokens.lockout import (
-    LockoutPolicy,
-    lockout_after_failure,
-    lockout_after_success,
-    lockout_allows,
+from gateway.core import token_intake
+from gateway.core.token_intake import (
+    KeypadEntry,
+    KeypadGuard,
+    OnlineTopUp,
+    TokenOutcome,
+    intake_keypad,
 )
-from protocol.tokens.lockout import LockoutState as KeypadLockout
-from protocol.tokens.online import verify_online
+from protocol.command_auth import load_public_keys
 from protocol.tokens.replay import ReplayWindow
-from protocol.tokens.results import Accepted, Channel, Rejected
-from protocol.tokens.token_class import TokenClass
 
-POLICY = LockoutPolicy()
+#: The old name of ``KeypadGuard``.
+LockoutState = KeypadGuard
 
+__all__ = [
+    "KeypadEntry",
+    "KeypadGuard",
+    "LockoutState",
+    "OnlineTopUp",
+    "TokenOutcome",
+    "intake_keypad",
+    "intake_online",
+    "online_keys",
+]
 
-@dataclass(frozen=True, slots=True)
-class KeypadEntry:
-    """A completed keypad entry seen in a reading (status bit 3 pending)."""
-
-    meter_id: str
-    seq: int
-    digits: str
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OnlineTopUp:
-    """An online token the headend sent over MQTT for this meter."""
-
-    meter_id: str
-    token: str
-    at: datetime
+_KEYS: dict[tuple[tuple[str, str], ...], dict[str, Ed25519PublicKey]] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class LockoutState:
-    """The keypad lockout of one meter plus the last keypad entry consumed."""
-
-    keypad: KeypadLockout
-    consumed_seq: int | None = None
-
-    @classmethod
-    def from_stored(cls, stored: Mapping[str, JsonValue] | None) -> LockoutState:
-        if not stored:
-            return cls(KeypadLockout())
-        inner = stored.get("keypad")
-        seq = stored.get("consumed_seq")
-        return cls(
-            KeypadLockout.from_dict(cast("dict[str, int | str | None]", inner))
-            if isinstance(inner, dict)
-            else KeypadLockout(),
-            seq if isinstance(seq, int) else None,
-        )
-
-    def to_dict(self) -> dict[str, JsonValue]:
-        keypad: dict[str, JsonValue] = dict(self.keypad.to_dict())
-        return {"keypad": keypad, "consumed_seq": self.consumed_seq}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenOutcome:
-    """What a token led to, before the core decides on its money."""
-
-    event: Event | None
-    verdict: str
-    window: ReplayWindow | None = None
-    lockout: LockoutState | None = None
-    ack_keypad_seq: int | None = None
-    alarm: bool = False
-    credited: int = 0
-    accepted: bool = False
-    detail: str = ""
-
-    def with_decision(self, decision: TopUpDecision | None) -> TokenOutcome:
-        """The outcome after the core's decision on the money (max balance...)."""
-        if decision is None:
-            return self
-        return replace(
-            self,
-            accepted=decision.accepted,
-            verdict="accepted" if decision.accepted else decision.reason,
-            credited=decision.credited,
-        )
-
-
-def _rejected_event(
-    meter_id: str,
-    reason: str,
-    channel: Channel,
-    at: datetime,
-    *,
-    detail: str = "",
-    alarm: bool = False,
-) -> TokenRejected:
-    return TokenRejected(
-        meter_id, reason, channel.value, at, detail=detail[:200], lockout_alarm=alarm
-    )
-
-
-def _credit_event(accepted: Accepted, at: datetime) -> TopUpAccepted:
-    return TopUpAccepted(
-        accepted.meter_id,
-        accepted.amount,
-        accepted.counter,
-        accepted.token_id,
-        accepted.channel.value,
-        at,
-    )
-
-
-def intake_keypad(
-    entry: KeypadEntry,
-    key: MeterKey,
-    window: ReplayWindow,
-    lockout: LockoutState,
-    currency: str,
-) -> TokenOutcome:
-    """Verify a keypad entry under the lockout; the window to record if it is credited."""
-    del currency  # keypad tokens carry no currency: they are bound to the meter's own
-    if lockout.consumed_seq == entry.seq:
-        return TokenOutcome(None, "already_consumed", ack_keypad_seq=entry.seq)
-    consumed = replace(lockout, consumed_seq=entry.seq)
-    allowed = lockout_allows(lockout.keypad, entry.at)
-    if allowed is not True:
-        detail = f"retry after {allowed.isoformat()}"
-        return TokenOutcome(
-            _rejected_event(entry.meter_id, "locked_out", Channel.KEYPAD, entry.at, detail=detail),
-            "locked_out",
-            lockout=consumed,
-            ack_keypad_seq=entry.seq,
-            detail=detail,
-        )
-    verdict = verify_keypad(entry.digits, entry.meter_id, key, window)
-    return _outcome(
-        verdict,
-        meter_id=entry.meter_id,
-        channel=Channel.KEYPAD,
-        window=window,
-        lockout=consumed,
-        at=entry.at,
-        seq=entry.seq,
-    )
-
-
-def _outcome(
-    verdict: Accepted | Rejected,
-    *,
-    meter_id: str,
-    channel: Channel,
-    window: ReplayWindow,
-    lockout: LockoutState,
-    at: datetime,
-    seq: int | None,
-) -> TokenOutcome:
-    if isinstance(verdict, Rejected):
-        alarm = False
-        keypad = lockout.keypad
-        if verdict.counts_toward_lockout and channel is Channel.KEYPAD:
-            keypad, alarm = lockout_after_failure(keypad, at, POLICY)
-        reason = verdict.reason.value
-        return TokenOutcome(
-            _rejected_event(meter_id, reason, channel, at, detail=verdict.detail, alarm=alarm),
-            reason,
-            lockout=replace(lockout, keypad=keypad),
-            ack_keypad_seq=seq,
-            alarm=alarm,
-            detail=verdict.detail,
-        )
-    if verdict.token_class is not TokenClass.CREDIT:
-        # Management tokens are verified but not yet carried out by this gateway: say so
-        # and keep the counter unused, so the token still works once they are.
-        return TokenOutcome(
-            _rejected_event(
-                meter_id, "unsupported_class", channel, at, detail=verdict.token_class.name.lower()
-            ),
-            "unsupported_class",
-            lockout=lockout,
-            ack_keypad_seq=seq,
-            detail=verdict.token_class.name.lower(),
-        )
-    keypad = lockout_after_success(lockout.keypad) if channel is Channel.KEYPAD else lockout.keypad
-    return TokenOutcome(
-        _credit_event(verdict, at),
-        "accepted",
-        window=window.record(verdict.counter),
-        lockout=replace(lockout, keypad=keypad),
-        ack_keypad_seq=seq,
-    )
-
-
-_KEY_CACHE: dict[tuple[tuple[str, str], ...], dict[str, Ed25519PublicKey]] = {}
-
-
-def _public_keys(encoded: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+def online_keys(encoded: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    """The public keys of ``encoded`` (key id -> base64url), loaded once per set."""
     cache_key = tuple(sorted(encoded.items()))
-    keys = _KEY_CACHE.get(cache_key)
+    keys = _KEYS.get(cache_key)
     if keys is None:
-        keys = _KEY_CACHE[cache_key] = load_public_keys(encoded)
+        keys = _KEYS[cache_key] = load_public_keys(encoded)
     return keys
 
 
@@ -233,23 +55,14 @@ def intake_online(
     window: ReplayWindow,
     currency: str,
     now: datetime,
-    lockout: LockoutState | None = None,
+    lockout: KeypadGuard | None = None,
 ) -> TokenOutcome:
-    """Verify an online token for this meter (signature, expiry, window, currency)."""
-    state = lockout or LockoutState(KeypadLockout())
-    verdict = verify_online(
-        top_up.token, top_up.meter_id, _public_keys(tokens.online_public_keys), window, now
-    )
-    if isinstance(verdict, Accepted) and verdict.currency not in (None, currency):
-        verdict = Rejected(
-            RejectReason.AMOUNT_OUT_OF_RANGE, f"currency {verdict.currency}, meter uses {currency}"
-        )
-    return _outcome(
-        verdict,
-        meter_id=top_up.meter_id,
-        channel=Channel.ONLINE,
+    """``gateway.core.token_intake.intake_online`` with the keys of ``tokens``."""
+    return token_intake.intake_online(
+        top_up,
+        online_keys(tokens.online_public_keys),
         window=window,
-        lockout=state,
-        at=top_up.at,
-        seq=None,
+        currency=currency,
+        now=now,
+        lockout=lockout,
     )

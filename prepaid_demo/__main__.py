@@ -339,7 +339,7 @@ class Demo:
         config_path = self.folder / "gateway.toml"
         write_private_text(config_path, to_toml(data))  # the gateway refuses it otherwise
         config = parse_config(config_path.read_text(), str(config_path))
-        self.model = ViewModel(GATEWAY_ID, self.broker_label)
+        self.model = ViewModel(GATEWAY_ID)
         for plan in plans:
             row = self.model.row(plan.meter_id)
             row.customer_class, row.role = plan.customer_class, plan.role

@@ -12,13 +12,8 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from protocol.mqtt import (
-    METER_MESSAGE,
-    BalanceMessage,
-    EventMessage,
-    ReadingMessage,
-    StatusMessage,
-)
+from protocol.messages import EventMessage
+from protocol.mqtt import StatusMessage, decode_message
 
 #: Credit-state changes worth a line of the story, and how the line reads.
 STATE_LINES = {
@@ -64,7 +59,6 @@ class ViewModel:
     """Everything the view shows, from the messages of one gateway's topic tree."""
 
     gateway: str
-    broker_name: str
     rows: dict[str, MeterRow] = field(default_factory=dict)
     gateway_state: str = "unknown"
     latest_ts: datetime | None = None
@@ -87,7 +81,7 @@ class ViewModel:
             if parts[-1] == "status":
                 status = StatusMessage.model_validate_json(payload)
             else:
-                message = METER_MESSAGE.validate_json(payload)
+                message = decode_message(payload)
         except ValidationError:
             return [f"message on {topic} breaks the contract: ignored"]
         self.messages += 1
@@ -96,24 +90,23 @@ class ViewModel:
                 return []  # a periodic health update
             self.gateway_state = status.state
             return [f"gateway {status.gateway} is {status.state}"]
-        self.latest_ts = max(self.latest_ts or message.ts, message.ts)
-        row = self.row(message.meter)
-        match message:
-            case ReadingMessage():
-                row.power_w = message.power_w
-                if message.relay_closed is not None and row.relay == "-":
-                    row.relay = "closed" if message.relay_closed else "open"
-            case BalanceMessage():
-                row.balance = message.balance
-                row.currency = message.currency
-                row.credit_state = message.credit_state
-                row.relay = message.relay
-            case EventMessage():
-                return self._event(row, message)
+        self.latest_ts = max(self.latest_ts or message["ts"], message["ts"])
+        row = self.row(message["meter"])
+        if message["kind"] == "reading":
+            row.power_w = message["power_w"]
+            if message["relay_closed"] is not None and row.relay == "-":
+                row.relay = "closed" if message["relay_closed"] else "open"
+        elif message["kind"] == "balance":
+            row.balance = message["balance"]
+            row.currency = message["currency"]
+            row.credit_state = message["credit_state"]
+            row.relay = message["relay"]
+        else:
+            return self._event(row, message)
         return []
 
     def _event(self, row: MeterRow, message: EventMessage) -> list[str]:
-        name, reason, details = message.event, message.reason, message.details
+        name, reason, details = message["event"], message["reason"], message["details"]
         line: str | None
         if name == "credit_state_changed":
             target = str(details.get("to", ""))

@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway.core.driver import enrol
+from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import DayType, Tariff, TariffSchedule, TimeOfUsePricing, TouPeriod
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow

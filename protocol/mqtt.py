@@ -1,18 +1,18 @@
-"""The MQTT contract with the headend: the topic tree and every payload, as pydantic models.
+"""The MQTT contract with the headend: the topic tree and every payload's model.
 
-Topic root ``prepaid/v1/{gateway_id}/``. Every message the gateway sends about a meter
-carries ``v`` (schema version), ``gateway``, ``meter``, ``seq`` (per meter, gap-free,
-survives restarts) and ``ts`` (UTC, ISO 8601). The JSON Schemas in ``docs/schemas/`` are
-exported from these models (``python scripts/export_schemas.py``), so the docs and
-the code cannot drift.
+Topic root ``prepaid/v1/{gateway_id}/``. The meter messages (reading, balance, event) are
+defined in ``protocol.messages``; their validating models here are derived from those
+definitions. Status, commands and command results are the pydantic models below. The JSON
+Schemas in ``docs/schemas/`` are exported from these models (``python
+scripts/export_schemas.py``), so the docs and the code cannot drift.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 from pydantic import (
     AwareDatetime,
@@ -22,9 +22,12 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     TypeAdapter,
+    create_model,
 )
 
-SCHEMA_VERSION: Literal[1] = 1
+from protocol import messages
+from protocol.messages import ID_PATTERN, SCHEMA_VERSION, utc_stamp
+
 TOPIC_ROOT = "prepaid/v1"
 #: Largest command payload the gateway parses; anything bigger is refused unread.
 MAX_COMMAND_BYTES = 16 * 1024
@@ -34,15 +37,11 @@ MAX_TOPIC_BYTES = 65535
 #: a gateway answers on unless its config names others (``mqtt.response_topics``), and
 #: what packaging/mosquitto-acl.template lets a gateway write.
 DEFAULT_RESPONSE_TOPICS = ("headend/+/replies",)
-_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID = re.compile(ID_PATTERN)
 
 
-def _utc_iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-UtcTime = Annotated[AwareDatetime, PlainSerializer(_utc_iso, return_type=str)]
-Identifier = Annotated[str, Field(pattern=_ID.pattern)]
+UtcTime = Annotated[AwareDatetime, PlainSerializer(utc_stamp, return_type=str)]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class Topics:
@@ -143,52 +142,55 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 # ---------------------------------------------------------------- gateway -> headend
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    v: Literal[1] = SCHEMA_VERSION
-    gateway: Identifier
-    meter: Identifier
-    seq: int = Field(ge=1, description="per meter, gap-free, survives restarts")
-    ts: UtcTime
-
-
-class ReadingMessage(_Message):
-    """A good reading of a meter's registers (``meters/{id}/reading``)."""
-
-    kind: Literal["reading"] = "reading"
-    energy_import_wh: int = Field(ge=0)
-    power_w: int | None = None
-    voltage_v: float | None = None
-    relay_closed: bool | None = None
-    charged: int = Field(description="minor units charged for the energy since the last reading")
+def _pydantic_form(hint: object) -> object:
+    """pydantic's form of a type ``protocol.messages`` writes in plain Python: a time is
+    sent as :func:`utc_stamp` writes it, and an object inside a message is JSON."""
+    if hint is datetime:
+        return UtcTime
+    if get_origin(hint) is dict:
+        return dict[str, JsonValue]
+    return hint
 
 
-class BalanceMessage(_Message):
-    """The meter's credit after a change (``meters/{id}/balance``, retained)."""
+def _message_model(message: type[messages.MeterMessage]) -> type[BaseModel]:
+    """The validating model of a meter message defined in ``protocol.messages``: its
+    fields in order, each with its ``Spec``; a one-value ``Literal`` is its own default."""
+    fields: dict[str, Any] = {}
+    for name, annotation in get_type_hints(message, include_extras=True).items():
+        hint: Any = annotation
+        field_args: dict[str, Any] = {}
+        if get_origin(annotation) is Annotated:
+            hint, *extras = get_args(annotation)
+            for extra in extras:
+                if isinstance(extra, messages.Spec):
+                    field_args.update(extra.field_args)
+        if get_origin(hint) is Literal and len(get_args(hint)) == 1:
+            field_args.setdefault("default", get_args(hint)[0])
+        fields[name] = (_pydantic_form(hint), Field(**field_args))
+    model: type[BaseModel] = create_model(
+        message.__name__,
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__=message.__doc__,
+        __module__=__name__,
+        **fields,
+    )
+    return model
 
-    kind: Literal["balance"] = "balance"
-    balance: int = Field(description="minor units; below zero while emergency credit is used")
-    currency: str
-    credit_state: str
-    debt: int = 0
-    relay: Literal["closed", "open", "armed"]
-    forecast_exhaustion: UtcTime | None = None
 
-
-class EventMessage(_Message):
-    """Something happened, with its reason (``meters/{id}/event``)."""
-
-    kind: Literal["event"] = "event"
-    event: str = Field(description="e.g. relay_opened, token_accepted, token_rejected, tamper")
-    reason: str
-    details: dict[str, JsonValue] = Field(default_factory=dict)
-
-
-MeterMessage = Annotated[
-    ReadingMessage | BalanceMessage | EventMessage, Field(discriminator="kind")
+#: The validating model of each kind of meter message, by kind.
+MESSAGE_MODELS = {kind: _message_model(message) for kind, message in messages.MESSAGES.items()}
+_ANY_MESSAGE: Any = Annotated[
+    Union[tuple(MESSAGE_MODELS.values())],  # noqa: UP007 - built at run time
+    Field(discriminator="kind"),
 ]
-METER_MESSAGE = TypeAdapter(MeterMessage)
+METER_MESSAGE: TypeAdapter[Any] = TypeAdapter(_ANY_MESSAGE)
+
+
+def decode_message(payload: bytes | str) -> messages.MeterMessage:
+    """A published meter message, validated against its schema (``ValidationError`` if it
+    breaks it); ``ts`` as an aware ``datetime``."""
+    model = METER_MESSAGE.validate_json(payload)
+    return cast("messages.MeterMessage", dict(model))
 
 
 class HealthSummary(BaseModel):
@@ -333,9 +335,7 @@ def dump(model: BaseModel) -> bytes:
 
 
 SCHEMAS: dict[str, Any] = {
-    "reading": ReadingMessage,
-    "balance": BalanceMessage,
-    "event": EventMessage,
+    **MESSAGE_MODELS,
     "status": StatusMessage,
     "command": COMMAND,
     "command-result": CommandResult,

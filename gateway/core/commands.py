@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
-from pydantic import JsonValue
-
 from gateway.core.frozen import quick_init
+from protocol.messages import JsonValue
 
 
 @dataclass(frozen=True, slots=True)

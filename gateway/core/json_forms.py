@@ -1,84 +1,24 @@
-"""JSON forms of tariffs, settings and meter state, for provisioning, the MQTT tariff
-update and the store. pydantic validates the frozen dataclasses directly, so there is one
-definition of each shape; the dataclasses' own checks run on load."""
+"""Old home of ``gateway.forms`` (the shell's: it needs pydantic), for callers not yet
+moved. Nothing in the core imports it; remove once nothing else does."""
 
-from __future__ import annotations
+from gateway.forms import (
+    SettingsError,
+    ledger_json,
+    settings_from_json,
+    settings_to_json,
+    state_from_json,
+    state_to_json,
+    tariff_from_json,
+    tariff_to_json,
+)
 
-from typing import Annotated, Any
-
-from pydantic import Field, JsonValue, TypeAdapter, ValidationError
-
-from gateway.core.driver import MeterState
-from gateway.core.settings import MeterSettings
-from gateway.core.tariff import FlatPricing, Tariff, TieredPricing, TimeOfUsePricing
-
-PricingForm = Annotated[FlatPricing | TimeOfUsePricing | TieredPricing, Field(discriminator="kind")]
-
-_TARIFF = TypeAdapter(Tariff)
-_SETTINGS = TypeAdapter(MeterSettings)
-_STATE = TypeAdapter(MeterState)
-
-
-class SettingsError(ValueError):
-    """A tariff, settings or state document that does not describe a valid one."""
-
-    def __init__(self, what: str, problem: str) -> None:
-        super().__init__(f"invalid {what}: {problem}")
-        self.what = what
-        self.problem = problem
-
-
-def _load(adapter: TypeAdapter[Any], what: str, data: object) -> Any:
-    try:
-        return adapter.validate_python(data)
-    except ValidationError as exc:
-        raise SettingsError(what, str(exc)) from exc
-    except (ValueError, TypeError) as exc:
-        raise SettingsError(what, str(exc)) from exc
-
-
-def tariff_from_json(data: object) -> Tariff:
-    result: Tariff = _load(_TARIFF, "tariff", data)
-    return result
-
-
-def tariff_to_json(tariff: Tariff) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _TARIFF.dump_python(tariff, mode="json")
-    return result
-
-
-def settings_from_json(data: object) -> MeterSettings:
-    result: MeterSettings = _load(_SETTINGS, "meter settings", data)
-    return result
-
-
-def settings_to_json(settings: MeterSettings) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _SETTINGS.dump_python(settings, mode="json")
-    return result
-
-
-def state_from_json(data: object) -> MeterState:
-    result: MeterState = _load(_STATE, "meter state", data)
-    return result
-
-
-def state_to_json(state: MeterState) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = _STATE.dump_python(state, mode="json")
-    return result
-
-
-def state_to_json_bytes(state: MeterState) -> bytes:
-    return _STATE.dump_json(state)
-
-
-def state_from_json_bytes(data: bytes | str) -> MeterState:
-    try:
-        result: MeterState = _STATE.validate_json(data)
-    except (ValidationError, ValueError, TypeError) as exc:
-        raise SettingsError("meter state", str(exc)) from exc
-    return result
-
-
-def ledger_json(state: MeterState) -> str:
-    """The state without its settings (stored apart, written only when they change)."""
-    return _STATE.dump_json(state, exclude={"settings"}).decode()
+__all__ = [
+    "SettingsError",
+    "ledger_json",
+    "settings_from_json",
+    "settings_to_json",
+    "state_from_json",
+    "state_to_json",
+    "tariff_from_json",
+    "tariff_to_json",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from gateway.core.driver import MeterState
+from gateway.core.meter_state import MeterState
 from gateway.core.states import CreditState
 from gateway.core.tariff import FlatPricing, Pricing, TimeOfUsePricing
 

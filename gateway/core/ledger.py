@@ -69,12 +69,6 @@ def register_delta(
     return RegisterDelta(DeltaKind.BACKWARDS, previous - current)
 
 
-@dataclass(frozen=True, slots=True)
-class TopUpSplit:
-    credited: int
-    debt_recovered: int
-
-
 @quick_init
 @dataclass(frozen=True, slots=True)
 class Ledger:

@@ -1,16 +1,23 @@
-"""The enforcement state machine, as a table you can print (and ``scripts/gen_credit_states.py``
-draws into ``docs/credit-states.md``).
+"""The enforcement state machine: the table you can print (``scripts/gen_credit_states.py``
+draws it into ``docs/credit-states.md``), which trigger the balance and the clock make due,
+and the walk through the table until nothing more is due.
 
 States mix the credit level with the supply: the five supplied levels, then the states
 where the relay is open. The only way to a credit disconnection is ``EXHAUSTED`` +
-``DISCONNECT_DUE``, and the driver raises that trigger only outside no-disconnect windows,
-with communication up; ``PROTECTED`` has no way out but ``PROTECT_OFF``.
+``DISCONNECT_DUE``, which is due only outside no-disconnect windows, with communication
+up; ``PROTECTED`` has no way out but ``PROTECT_OFF``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+
+from gateway.core.commands import Reason
+from gateway.core.events import RemoteKind
+from gateway.core.settings import MeterSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +111,100 @@ def apply_trigger(meter_id: str, state: CreditState, trigger: Trigger) -> Credit
         return None
     log.info("meter %s: %s --%s--> %s", meter_id, state, trigger, target)
     return target
+
+
+#: The triggers that switch the relay (held back while the step only settles the level).
+SWITCHING_TRIGGERS = frozenset(
+    {Trigger.DISCONNECT_DUE, Trigger.RECONNECT_ALLOWED, Trigger.RECONNECT_ARM}
+)
+#: The trigger each headend command raises.
+REMOTE_TRIGGERS = {
+    RemoteKind.DISCONNECT: Trigger.REMOTE_DISCONNECT,
+    RemoteKind.RECONNECT: Trigger.REMOTE_RECONNECT,
+    RemoteKind.PROTECT_ON: Trigger.PROTECT_ON,
+    RemoteKind.PROTECT_OFF: Trigger.PROTECT_OFF,
+}
+_LEVEL_TRIGGER_FOR = {state: trigger for trigger, state in LEVEL_TRIGGERS.items()}
+
+
+def credit_level(balance: int, settings: MeterSettings) -> CreditState:
+    """The staged credit level of a balance (DOMAIN.md, credit states)."""
+    if balance > settings.alarm1:
+        return CreditState.NORMAL
+    if balance > settings.alarm2:
+        return CreditState.LOW
+    if balance > 0:
+        return CreditState.VERY_LOW
+    if balance > -settings.overdraft_limit:
+        return CreditState.EMERGENCY
+    return CreditState.EXHAUSTED
+
+
+def due_trigger(
+    credit: CreditState, balance: int, settings: MeterSettings, now: datetime, comm_ok: bool
+) -> tuple[Trigger, Reason] | None:
+    """The trigger due in ``credit`` with ``balance`` at ``now``, or None when the state
+    matches the balance. A supplied meter follows its credit level; an exhausted one is
+    disconnected outside no-disconnect windows while it answers; a disconnected one is
+    reconnected (or armed) above the reconnect threshold; an armed one that runs out again
+    goes back to disconnected."""
+    if credit in SUPPLIED_LEVELS:
+        level = credit_level(balance, settings)
+        if level != credit:
+            window = settings.windows.active(now) if level == CreditState.EXHAUSTED else None
+            reason = Reason(f"balance_{level}", balance, window, f"balance {balance}")
+            return _LEVEL_TRIGGER_FOR[level], reason
+        if credit == CreditState.EXHAUSTED and comm_ok and settings.windows.active(now) is None:
+            return Trigger.DISCONNECT_DUE, Reason(
+                "credit_exhausted",
+                balance,
+                None,
+                f"balance {balance} at or below -{settings.overdraft_limit}, "
+                "outside no-disconnect windows",
+            )
+        return None
+    if credit == CreditState.DISCONNECTED and balance > settings.reconnect_threshold:
+        detail = f"balance {balance} above reconnect threshold {settings.reconnect_threshold}"
+        if settings.reconnect_needs_button:
+            return Trigger.RECONNECT_ARM, Reason("reconnect_armed", balance, None, detail)
+        return Trigger.RECONNECT_ALLOWED, Reason("credit_restored", balance, None, detail)
+    if credit == CreditState.RECONNECT_ARMED and balance <= -settings.overdraft_limit:
+        return Trigger.CREDIT_EXHAUSTED, Reason("credit_exhausted", balance)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step through the table: ``source --trigger--> target``, and why."""
+
+    source: CreditState
+    trigger: Trigger
+    reason: Reason
+    target: CreditState
+
+
+def settle(
+    meter_id: str,
+    credit: CreditState,
+    *,
+    balance: int,
+    settings: MeterSettings,
+    now: datetime,
+    comm_ok: bool,
+    switching: bool = True,
+) -> list[Transition]:
+    """The walk through the table from ``credit`` until no trigger is due (a fixed point:
+    the balance does not move on the way). Without ``switching`` the walk stops before a
+    trigger that switches the relay."""
+    walk: list[Transition] = []
+    for _ in CreditState:  # a walk never visits a state twice
+        due = due_trigger(credit, balance, settings, now, comm_ok)
+        if due is None or (not switching and due[0] in SWITCHING_TRIGGERS):
+            break
+        trigger, reason = due
+        target = apply_trigger(meter_id, credit, trigger)
+        if target is None:
+            break
+        walk.append(Transition(credit, trigger, reason, target))
+        credit = target
+    return walk

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -287,7 +287,7 @@ def _local_dates(start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[date]
 
 
 @lru_cache(maxsize=4096)
-def _day_edges(energy: Pricing, timezone: str, day: date) -> tuple[datetime, ...]:
+def day_edges(energy: Pricing, timezone: str, day: date) -> tuple[datetime, ...]:
     """The instants of ``day`` (local) where ``energy`` may change its price."""
     if isinstance(energy, FlatPricing):
         return ()
@@ -312,7 +312,7 @@ def _boundaries(schedule: TariffSchedule, start: datetime, end: datetime) -> lis
             continue
         for day in _local_dates(start, end, tariff.tz):
             edges.update(
-                t for t in _day_edges(tariff.energy, tariff.timezone, day) if start < t < end
+                t for t in day_edges(tariff.energy, tariff.timezone, day) if start < t < end
             )
     return sorted(edges)
 
@@ -355,90 +355,3 @@ def price_consumption(
             total += energy.cost(used, part)
             tier = TierPosition(key, used + part)
     return PricedConsumption(total, tier, len(points) - 1)
-
-
-@dataclass(frozen=True, slots=True)
-class SteadySegment:
-    """A stretch ``[begin, end)`` (UTC) of one local day with no price boundary inside: every
-    Wh used in it costs ``rate_numerator / rate_denominator`` minor units."""
-
-    begin: datetime
-    end: datetime
-    rate_numerator: int
-    rate_denominator: int
-
-
-@dataclass(frozen=True, slots=True)
-class SteadyDay:
-    """One local day of one tariff whose UTC offset is the same all day, cut into segments at
-    its price boundaries. With it, a reading inside one segment is priced without
-    ``price_consumption``'s general walk, to the same exact cost."""
-
-    day: date
-    begin: datetime
-    end: datetime
-    segments: tuple[SteadySegment, ...]
-
-    def segment(self, start: datetime, end: datetime) -> SteadySegment | None:
-        """The segment holding all of ``[start, end]`` (``end`` may be its end), or None."""
-        for segment in self.segments:
-            if segment.begin <= start < segment.end:
-                return segment if end <= segment.end else None
-        return None
-
-
-#: the UTC offset is checked this often across a day; no zone changes it twice this fast
-_OFFSET_PROBE = timedelta(minutes=15)
-
-
-@lru_cache(maxsize=1024)
-def _steady_day(tariff: Tariff, day: date) -> SteadyDay | None:
-    """``day`` of ``tariff`` cut at its price boundaries, or None when the zone's offset
-    changes on that day (DST) or the pricing is tiered: the general path prices those."""
-    energy = tariff.energy
-    if isinstance(energy, TieredPricing):
-        return None
-    tz = tariff.tz
-    offset = datetime.combine(day, time(0), tzinfo=tz).utcoffset()
-    assert offset is not None
-    begin = datetime.combine(day, time(0), tzinfo=UTC) - offset
-    end = begin + timedelta(days=1)
-    probe = begin
-    while probe <= end:
-        if probe.astimezone(tz).utcoffset() != offset:
-            return None
-        probe += _OFFSET_PROBE
-    edges = [e.astimezone(UTC) for e in _day_edges(energy, tariff.timezone, day)] or [begin]
-    segments = []
-    for seg_begin, seg_end in zip(edges, [*edges[1:], end], strict=True):
-        if isinstance(energy, FlatPricing):
-            price = energy.price_per_kwh
-        else:
-            price = energy.price_at(tariff.day_type(day), seg_begin.astimezone(tz).time())
-        rate = energy_cost(1, price)
-        segments.append(SteadySegment(seg_begin, seg_end, rate.numerator, rate.denominator))
-    return SteadyDay(day, begin, end, tuple(segments))
-
-
-#: the last steady day looked up per tariff object, keyed by ``id`` (the tariff is kept in
-#: the value so the id cannot be reused while the entry lives)
-_LAST_DAY: dict[int, tuple[Tariff, SteadyDay]] = {}
-_LAST_DAY_LIMIT = 65_536
-
-
-def steady_day(tariff: Tariff, instant: datetime) -> SteadyDay | None:
-    """The steady local day of ``tariff`` holding ``instant``, or None (see ``_steady_day``).
-    Called for every reading: the usual answer is the one given last time for this tariff
-    object, found by identity and two comparisons instead of a time zone conversion and a
-    hash of the tariff."""
-    last = _LAST_DAY.get(id(tariff))
-    if last is not None and last[0] is tariff:
-        known = last[1]
-        if known.begin <= instant < known.end:
-            return known
-    found = _steady_day(tariff, instant.astimezone(tariff.tz).date())
-    if found is not None:
-        if len(_LAST_DAY) >= _LAST_DAY_LIMIT:
-            _LAST_DAY.clear()
-        _LAST_DAY[id(tariff)] = (tariff, found)
-    return found

@@ -10,8 +10,8 @@ from protocol.tokens.errors import RejectReason, TokenRejected
 from protocol.tokens.keypad import group_digits, issue_keypad, verify_keypad
 from protocol.tokens.keys import MeterKey, derive_meter_key
 from protocol.tokens.lockout import (
+    KeypadLockout,
     LockoutPolicy,
-    LockoutState,
     lockout_after_failure,
     lockout_after_success,
     lockout_after_verdict,
@@ -25,8 +25,8 @@ from protocol.tokens.token_class import TokenClass
 __all__ = [
     "Accepted",
     "Channel",
+    "KeypadLockout",
     "LockoutPolicy",
-    "LockoutState",
     "MeterKey",
     "RejectReason",
     "Rejected",

@@ -19,13 +19,15 @@ MAX_METER_ID_LENGTH = 32
 #: Key epochs are 0..8191: a key-change token carries the new epoch in 13 bits.
 MAX_EPOCH = 8191
 METER_KEY_INFO_LABEL = b"prepaid-edge/meter-key/v1"
-_METER_ID = re.compile(r"[!-~]{1,32}")
+_METER_ID = re.compile(rf"[!-~]{{1,{MAX_METER_ID_LENGTH}}}")
 
 
 def meter_id_bytes(meter_id: str) -> bytes:
     """The meter id as ASCII bytes; ``ValueError`` unless 1..32 printable ASCII, no space."""
     if not _METER_ID.fullmatch(meter_id):
-        raise ValueError(f"meter id must be 1..32 printable ASCII characters: {meter_id!r}")
+        raise ValueError(
+            f"meter id must be 1..{MAX_METER_ID_LENGTH} printable ASCII characters: {meter_id!r}"
+        )
     return meter_id.encode("ascii")
 
 

@@ -1,7 +1,7 @@
 """Keypad lockout: a few free failures, then a doubling delay up to a cap, cleared only
 by a valid token, and an alarm for the headend after repeated failures in a day.
 
-Pure data in, pure data out: the gateway stores :class:`LockoutState` (``to_dict``) per
+Pure data in, pure data out: the gateway stores :class:`KeypadLockout` (``to_dict``) per
 meter so a restart does not hand an attacker a fresh set of guesses. A TYPO is not a
 failure (a mistyped token cannot be accepted by chance): use :func:`lockout_after_verdict`.
 """
@@ -54,10 +54,11 @@ def _parse(text: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
-class LockoutState:
-    """``failures``: counted failures since the last valid token; ``locked_until``: ISO
-    time before which entries are refused unread; ``day_started``/``day_failures``: the
-    24-hour window the alarm counts in (a valid token does not reset it)."""
+class KeypadLockout:
+    """One meter's keypad lockout. ``failures``: counted failures since the last valid
+    token; ``locked_until``: ISO time before which entries are refused unread;
+    ``day_started``/``day_failures``: the 24-hour window the alarm counts in (a valid token
+    does not reset it)."""
 
     failures: int = 0
     locked_until: str | None = None
@@ -79,7 +80,7 @@ class LockoutState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, int | str | None]) -> LockoutState:
+    def from_dict(cls, data: dict[str, int | str | None]) -> KeypadLockout:
         """Inverse of :meth:`to_dict`; ``ValueError`` on anything else."""
         if set(data) != {"failures", "locked_until", "day_started", "day_failures"}:
             raise ValueError(f"not a lockout state: {sorted(data)}")
@@ -92,7 +93,7 @@ class LockoutState:
         return cls(failures, locked_until, day_started, day_failures)
 
 
-def lockout_allows(state: LockoutState, now: datetime) -> Literal[True] | datetime:
+def lockout_allows(state: KeypadLockout, now: datetime) -> Literal[True] | datetime:
     """``True`` when an entry may be checked now, else the time to retry after."""
     until = _parse(state.locked_until)
     if until is not None and _aware(now) < until:
@@ -101,8 +102,8 @@ def lockout_allows(state: LockoutState, now: datetime) -> Literal[True] | dateti
 
 
 def lockout_after_failure(
-    state: LockoutState, now: datetime, policy: LockoutPolicy
-) -> tuple[LockoutState, bool]:
+    state: KeypadLockout, now: datetime, policy: LockoutPolicy
+) -> tuple[KeypadLockout, bool]:
     """The state after one counted failure, and whether to raise the alarm event."""
     now = _aware(now)
     failures = state.failures + 1
@@ -114,17 +115,17 @@ def lockout_after_failure(
     if started is not None and started <= now < started + _DAY:
         day_started, day_failures = state.day_started, state.day_failures + 1
     alarm = day_failures % policy.alarm_every == 0
-    return LockoutState(failures, locked_until, day_started, day_failures), alarm
+    return KeypadLockout(failures, locked_until, day_started, day_failures), alarm
 
 
-def lockout_after_success(state: LockoutState) -> LockoutState:
+def lockout_after_success(state: KeypadLockout) -> KeypadLockout:
     """A valid token clears the failures and the lock; the day's tally stays for the alarm."""
-    return LockoutState(0, None, state.day_started, state.day_failures)
+    return KeypadLockout(0, None, state.day_started, state.day_failures)
 
 
 def lockout_after_verdict(
-    state: LockoutState, verdict: Accepted | Rejected, now: datetime, policy: LockoutPolicy
-) -> tuple[LockoutState, bool]:
+    state: KeypadLockout, verdict: Accepted | Rejected, now: datetime, policy: LockoutPolicy
+) -> tuple[KeypadLockout, bool]:
     """Apply one keypad verdict: success clears, a TYPO changes nothing, others count."""
     if isinstance(verdict, Accepted):
         return lockout_after_success(state), False

@@ -16,7 +16,6 @@ from gateway.core.commands import (
     TopUpDecision,
     WriteDisplay,
 )
-from gateway.core.driver import MeterState, enrol, forecast, next_deadline, step
 from gateway.core.events import (
     ButtonPressed,
     ClockTick,
@@ -31,8 +30,10 @@ from gateway.core.events import (
     TariffChanged,
     TopUpAccepted,
 )
+from gateway.core.meter_state import MeterState, enrol, forecast, next_deadline
 from gateway.core.settings import MeterSettings
 from gateway.core.states import CreditState
+from gateway.core.step import step
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow
 

@@ -10,10 +10,12 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.driver import MeterState, _steady_reading, _step, enrol, step
 from gateway.core.events import Event, ReadingReceived, RemoteCommand, RemoteKind, TopUpAccepted
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.money import round_money, round_ratio
 from gateway.core.settings import MeterSettings
+from gateway.core.steady import steady_day, steady_reading
+from gateway.core.step import general_step, step
 from gateway.core.tariff import (
     DayType,
     FlatPricing,
@@ -21,7 +23,6 @@ from gateway.core.tariff import (
     TariffSchedule,
     TimeOfUsePricing,
     TouPeriod,
-    steady_day,
 )
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow
 
@@ -88,7 +89,7 @@ def events(draw: st.DrawFn, now: datetime, register: int) -> Event:
 
 def assert_same(state: MeterState, event: Event, now: datetime) -> MeterState:
     fast_state, fast_commands = step(state, event, now)
-    general_state, general_commands = _step(state, event, now)
+    general_state, general_commands = general_step(state, event, now)
     assert fast_state == general_state
     assert repr(fast_state) == repr(general_state)
     assert fast_commands == general_commands
@@ -144,7 +145,7 @@ def test_the_common_reading_takes_the_fast_path() -> None:
     for quarter in range(100):
         now = start + timedelta(minutes=10 + 15 * quarter)
         reading = ReadingReceived("m", 211 * quarter, now, power_w=800, relay_closed=True)
-        if _steady_reading(state, reading, now) is None:
+        if steady_reading(state, reading, now) is None:
             general.append(now.strftime("%d %H:%M"))
         state = assert_same(state, reading, now)
     # the baseline, the one across 07:00, the first of the next day (midnight, standing charge)

@@ -1,18 +1,19 @@
-"""``quick_init`` gives a frozen dataclass an ``__init__`` with the same parameters, defaults, factories and result as the one ``dataclasses`` writes, and the class stays frozen."""
+"""``quick_init`` gives a frozen dataclass an ``__init__`` with the same parameters, defaults, factories and result as the one ``dataclasses`` writes, and the class stays frozen; ``replacer`` is ``dataclasses.replace``, every other field copied."""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field, replace
+from typing import Any
 
 import pytest
 
 from gateway.core.commands import Publish, WriteDisplay
-from gateway.core.driver import MeterState
 from gateway.core.events import ReadingReceived
 from gateway.core.forecast import SpendSample
-from gateway.core.frozen import quick_init
+from gateway.core.frozen import quick_init, replacer
 from gateway.core.ledger import Ledger
+from gateway.core.meter_state import MeterState
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +83,21 @@ def test_refuses_what_it_cannot_copy() -> None:
 
     with pytest.raises(TypeError):
         quick_init(Mutable)
+
+
+@pytest.mark.parametrize(
+    "names", [("name",), ("count", "items"), ("items", "tags", "count", "name")]
+)
+def test_replacer_is_replace(names: tuple[str, ...]) -> None:
+    quick = Quick("a", 5, frozenset({"t"}), [1])
+    values: dict[str, Any] = {"name": "b", "count": 7, "tags": frozenset({"u"}), "items": [2]}
+    changed = replacer(Quick, *names)(quick, *(values[n] for n in names))
+    assert changed == replace(quick, **{n: values[n] for n in names})
+    assert type(changed) is Quick
+
+
+def test_replacer_refuses_what_is_not_a_field_once() -> None:
+    with pytest.raises(TypeError):
+        replacer(Quick, "nothing")
+    with pytest.raises(TypeError):
+        replacer(Quick, "count", "count")

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.commands import Publish, SetRelay, TopUpDecision
-from gateway.core.driver import enrol, step
 from gateway.core.events import (
     ButtonPressed,
     ClockTick,
@@ -25,8 +24,10 @@ from gateway.core.events import (
     TariffChanged,
     TopUpAccepted,
 )
+from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.states import CreditState
+from gateway.core.step import step
 from gateway.core.tariff import (
     DayType,
     FlatPricing,

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from gateway.core.commands import Publish, SetRelay
-from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ClockTick, Event, RemoteCommand, RemoteKind, TopUpAccepted
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.states import RELAY_OPEN_STATES, TRANSITIONS, CreditState, Trigger
+from gateway.core.step import step
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow
 

@@ -11,13 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.json_forms import (
-    SettingsError,
-    settings_from_json,
-    settings_to_json,
-    tariff_from_json,
-    tariff_to_json,
-)
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import (
     DayType,
@@ -32,6 +25,13 @@ from gateway.core.tariff import (
     price_consumption,
 )
 from gateway.core.windows import NoDisconnectWindows, WeeklyWindow
+from gateway.forms import (
+    SettingsError,
+    settings_from_json,
+    settings_to_json,
+    tariff_from_json,
+    tariff_to_json,
+)
 
 MONDAY = datetime(2026, 11, 2, tzinfo=UTC)
 EVERY_DAY = frozenset(DayType)

@@ -36,7 +36,7 @@ HEALTH = {
 
 def _model(meters: int = 20) -> ViewModel:
     """Rows like the demo's: unit 1 protected, 2, 7 and 13 short of credit."""
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     for unit in range(1, meters + 1):
         row = model.row(f"PE1-{unit:06d}")
         row.customer_class = "residential"

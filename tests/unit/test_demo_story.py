@@ -8,6 +8,7 @@ import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given
@@ -24,7 +25,17 @@ from prepaid_demo.world import (
     keypad_token,
     plan_site,
 )
-from protocol.mqtt import BalanceMessage, EventMessage, ReadingMessage, StatusMessage, dump
+from protocol.messages import (
+    Balance,
+    Body,
+    JsonValue,
+    Reading,
+    encode_body,
+    encode_message,
+    event_body,
+    utc_stamp,
+)
+from protocol.mqtt import StatusMessage, dump
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 ROOT = "prepaid/v1/gw-demo"
@@ -42,43 +53,48 @@ def phase(director: Director) -> Phase:
     return director.phase
 
 
-def balance(meter: str, amount: int, relay: str, state: str = "normal") -> tuple[str, bytes]:
-    msg = BalanceMessage(
-        gateway="gw-demo",
-        meter=meter,
-        seq=_seq(),
-        ts=T0,
-        balance=amount,
-        currency="KES",
-        credit_state=state,
-        relay=relay,  # type: ignore[arg-type]
+def published(meter: str, at: datetime, body: Body) -> tuple[str, bytes]:
+    """A meter message as the gateway publishes it: topic and payload."""
+    kind = body["kind"]
+    payload = encode_message(
+        kind, encode_body(body), gateway="gw-demo", meter=meter, seq=_seq(), ts=utc_stamp(at)
     )
-    return f"{ROOT}/meters/{meter}/balance", dump(msg)
+    return f"{ROOT}/meters/{meter}/{kind}", payload
 
 
-def event(meter: str, name: str, reason: str, **details: object) -> tuple[str, bytes]:
-    msg = EventMessage(
-        gateway="gw-demo",
-        meter=meter,
-        seq=_seq(),
-        ts=T0 + timedelta(minutes=5),
-        event=name,
-        reason=reason,
-        details=details,  # type: ignore[arg-type]
-    )
-    return f"{ROOT}/meters/{meter}/event", dump(msg)
+def balance(
+    meter: str, amount: int, relay: Literal["closed", "open", "armed"], state: str = "normal"
+) -> tuple[str, bytes]:
+    body: Balance = {
+        "kind": "balance",
+        "balance": amount,
+        "currency": "KES",
+        "credit_state": state,
+        "debt": 0,
+        "relay": relay,
+        "forecast_exhaustion": None,
+    }
+    return published(meter, T0, body)
+
+
+def event(meter: str, name: str, reason: str, **details: JsonValue) -> tuple[str, bytes]:
+    return published(meter, T0 + timedelta(minutes=5), event_body(name, reason, **details))
 
 
 def test_messages_fill_rows_and_tell_the_story() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     status = StatusMessage(gateway="gw-demo", state="online", ts=T0)
     assert model.apply(f"{ROOT}/status", dump(status)) == ["gateway gw-demo is online"]
     assert model.apply(f"{ROOT}/status", dump(status)) == []  # health updates say nothing new
-    reading = ReadingMessage(
-        gateway="gw-demo", meter="PE1-000002", seq=_seq(), ts=T0, energy_import_wh=10,
-        power_w=9000, relay_closed=True, charged=3,
-    )  # fmt: skip
-    assert model.apply(f"{ROOT}/meters/PE1-000002/reading", dump(reading)) == []
+    reading: Reading = {
+        "kind": "reading",
+        "energy_import_wh": 10,
+        "power_w": 9000,
+        "voltage_v": None,
+        "relay_closed": True,
+        "charged": 3,
+    }
+    assert model.apply(*published("PE1-000002", T0, reading)) == []
     assert model.apply(*balance("PE1-000002", -1250, "open", "disconnected")) == []
     lines = model.apply(
         *event("PE1-000002", "credit_state_changed", "balance_low_credit", to="low_credit")
@@ -100,7 +116,7 @@ def test_messages_fill_rows_and_tell_the_story() -> None:
 
 @given(payload=st.binary(max_size=300), kind=st.sampled_from(["status", "balance", "event"]))
 def test_a_payload_off_the_contract_changes_nothing(payload: bytes, kind: str) -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     topic = f"{ROOT}/status" if kind == "status" else f"{ROOT}/meters/PE1-000001/{kind}"
     lines = model.apply(topic, payload)
     assert lines == [f"message on {topic} breaks the contract: ignored"]
@@ -115,7 +131,7 @@ def test_a_payload_off_the_contract_changes_nothing(payload: bytes, kind: str) -
     ).map(lambda d: json.dumps(d).encode())
 )
 def test_json_that_is_almost_a_balance_is_refused(payload: bytes) -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     lines = model.apply(f"{ROOT}/meters/PE1-000001/balance", payload)
     assert len(lines) == 1
     assert "breaks the contract" in lines[0]
@@ -123,7 +139,7 @@ def test_json_that_is_almost_a_balance_is_refused(payload: bytes) -> None:
 
 
 def test_command_topics_are_not_the_views_business() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     assert model.apply(f"{ROOT}/meters/PE1-000001/cmd", b"{}") == []
     assert model.messages == 0
 
@@ -135,7 +151,7 @@ def test_money_formats_minor_units() -> None:
 
 
 def test_director_tops_up_after_the_cut_and_replays_after_the_reconnection() -> None:
-    model = ViewModel("gw-demo", "mosquitto")
+    model = ViewModel("gw-demo")
     director = Director((2, 7))
     assert director.step(model, 0.0) is None
     model.apply(*balance("PE1-000007", -1100, "open", "disconnected"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,13 +13,11 @@ from pydantic import ValidationError
 
 from protocol.mqtt import (
     COMMAND,
-    METER_MESSAGE,
-    BalanceMessage,
     RelayCommand,
     ResendCommand,
     Topics,
     TopUpCommand,
-    dump,
+    decode_message,
     signing_bytes,
 )
 from scripts.export_schemas import render
@@ -43,22 +40,27 @@ def test_topic_tree() -> None:
         Topics("gw/1")
 
 
-def test_message_serialises_with_envelope_and_utc_time() -> None:
-    msg = BalanceMessage(
-        gateway="gw-1",
-        meter="m1",
-        seq=5,
-        ts=T0,
-        balance=-120,
-        currency="KES",
-        credit_state="emergency",
-        relay="closed",
-    )
-    data = json.loads(dump(msg))
-    assert data["v"] == 1
-    assert data["seq"] == 5
-    assert data["ts"] == "2026-11-28T12:00:00.000Z"
-    assert METER_MESSAGE.validate_json(dump(msg)) == msg
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":1,"gateway":"gw-1","meter":"m1","seq":0,"ts":"2026-11-28T12:00:00.000Z",'
+        b'"kind":"event","event":"x","reason":"y"}',
+        b'{"v":1,"gateway":"gw/1","meter":"m1","seq":1,"ts":"2026-11-28T12:00:00.000Z",'
+        b'"kind":"event","event":"x","reason":"y"}',
+        b'{"v":1,"gateway":"gw-1","meter":"m1","seq":1,"ts":"2026-11-28T12:00:00",'
+        b'"kind":"event","event":"x","reason":"y"}',
+        b'{"v":1,"gateway":"gw-1","meter":"m1","seq":1,"ts":"2026-11-28T12:00:00.000Z",'
+        b'"kind":"reading","energy_import_wh":-1,"charged":0}',
+        b'{"v":1,"gateway":"gw-1","meter":"m1","seq":1,"ts":"2026-11-28T12:00:00.000Z",'
+        b'"kind":"balance","balance":1,"currency":"KES","credit_state":"normal",'
+        b'"relay":"ajar"}',
+        b'{"v":1,"gateway":"gw-1","meter":"m1","seq":1,"ts":"2026-11-28T12:00:00.000Z",'
+        b'"kind":"event","event":"x","reason":"y","extra":1}',
+    ],
+)
+def test_meter_messages_off_their_schema_are_refused(payload: bytes) -> None:
+    with pytest.raises(ValidationError):
+        decode_message(payload)
 
 
 def test_commands_parse_by_kind() -> None:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from protocol.tokens import Accepted, Channel, Rejected, RejectReason, TokenClass
 from protocol.tokens.lockout import (
+    KeypadLockout,
     LockoutPolicy,
-    LockoutState,
     lockout_after_failure,
     lockout_after_success,
     lockout_after_verdict,
@@ -26,7 +26,7 @@ OK = Accepted("PE1-000042", TokenClass.CREDIT, 1, 100, 0, Channel.KEYPAD)
 
 
 def test_free_failures_then_doubling_delay_up_to_the_cap() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     delays = []
     for _ in range(12):
         state, _ = lockout_after_failure(state, T0, POLICY)
@@ -37,7 +37,7 @@ def test_free_failures_then_doubling_delay_up_to_the_cap() -> None:
 
 
 def test_lock_expires_at_its_time() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     for _ in range(4):
         state, _ = lockout_after_failure(state, T0, POLICY)
     assert lockout_allows(state, T0 + timedelta(seconds=29)) == T0 + timedelta(seconds=30)
@@ -45,7 +45,7 @@ def test_lock_expires_at_its_time() -> None:
 
 
 def test_only_a_valid_token_clears_the_lock() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     for _ in range(6):
         state, _ = lockout_after_verdict(state, FORGED, T0, POLICY)
     locked = state
@@ -59,21 +59,21 @@ def test_only_a_valid_token_clears_the_lock() -> None:
 
 
 def test_typos_never_count() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     for _ in range(1000):
         state, alarm = lockout_after_verdict(state, Rejected(RejectReason.TYPO), T0, POLICY)
         assert not alarm
-    assert state == LockoutState()
+    assert state == KeypadLockout()
 
 
 @pytest.mark.parametrize("reason", [r for r in RejectReason if r is not RejectReason.TYPO])
 def test_every_other_reason_counts(reason: RejectReason) -> None:
-    state, _ = lockout_after_verdict(LockoutState(), Rejected(reason), T0, POLICY)
+    state, _ = lockout_after_verdict(KeypadLockout(), Rejected(reason), T0, POLICY)
     assert state.failures == 1
 
 
 def test_alarm_on_every_tenth_failure_in_a_day_and_the_day_rolls() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     alarms = []
     for i in range(25):
         state, alarm = lockout_after_failure(state, T0 + timedelta(minutes=i), POLICY)
@@ -85,11 +85,11 @@ def test_alarm_on_every_tenth_failure_in_a_day_and_the_day_rolls() -> None:
 
 
 def test_state_survives_storage() -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     for _ in range(5):
         state, _ = lockout_after_failure(state, T0, POLICY)
-    assert LockoutState.from_dict(state.to_dict()) == state
-    assert lockout_allows(LockoutState.from_dict(state.to_dict()), T0) == T0 + timedelta(minutes=1)
+    assert KeypadLockout.from_dict(state.to_dict()) == state
+    assert lockout_allows(KeypadLockout.from_dict(state.to_dict()), T0) == T0 + timedelta(minutes=1)
 
 
 @pytest.mark.parametrize(
@@ -111,17 +111,17 @@ def test_state_survives_storage() -> None:
 )
 def test_bad_stored_state_is_refused(data: dict[str, int | str | None]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  (each case has its own message)
-        LockoutState.from_dict(data)
+        KeypadLockout.from_dict(data)
 
 
 def test_naive_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        lockout_after_failure(LockoutState(), datetime(2026, 1, 1), POLICY)  # noqa: DTZ001
+        lockout_after_failure(KeypadLockout(), datetime(2026, 1, 1), POLICY)  # noqa: DTZ001
 
 
 @given(st.lists(st.sampled_from(list(RejectReason)) | st.just(None), max_size=60))
 def test_delay_never_exceeds_the_cap(reasons: list[RejectReason | None]) -> None:
-    state = LockoutState()
+    state = KeypadLockout()
     now = T0
     for reason in reasons:
         verdict = OK if reason is None else Rejected(reason)
@@ -150,7 +150,7 @@ json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=40)
 )
 def test_from_dict_accepts_only_what_to_dict_makes(data: dict[str, Any]) -> None:
     try:
-        state = LockoutState.from_dict(data)
+        state = KeypadLockout.from_dict(data)
     except ValueError:
         return
     assert state.to_dict() == data
