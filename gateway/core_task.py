@@ -199,9 +199,9 @@ class CoreTask:
             await self._commit_apart(updates, tentative, actions, now)
             return
         self._storage_ok()
-        self._apply(tentative, actions, now)
+        self._adopt_committed(tentative, actions, now)
 
-    def _apply(
+    def _adopt_committed(
         self, tentative: dict[str, Pending], actions: Sequence[Action], now: datetime
     ) -> None:
         """A committed batch: its states become the meters' own, then the shell acts."""
@@ -246,7 +246,7 @@ class CoreTask:
                     fail(item, exc)
                 await self._quarantine(rt, f"its state could not be stored: {exc}", now)
                 continue
-            self._apply({meter_id: tentative[meter_id]}, mine, now)
+            self._adopt_committed({meter_id: tentative[meter_id]}, mine, now)
 
     def _step_failed(
         self,

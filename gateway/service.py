@@ -72,7 +72,7 @@ class Gateway:
             self.config.tokens,
             self.meters,
             self.counters,
-            self._act,
+            self._carry_out_on_meter,
             clock=self.clock,
             monotonic=self.monotonic,
         )
@@ -100,7 +100,7 @@ class Gateway:
     async def run_core(self) -> None:
         await self.core.run()
 
-    def _act(
+    def _carry_out_on_meter(
         self,
         rt: MeterRuntime,
         commands: list[Command],
