@@ -440,7 +440,10 @@ async def test_enrol_csv_writes_all_rows_or_none(site: Site) -> None:
     before = site.snapshot()
     ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
     assert ran.rc == 2
-    assert f"{good} line 2: meter_id: PE1-000001 is already in the store" in ran.err
+    assert ran.err == (
+        f"meter-provision enrol: error: {good} line 2: meter_id: PE1-000001 is already in the "
+        "store (enrol --update changes an enrolled meter; take its row out of the file)\n"
+    )
     assert site.snapshot() == before
 
 
