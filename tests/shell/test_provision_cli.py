@@ -168,6 +168,36 @@ def test_init_with_a_store_in_a_missing_folder_writes_nothing(tmp_path: Path) ->
     assert not (tmp_path / "gw").exists()
 
 
+def test_a_key_written_into_a_new_folder_gets_it_owner_only(tmp_path: Path) -> None:
+    """`keys meter-key ... --out keys/X.key` as the guide and the help show it: the folder
+    is made 0700; a folder that exists keeps its mode; a file in the way is one line."""
+    vending = tmp_path / "vending.key"
+    assert cli("keys", "new-vending-key", "--out", vending).rc == 0
+    out = tmp_path / "keys" / "street-7" / "PE1-000001.key"
+    ran = cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000001", "--out", out)
+    assert ran.rc == 0, ran.err
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert (out.parent.stat().st_mode & 0o777, out.parent.parent.stat().st_mode & 0o777) == (
+        0o700,
+        0o700,
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    key = shared / "PE1-000002.key"
+    assert cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000002",
+               "--out", key).rc == 0  # fmt: skip
+    assert shared.stat().st_mode & 0o777 == 0o755
+    (tmp_path / "afile").write_text("")
+    blocked = cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000003",
+                  "--out", tmp_path / "afile" / "PE1-000003.key")  # fmt: skip
+    assert blocked.rc == 2
+    assert blocked.err == (
+        "meter-provision keys meter-key: error: cannot create "
+        f"{tmp_path / 'afile' / 'PE1-000003.key'}: Not a directory\n"
+    )
+
+
 def test_export_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     assert cli("init", "--dir", tmp_path, "--gateway-id", "gw-1").rc == 0
     ran = cli("export", "--config", tmp_path / "gateway.toml", "--out", tmp_path / "no" / "x.json")
