@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from gateway.config import load_config
 from gateway.core.commands import Publish
 from gateway.core.tariff import FlatPricing
 from gateway.store import Store
@@ -165,6 +166,34 @@ def test_init_with_a_store_in_a_missing_folder_writes_nothing(tmp_path: Path) ->
               "--store", tmp_path / "nowhere" / "gateway.db")  # fmt: skip
     assert ran.rc == 2
     assert "does not exist" in ran.err
+    assert not (tmp_path / "gw").exists()
+
+
+def test_init_with_a_bench_broker_writes_it_without_tls(tmp_path: Path) -> None:
+    folder = tmp_path / "gw"
+    ran = cli("init", "--dir", folder, "--gateway-id", "gw-1", "--broker", "mqtt://127.0.0.1:1884")
+    assert ran.rc == 0, ran.err
+    assert "broker: mqtt://127.0.0.1:1884\nnext: add [[buses]] to the config" in ran.out
+    config = load_config(folder / "gateway.toml")
+    assert [(b.host, b.port, b.tls) for b in config.mqtt.brokers] == [("127.0.0.1", 1884, False)]
+    assert config.mqtt.ca_file is None  # no CA to wait for: the TLS files are commented out
+    site = cli("init", "--dir", tmp_path / "site", "--gateway-id", "gw-2",
+               "--broker", "mqtt.example-power.com")  # fmt: skip
+    assert site.rc == 0, site.err
+    tls = load_config(tmp_path / "site" / "gateway.toml").mqtt
+    assert [(b.host, b.port, b.tls) for b in tls.brokers] == [
+        ("mqtt.example-power.com", 8883, True)
+    ]
+    assert tls.ca_file == tmp_path / "site" / "ca.pem"
+
+
+def test_init_refuses_a_bad_broker_before_writing(tmp_path: Path) -> None:
+    ran = cli("init", "--dir", tmp_path / "gw", "--gateway-id", "gw-1", "--broker", "ws://x:1")
+    assert ran.rc == 2
+    assert ran.err == (
+        "meter-provision init: error: --broker 'ws://x:1': unknown scheme 'ws'; write "
+        "mqtts://HOST[:PORT] (TLS) or mqtt://HOST[:PORT] (no TLS)\n"
+    )
     assert not (tmp_path / "gw").exists()
 
 
