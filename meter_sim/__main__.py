@@ -192,10 +192,12 @@ def build_parser() -> CliParser:
         return csub.add_parser(name, help=text, epilog=f"example:\n  {PROG} ctl {example}\n")
 
     keypad = action(
-        "keypad", "type a 20-digit entry: keypad UNIT DIGITS", "keypad 3 12345678901234567890"
+        "keypad",
+        "type a 20-digit entry: keypad UNIT DIGITS (grouped as printed, or not)",
+        "keypad 3 1234 5678 9012 3456 7890",
     )
     keypad.add_argument("unit", type=int)
-    keypad.add_argument("digits")
+    keypad.add_argument("digits", nargs="+", help="the 20 digits; spaces between groups are fine")
     button = action("button", "press the reconnect button: button UNIT", "button 3")
     button.add_argument("unit", type=int)
     tamper = action("tamper", "tamper UNIT cover|magnet|bypass|reverse on|off", "tamper 3 cover on")
@@ -223,7 +225,10 @@ def ctl_payload(args: argparse.Namespace) -> dict[str, Any]:
     """The control request for a ``ctl`` command line."""
     match args.action:
         case "keypad":
-            return {"cmd": "keypad", "unit": args.unit, "digits": args.digits}
+            # A token is printed in groups of four ("1234 5678 ..."): typed as printed,
+            # the groups arrive as separate words (or as one quoted word with spaces).
+            digits = "".join(" ".join(args.digits).split())
+            return {"cmd": "keypad", "unit": args.unit, "digits": digits}
         case "button":
             return {"cmd": "button", "unit": args.unit}
         case "tamper":

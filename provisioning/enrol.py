@@ -352,9 +352,12 @@ def check_unique(
     for line, p in planned:
         r = p.record
         if r.meter_id in ids:
-            raise RowError(
-                line, "meter_id", f"{r.meter_id} is already in {ids[r.meter_id]}", source
-            )
+            where = ids[r.meter_id]
+            fix = ""
+            if where == "the store":  # what to do about it, for the one who typed it
+                fix = " (enrol --update changes an enrolled meter"
+                fix += "; take its row out of the file)" if line else ")"
+            raise RowError(line, "meter_id", f"{r.meter_id} is already in {where}{fix}", source)
         if (r.bus, r.unit_id) in units:
             raise RowError(
                 line,

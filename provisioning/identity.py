@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.private_files import PRIVATE_FILE, make_private_dir
+from provisioning.broker_url import DEFAULT_BROKER, BrokerAddress
 
 KeyType = Literal["ed25519", "p256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -143,10 +144,10 @@ store = "{store}"
 # port = 502
 
 [mqtt]
-brokers = [{{ host = "broker.example.invalid", port = 8883 }}]
-ca_file = "{folder}/ca.pem"
-cert_file = "{folder}/gateway.crt"
-key_file = "{folder}/gateway.key"
+brokers = [{broker}]
+{off}ca_file = "{folder}/ca.pem"
+{off}cert_file = "{folder}/gateway.crt"
+{off}key_file = "{folder}/gateway.key"
 
 [tokens]
 currency = "USD"
@@ -155,5 +156,14 @@ currency = "USD"
 """
 
 
-def starter_config(gateway_id: str, folder: Path, store: Path) -> str:
-    return STARTER_CONFIG.format(gateway_id=gateway_id, folder=folder, store=store)
+def starter_config(
+    gateway_id: str, folder: Path, store: Path, broker: BrokerAddress = DEFAULT_BROKER
+) -> str:
+    """The config ``init`` writes; the TLS files are commented out for a broker without TLS."""
+    return STARTER_CONFIG.format(
+        gateway_id=gateway_id,
+        folder=folder,
+        store=store,
+        broker=broker.toml(),
+        off="" if broker.tls else "# ",
+    )

@@ -8,13 +8,16 @@ from pathlib import Path
 from gateway.config import ConfigError, parse_config
 from gateway.store import Store, StoreError
 from protocol.cli import Subcommands
+from provisioning.broker_url import DEFAULT_BROKER, parse_broker_url
 from provisioning.errors import ProvisionError
 from provisioning.identity import IdentityError, create_identity, starter_config, write_private
 
 EXAMPLE = """\
-example:
+examples:
   meter-provision init --dir /etc/prepaid-edge --gateway-id gw-nairobi-07 \\
-      --organisation "Example Power" --self-signed-days 30
+      --organisation "Example Power" --broker mqtts://mqtt.example-power.com:8883
+  meter-provision init --dir gw --gateway-id gw-bench --broker mqtt://127.0.0.1:1884
+      (a bench: a broker on this machine, no TLS)
 """
 
 
@@ -35,6 +38,12 @@ def add_init_command(sub: Subcommands) -> None:
     p.add_argument(
         "--self-signed-days", type=int, help="also write a self-signed development certificate"
     )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="mqtts://HOST[:PORT] (TLS, port 8883 by default) or mqtt://HOST[:PORT] (no TLS, "
+        f"1883) (default: a placeholder, {DEFAULT_BROKER.host}, to edit in the config)",
+    )
     p.add_argument("--store", type=Path, help="store path (default DIR/gateway.db)")
     p.add_argument("--force", action="store_true", help="replace an existing identity")
     p.set_defaults(func=run_init)
@@ -50,7 +59,8 @@ def run_init(args: argparse.Namespace) -> int:
         raise ProvisionError(f"{config} exists: refusing to replace it without --force")
     if store.parent != folder and not store.parent.is_dir():
         raise ProvisionError(f"--store {store}: the folder {store.parent} does not exist")
-    text = starter_config(args.gateway_id, folder, store)
+    broker = DEFAULT_BROKER if args.broker is None else parse_broker_url(args.broker)
+    text = starter_config(args.gateway_id, folder, store, broker)
     # Validate the starter config (the gateway id) before anything is written.
     try:
         parse_config(text, str(config), env={})
@@ -77,5 +87,10 @@ def run_init(args: argparse.Namespace) -> int:
         print(f"self-signed development certificate: {files.cert}")
     print(f"config: {config}")
     print(f"store: {store}")
-    print("next: send the CSR to the utility's CA, add [[buses]] to the config, then scan")
+    if args.broker is None:
+        print(f"broker: {broker.host} is a placeholder: put the site's broker in [mqtt] brokers")
+    else:
+        print(f"broker: {'mqtts' if broker.tls else 'mqtt'}://{broker.host}:{broker.port}")
+    ca = "send the CSR to the utility's CA, " if broker.tls else ""
+    print(f"next: {ca}add [[buses]] to the config, then scan")
     return 0

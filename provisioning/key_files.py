@@ -1,5 +1,8 @@
 """Secret key files: hex text, created owner-only, and refused when anyone else may read
-them (a vending key that leaks can mint credit for every meter)."""
+them (a vending key that leaks can mint credit for every meter). A key written into a
+folder that does not exist yet (``--out keys/PE1-000042.key``) gets that folder (and any
+missing above it) created owner-only: a folder made to hold keys is no more open than they
+are."""
 
 from __future__ import annotations
 
@@ -7,13 +10,33 @@ import os
 import stat
 from pathlib import Path
 
+from gateway.private_files import PRIVATE_DIR
+
 
 class KeyFileError(Exception):
     """A key file that is missing, unsafe or not a key (the operator's to fix)."""
 
 
+def _make_key_folders(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each owner-only whatever the umask."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=PRIVATE_DIR)
+            os.chmod(made, PRIVATE_DIR)  # mkdir's mode went through the umask
+        except FileExistsError:
+            continue  # made meanwhile by someone else: left as it is
+        except OSError as exc:
+            raise KeyFileError(f"cannot create the folder {made}: {exc.strerror}") from None
+
+
 def write_secret_file(path: Path, secret: bytes) -> None:
-    """Write ``secret`` as hex to a new file with mode 0600; never overwrite."""
+    """Write ``secret`` as hex to a new file with mode 0600 (missing parent folders are
+    created 0700, existing ones left as they are); never overwrite."""
+    _make_key_folders(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

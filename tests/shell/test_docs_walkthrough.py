@@ -1,66 +1,54 @@
-"""The simulator page (Modbus and DL/T 645 meters) and the field guide, run as written: their commands are taken from the
-Markdown in order and executed by a shell with the installed console scripts, against a
-real simulator. Only what ties them to a real site is swapped: `/etc/prepaid-edge` for a
-temporary folder, the example ports for free ones, `/dev/ttyUSB0` for the simulator's
-pseudo-terminal. Commands of the other pages are checked by `tests/unit/test_docs_commands.py`
-(parsed by the real CLIs) and by the tests named there."""
+"""docs/field-guide.md walks as written: its console blocks run in page order, from the Markdown, each in its own terminal (a pseudo-terminal, Ctrl-C and answers typed as a person types them), in a clean home folder with the clone at ~/prepaid-edge and the console scripts put on PATH the way the page says; the simulator, broker and gateway start and stop where the page says; every output matches the page's in substance (tests/support/console_walk.py says what may differ), every block and command of the page is counted as run, and nothing is left running."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
-import shutil
-import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from gateway.dlt645_io import Dlt645MeterIO
-from gateway.dlt645_port import Dlt645Port
-from protocol.dlt645.frame import Address
-from protocol.dlt645.meter_map import load_dlt645_map
-from tests.unit.test_docs_commands import _commands, _expand
+from tests.support.console_walk import (
+    FENCE,
+    TOKEN,
+    PageError,
+    Step,
+    StepKind,
+    Substitutions,
+    console_blocks,
+    match_prefix,
+    normalise,
+    normalise_all,
+    partial_line,
+    prompts,
+    screen_lines,
+)
+from tests.support.pty_terminal import CTRL_C, Terminal, TypedCommand
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-FENCE = re.compile(r"```(\w*)\n(.*?)```", re.DOTALL)
-PASSPHRASE = "correct horse battery staple"
+GUIDE = ROOT / "docs" / "field-guide.md"
+# The page's first steps run in the clone itself: `make venv` there is quick where the
+# venv is current (as under `make test`, whose first prerequisite made it), and installs
+# it otherwise, as it would for a person; `. .venv/bin/activate` then puts on PATH the
+# console scripts every later step runs.
+#: where the page's person lives, and the ports the page uses (a run takes free ones)
+PAGE_HOME = "/home/field"
+PAGE_PORTS = (5021, 5022, 1884)
+#: how long one step may take (a scan, a commissioning, a gateway's first poll)
+STEP_TIMEOUT_S = 60.0
+#: how long a `retry` block's command is run again until the run shows what the page shows
+RETRY_FOR_S = 30.0
+#: set by a person's profile, not by the page: none of them may leak in from the test run
+NOT_A_PERSONS = ("PREPAID_EDGE", "MAKE", "MFLAGS", "PYTEST", "VIRTUAL_ENV", "PYTHONPATH")
 
 
-def _blocks(doc: str) -> list[tuple[str, str]]:
-    return FENCE.findall((ROOT / "docs" / doc).read_text())
-
-
-def _shell_commands(doc: str) -> list[tuple[list[str], str]]:
-    """Each console/sh command of a page, in order, with the output lines the page shows
-    after it (console blocks: lines after the ``$ `` command and its continuations)."""
-    out: list[tuple[list[str], str]] = []
-    for lang, body in _blocks(doc):
-        if lang not in ("sh", "console", "bash"):
-            continue
-        shown: list[list[str]] = []
-        continued = False
-        for line in body.splitlines():
-            if line.startswith("$ "):
-                shown.append([])
-            elif not continued and shown and line.strip():
-                shown[-1].append(line)
-            continued = line.rstrip().endswith("\\")
-        commands = list(_expand(_commands(body)))
-        if not shown:
-            shown = [[] for _ in commands]
-        assert len(shown) == len(commands), (doc, commands)
-        out += list(zip(shown, commands, strict=True))
-    return out
+class WalkMismatchError(AssertionError):
+    """What a step printed is not what the page shows."""
 
 
 def _free_port() -> int:
@@ -69,269 +57,200 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class Ran:
-    rc: int
-    out: str
-    err: str
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PREPAID_EDGE_PASSPHRASE"] = PASSPHRASE
-    env["PYTHONPATH"] = str(ROOT)
+def _persons_env(home: Path) -> dict[str, str]:
+    """A new terminal's environment: the machine's, without this test run's venv."""
+    venv_bins = {str(Path(sys.executable).parent), str(ROOT / ".venv" / "bin")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_A_PERSONS)}
+    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep)
+    env["PATH"] = os.pathsep.join(p for p in path if p not in venv_bins)
+    env["HOME"] = str(home)
+    env["TERM"] = "xterm"
     return env
 
 
-async def _spawn(command: str, cwd: Path) -> asyncio.subprocess.Process:
-    """``command`` as a shell line, with the installed console scripts on PATH."""
-    return await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        command,
-        cwd=cwd,
-        env=_env(),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+def _page_counts(text: str) -> tuple[int, int, int]:
+    """Console blocks, ``$`` commands and ``^C`` lines, counted from the raw page."""
+    bodies = [body for info, body in FENCE.findall(text) if info.split()[:1] == ["console"]]
+    lines = [line for body in bodies for line in body.splitlines()]
+    return (
+        len(bodies),
+        sum(line.startswith("$ ") for line in lines),
+        sum(line.startswith("^C") for line in lines),
     )
 
 
-async def sh(command: str, cwd: Path, stdin: bytes = b"") -> Ran:
-    proc = await _spawn(command, cwd)
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
-    assert proc.returncode is not None
-    return Ran(proc.returncode, out.decode(), err.decode())
+@dataclass
+class Walk:
+    home: Path
+    subs: Substitutions
+    terminals: dict[str, Terminal] = field(default_factory=dict)
+    last_token: str | None = None
+    commands_run: int = 0
+    interrupts: int = 0
+    steps_run: int = 0
+    #: what each step printed, as the page would show it (WALK_TRANSCRIPT=FILE writes it)
+    transcript: list[tuple[Step, str, list[str]]] = field(default_factory=list)
 
+    def write_transcript(self, path: Path) -> None:
+        """For whoever updates the page: each step's command and output, unmasked."""
+        out = []
+        for step, command, seen in self.transcript:
+            head = f"$ {command}" if step.kind is StepKind.COMMAND else f"({step.kind.value})"
+            out += [f"--- {step.terminal} block {step.block + 1}", head, *seen]
+        path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
-@asynccontextmanager
-async def served(command: str, cwd: Path) -> AsyncIterator[dict[str, str]]:
-    """A documented ``meter-sim serve`` line running; what it printed (kind -> address)."""
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        f"exec {command}",
-        cwd=cwd,
-        env=_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    printed: dict[str, str] = {}
-    try:
+    def terminal(self, name: str) -> Terminal:
+        """A terminal opens in the home folder, with the machine's PATH."""
+        if name not in self.terminals:
+            state = self.home.parent / "walk-state" / name
+            self.terminals[name] = Terminal(name, self.home, _persons_env(self.home), state)
+        return self.terminals[name]
+
+    def typed(self, command: str) -> str:
+        """The command as typed on this run: a keypad token is the one just printed (a
+        person copies it), the ports are this run's."""
+        if TOKEN.search(command):
+            assert self.last_token is not None, f"no token printed before: {command}"
+            command = TOKEN.sub(self.last_token, command)
+        return self.subs.for_run(command)
+
+    async def take(self, step: Step) -> None:
+        term = self.terminal(step.terminal)
+        if step.kind is StepKind.COMMAND:
+            command = self.typed(step.command)
+            if step.retry:
+                await self._until_it_matches(term, command, step)
+            else:
+                await self.follow(await term.type_command(command), step)
+            self.commands_run += 1
+        else:
+            running = term.running
+            assert running is not None, step
+            if step.kind is StepKind.INTERRUPT:
+                assert running.proc.returncode is None, (
+                    f"{step.terminal} block {step.block + 1}: ^C, but {running.command!r} "
+                    "has ended already"
+                )
+                running.type(CTRL_C)
+                self.interrupts += 1
+            await self.follow(running, step)
+        self.steps_run += 1
+
+    async def _until_it_matches(self, term: Terminal, command: str, step: Step) -> None:
+        """A `retry` block: the person runs it again until the gateway's next poll shows."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_FOR_S
         while True:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            if not line:
-                err = (await proc.stderr.read()).decode()
-                raise AssertionError(f"{command} exited before ready: {err}")
-            kind, _, rest = line.partition(" ")
-            printed.setdefault(kind, rest.split(" ")[0].strip())
-            if kind == "ready:":
-                break
-        yield printed
+            try:
+                await self.follow(await term.type_command(command), step)
+                return
+            except WalkMismatchError:
+                if loop.time() > deadline:
+                    raise
+            await asyncio.sleep(1.0)  # the next poll of another process: nothing to await
+
+    def _screen(self, typed: TypedCommand) -> list[str]:
+        return [normalise(line) for line in self._lines(typed)]
+
+    def _lines(self, typed: TypedCommand) -> list[str]:
+        """The terminal's lines as the page would show them (non-blank, page's paths and
+        ports), not yet normalised."""
+        lines = (self.subs.for_page(line) for line in screen_lines(typed.raw))
+        return [line for line in lines if normalise(line)]
+
+    async def follow(self, typed: TypedCommand, step: Step) -> None:
+        """Wait for the output the page shows (answering its questions), then for the
+        command's end unless the page lets it run on; compare."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STEP_TIMEOUT_S
+        shown = normalise_all(step.shown)
+        questions = prompts(step.shown)
+        while True:
+            waiting = self.subs.for_page(partial_line(typed.raw))
+            # the whole question, with the space a person waits for before answering
+            if questions and waiting.endswith(" ") and normalise(waiting) == questions[0][0]:
+                typed.type(questions.pop(0)[1].encode() + b"\n")
+            done = typed.proc.returncode is not None and typed.eof
+            if done or step.keeps_running:
+                ran = self._screen(typed)[typed.cursor :]
+                covered = match_prefix(shown, ran, whole=done)
+                if covered is not None:
+                    seen = self._lines(typed)[typed.cursor : typed.cursor + covered]
+                    self.transcript.append((step, step.command, seen))
+                    typed.cursor += covered
+                    break
+                if done:
+                    raise self._mismatch(typed, step, shown, ran, "output differs")
+            try:
+                await typed.next_change(deadline)
+            except TimeoutError:
+                ran = self._screen(typed)[typed.cursor :]
+                raise self._mismatch(typed, step, shown, ran, "timed out") from None
+        tokens = TOKEN.findall(typed.raw)
+        if tokens:
+            self.last_token = tokens[-1]
+        if not step.keeps_running:
+            code = await typed.finish(deadline)
+            failed = any(": error:" in line for line in step.shown)
+            assert (code != 0) == failed, (
+                f"{step.terminal} block {step.block + 1}: {typed.command!r} exit {code}"
+            )
+
+    def _mismatch(
+        self, typed: TypedCommand, step: Step, shown: list[str], ran: list[str], why: str
+    ) -> WalkMismatchError:
+        return WalkMismatchError(
+            f"{why}: {step.terminal}, console block {step.block + 1}, {typed.command!r}\n"
+            "--- the page shows (normalised):\n"
+            + "\n".join(shown)
+            + "\n--- the run printed (normalised):\n"
+            + "\n".join(ran)
+            + f"\n--- raw tail:\n{typed.raw[-1500:]}"
+        )
+
+    async def close(self) -> list[str]:
+        """Stop whatever still runs; which terminals it was in."""
+        left = []
+        for term in self.terminals.values():
+            if term.running is not None and not term.running.ended:
+                if term.running.proc.returncode is None:
+                    left.append(term.name)
+                await term.running.kill()
+        return left
+
+
+async def test_the_field_guide_walks_as_written(tmp_path: Path) -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    try:
+        blocks, others = console_blocks(text)
+    except PageError as exc:
+        pytest.fail(f"docs/field-guide.md: {exc}")
+    assert not others, f"fenced blocks the walk does not run: {others}"
+    for port in PAGE_PORTS:
+        assert f"127.0.0.1:{port}" in text, port
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "prepaid-edge").symlink_to(ROOT)  # the clone, where the page says it is
+    subs = Substitutions(str(home), PAGE_HOME, {port: _free_port() for port in PAGE_PORTS})
+    walk = Walk(home, subs)
+    blocks_run = 0
+    started = asyncio.get_running_loop().time()
+    try:
+        for block in blocks:
+            for step in block.steps:
+                await walk.take(step)
+            blocks_run += 1
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
-    assert code == 0, command
-
-
-# ---------------------------------------------------------------------- docs/simulator.md
-
-
-async def test_the_simulator_page_runs_as_written(tmp_path: Path) -> None:
-    tcp, control = _free_port(), _free_port()
-    bus, bus_control = _free_port(), _free_port()
-
-    def local(cmd: str) -> str:
-        for example, port in ((5020, tcp), (5021, control), (5022, bus), (5023, bus_control)):
-            cmd = cmd.replace(f"127.0.0.1:{example}", f"127.0.0.1:{port}")
-        return cmd
-
-    commands = [local(c) for _, c in _shell_commands("simulator.md")]
-    serves = [c for c in commands if c.startswith("meter-sim serve")]
-    controls = [c for c in commands if c.startswith("meter-sim ctl")]
-    assert len(serves) == 3, commands
-    assert len(controls) >= 10, commands
-    ran = 0
-    async with served(serves[0], tmp_path) as printed:
-        assert printed["modbus-tcp"] == f"127.0.0.1:{tcp}"
-        assert printed["control"] == f"127.0.0.1:{control}"
-        for cmd in controls:
-            result = await sh(cmd, tmp_path)
-            assert result.rc == 0, (cmd, result)
-            if " state 3" in cmd:
-                state = json.loads(result.out)
-                assert state["keypad_pending"] is True  # the documented keypad line typed it
-                assert state["tampers"]["bypass"] is True
-                assert state["load_override_w"] == 2500
-            ran += 1
-    async with served(serves[1], tmp_path) as printed:
-        assert printed["rtu-pty"].startswith("/dev/")
-        ran += 2
-    async with served(serves[2], tmp_path) as printed:  # the DL/T 645 bus
-        assert printed["rtu-tcp"] == f"127.0.0.1:{bus}"
-        assert printed["rtu-pty"].startswith("/dev/")
-        assert printed["control"] == f"127.0.0.1:{bus_control}"
-        port = Dlt645Port("bus", f"socket://127.0.0.1:{bus}", baud=2400)
-        io = Dlt645MeterIO(load_dlt645_map("dlt645_single_phase"))
-        try:
-            assert (await io.read(port, Address.of_number(20))).relay_closed is True
-        finally:
-            await port.close()
-        pressed = await sh(f"meter-sim ctl --control 127.0.0.1:{bus_control} button 20", tmp_path)
-        assert pressed.rc == 0, pressed
-        ran += 3
-    assert ran == len(controls) + 5
-
-
-# ---------------------------------------------------------------------- docs/field-guide.md
-
-
-async def _commission(command: str, cwd: Path, control: int) -> Ran:
-    """The documented commission line: answers the relay question, types the token the
-    command shows on the simulated meter's keypad (as the engineer would)."""
-    proc = await _spawn(command, cwd)
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(b"y\n")
-    await proc.stdin.drain()
-    lines: list[str] = []
-    async with asyncio.timeout(90):
-        while line := (await proc.stdout.readline()).decode():
-            lines.append(line)
-            if "test token on the meter's keypad:" in line:
-                digits = line.split(":", 1)[1].replace(" ", "").strip()
-                typed = await sh(
-                    f"meter-sim ctl --control 127.0.0.1:{control} keypad 1 {digits}", cwd
-                )
-                assert typed.rc == 0, typed
-        _, err = await proc.communicate()
-    assert proc.returncode is not None
-    return Ran(proc.returncode, "".join(lines), err.decode())
-
-
-async def test_the_field_guide_runs_as_written(tmp_path: Path) -> None:
-    etc = tmp_path / "etc-prepaid-edge"
-    new_box = tmp_path / "new-box"
-    new_box.mkdir()
-    control = _free_port()
-    toml_blocks = [b for lang, b in _blocks("field-guide.md") if lang == "toml"]
-    csv_blocks = [b for lang, b in _blocks("field-guide.md") if lang == "csv"]
-    assert len(toml_blocks) == 1
-    assert len(csv_blocks) == 1
-    steps = [
-        (shown, c.replace("/etc/prepaid-edge", str(etc)))
-        for shown, c in _shell_commands("field-guide.md")
-    ]
-    names = [c.split()[1] for _, c in steps]
-    assert names == [
-        "init",
-        "scan",
-        "keys",
-        "enrol",
-        "enrol",
-        "commission",
-        "status",
-        "export",
-        "import",
-    ], names
-    # The street: seed 7 gives the serials the guide shows (PE1-0007-00000N); every unit
-    # on the line answers, so the scan of 1..247 is quick.
-    sim_cmd = (
-        f"meter-sim serve --meters 247 --no-tcp --rtu-pty --control 127.0.0.1:{control} --seed 7"
+        left = await walk.close()
+        if os.environ.get("WALK_TRANSCRIPT"):
+            walk.write_transcript(Path(os.environ["WALK_TRANSCRIPT"]))
+    assert not left, f"the guide leaves commands running in {left}"
+    page_blocks, page_commands, page_interrupts = _page_counts(text)
+    assert (blocks_run, walk.commands_run, walk.interrupts) == (
+        page_blocks,
+        page_commands,
+        page_interrupts,
     )
-    async with served(sim_cmd, tmp_path) as printed:
-        pty = printed["rtu-pty"]
-        for shown, cmd in steps:
-            name = cmd.split()[1]
-            if name == "init":
-                result = await sh(cmd, tmp_path)
-                assert result.rc == 0, result
-                expected = [s.replace("/etc/prepaid-edge", str(etc)) for s in shown]
-                assert result.out.splitlines() == expected
-                # "Then edit gateway.toml": the guide's bus table, on this site's adapter.
-                with (etc / "gateway.toml").open("a") as f:
-                    f.write("\n" + toml_blocks[0].replace("/dev/ttyUSB0", pty))
-            elif name == "scan":
-                result = await sh(cmd, tmp_path)
-                assert result.rc == 0, result
-                assert "247/247 units" in result.err  # the progress line the guide shows
-                # stdout is the table (the guide shows the stderr progress lines above it)
-                table = result.out.splitlines()
-                header = shown.index(table[0])
-                rows = shown[header + 1 :]
-                assert [r.split()[:2] for r in table[1 : 1 + len(rows)]] == [
-                    r.split()[:2] for r in rows
-                ]
-                assert len(table) == 1 + 247
-            elif name == "keys":
-                # The vending office's key, from which it derives the meter keys it hands out.
-                made = await sh("meter-provision keys new-vending-key --out vending.key", etc)
-                assert made.rc == 0, made
-                (etc / "keys").mkdir()
-                for n in (1, 2, 3):
-                    result = await sh(cmd.replace("000001", f"00000{n}"), etc)
-                    assert result.rc == 0, result
-                    assert (etc / "keys" / f"PE1-00000{n}.key").stat().st_mode & 0o077 == 0
-            elif name == "enrol" and "--csv" not in cmd:
-                result = await sh(cmd, etc)
-                assert result.rc == 0, result
-                assert result.out.splitlines() == shown
-            elif name == "enrol":
-                (etc / "street-7.csv").write_text(csv_blocks[0])
-                before = await sh("meter-provision status --config gateway.toml --json", etc)
-                result = await sh(cmd, etc)
-                assert result.rc != 0
-                assert result.err.strip() == shown[0]
-                after = await sh("meter-provision status --config gateway.toml --json", etc)
-                assert after.out == before.out  # "the store holds none of the file"
-                # "Fix line 4 and run the same command again" (PE1-000001 is enrolled
-                # already, by the single-meter command above).
-                rows = csv_blocks[0].splitlines()
-                fixed = [rows[0], *(r for r in rows[2:])]
-                (etc / "street-7.csv").write_text("\n".join(fixed).replace(",x,", ",3,") + "\n")
-                result = await sh(cmd, etc)
-                assert result.rc == 0, result
-            elif name == "commission":
-                result = await _commission(cmd, etc, control)
-                assert result.rc == 0, result
-                out = result.out.splitlines()
-                for line in shown[2:]:
-                    # Same checks in the same order; the values are the meter's own.
-                    assert any(o.split()[:2] == line.split()[:2] for o in out), (line, out)
-                assert out[-1] == shown[-1]
-            elif name == "status":
-                result = await sh(cmd, etc)
-                assert result.rc == 0, result
-                lines = result.out.splitlines()
-                assert lines[0].split() == shown[0].split()
-                assert [r.split()[:4] for r in lines[1:3]] == [r.split()[:4] for r in shown[1:3]]
-                assert lines[1].split()[-1] == "pass"  # commissioned above
-            elif name == "export":
-                result = await sh(cmd, etc)
-                assert result.rc == 0, result
-                assert result.out.splitlines() == shown
-            elif name == "import":
-                # The new box: init, the same bus names, then the documented command.
-                made = await sh(
-                    f"meter-provision init --dir {new_box} --gateway-id gw-street-7b",
-                    tmp_path,
-                )
-                assert made.rc == 0, made
-                with (new_box / "gateway.toml").open("a") as f:
-                    f.write("\n" + toml_blocks[0].replace("/dev/ttyUSB0", pty))
-                shutil.copy(etc / "street-7.json", new_box / "street-7.json")
-                result = await sh(cmd, new_box)
-                assert result.rc == 0, result
-                assert result.out.splitlines() == shown
-                moved = json.loads(
-                    (await sh("meter-provision status --config gateway.toml --json", new_box)).out
-                )
-                assert sorted(m["meter"] for m in moved) == [
-                    "PE1-000001",
-                    "PE1-000002",
-                    "PE1-000003",
-                ]
+    assert walk.steps_run == sum(len(b.steps) for b in blocks)
+    took = asyncio.get_running_loop().time() - started
+    print(f"walked {blocks_run} blocks, {walk.commands_run} commands in {took:.0f} s")

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from gateway.config import load_config
 from gateway.core.commands import Publish
 from gateway.core.tariff import FlatPricing
 from gateway.store import Store
@@ -166,6 +167,64 @@ def test_init_with_a_store_in_a_missing_folder_writes_nothing(tmp_path: Path) ->
     assert ran.rc == 2
     assert "does not exist" in ran.err
     assert not (tmp_path / "gw").exists()
+
+
+def test_init_with_a_bench_broker_writes_it_without_tls(tmp_path: Path) -> None:
+    folder = tmp_path / "gw"
+    ran = cli("init", "--dir", folder, "--gateway-id", "gw-1", "--broker", "mqtt://127.0.0.1:1884")
+    assert ran.rc == 0, ran.err
+    assert "broker: mqtt://127.0.0.1:1884\nnext: add [[buses]] to the config" in ran.out
+    config = load_config(folder / "gateway.toml")
+    assert [(b.host, b.port, b.tls) for b in config.mqtt.brokers] == [("127.0.0.1", 1884, False)]
+    assert config.mqtt.ca_file is None  # no CA to wait for: the TLS files are commented out
+    site = cli("init", "--dir", tmp_path / "site", "--gateway-id", "gw-2",
+               "--broker", "mqtt.example-power.com")  # fmt: skip
+    assert site.rc == 0, site.err
+    tls = load_config(tmp_path / "site" / "gateway.toml").mqtt
+    assert [(b.host, b.port, b.tls) for b in tls.brokers] == [
+        ("mqtt.example-power.com", 8883, True)
+    ]
+    assert tls.ca_file == tmp_path / "site" / "ca.pem"
+
+
+def test_init_refuses_a_bad_broker_before_writing(tmp_path: Path) -> None:
+    ran = cli("init", "--dir", tmp_path / "gw", "--gateway-id", "gw-1", "--broker", "ws://x:1")
+    assert ran.rc == 2
+    assert ran.err == (
+        "meter-provision init: error: --broker 'ws://x:1': unknown scheme 'ws'; write "
+        "mqtts://HOST[:PORT] (TLS) or mqtt://HOST[:PORT] (no TLS)\n"
+    )
+    assert not (tmp_path / "gw").exists()
+
+
+def test_a_key_written_into_a_new_folder_gets_it_owner_only(tmp_path: Path) -> None:
+    """`keys meter-key ... --out keys/X.key` as the guide and the help show it: the folder
+    is made 0700; a folder that exists keeps its mode; a file in the way is one line."""
+    vending = tmp_path / "vending.key"
+    assert cli("keys", "new-vending-key", "--out", vending).rc == 0
+    out = tmp_path / "keys" / "street-7" / "PE1-000001.key"
+    ran = cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000001", "--out", out)
+    assert ran.rc == 0, ran.err
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert (out.parent.stat().st_mode & 0o777, out.parent.parent.stat().st_mode & 0o777) == (
+        0o700,
+        0o700,
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    key = shared / "PE1-000002.key"
+    assert cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000002",
+               "--out", key).rc == 0  # fmt: skip
+    assert shared.stat().st_mode & 0o777 == 0o755
+    (tmp_path / "afile").write_text("")
+    blocked = cli("keys", "meter-key", "--vending-key", vending, "--meter", "PE1-000003",
+                  "--out", tmp_path / "afile" / "PE1-000003.key")  # fmt: skip
+    assert blocked.rc == 2
+    assert blocked.err == (
+        "meter-provision keys meter-key: error: cannot create "
+        f"{tmp_path / 'afile' / 'PE1-000003.key'}: Not a directory\n"
+    )
 
 
 def test_export_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
@@ -440,7 +499,10 @@ async def test_enrol_csv_writes_all_rows_or_none(site: Site) -> None:
     before = site.snapshot()
     ran = cli("enrol", "--config", site.config, "--csv", good, "--price-per-kwh", "50")
     assert ran.rc == 2
-    assert f"{good} line 2: meter_id: PE1-000001 is already in the store" in ran.err
+    assert ran.err == (
+        f"meter-provision enrol: error: {good} line 2: meter_id: PE1-000001 is already in the "
+        "store (enrol --update changes an enrolled meter; take its row out of the file)\n"
+    )
     assert site.snapshot() == before
 
 

@@ -1,4 +1,4 @@
-"""Every command shown in README.md and docs/ still works as written: our own CLIs parse it (subcommands, flags and arguments exist), make targets exist, scripts exist, and anything else is a named system tool; `--help` of each of our programs runs. The simulator page and the field guide are also executed, in order, by tests/shell/test_docs_walkthrough.py."""
+"""Every command shown in README.md and docs/ still works as written: our own CLIs parse it (subcommands, flags and arguments exist), make targets exist, scripts exist, and anything else is a named system tool; `--help` of each of our programs runs. The simulator page is also executed, in order, by tests/shell/test_docs_simulator_page.py, and the field guide walked as a person walks it by tests/shell/test_docs_walkthrough.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from provisioning.__main__ import build_parser as provision_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"```(sh|console|bash)\n(.*?)```", re.DOTALL)
+#: a shell block; the words after ``console`` (the walkthrough's terminal names) are kept
+FENCE = re.compile(r"```(sh|console|bash)(?:[ \t][^\n]*)?\n(.*?)```", re.DOTALL)
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "meter-gateway": gateway_parser,
@@ -52,13 +53,18 @@ SYSTEM_TOOLS = {
     "export",
     "cd",
     "git",
+    "mkdir",
+    ".",  # sourcing a venv's activate script
 }
 
 
-def _commands(text: str) -> Iterator[str]:
-    """Command lines of one fenced block (console blocks: the lines after ``$ ``)."""
+def _commands(text: str, console: bool | None = None) -> Iterator[str]:
+    """Command lines of one fenced block (console blocks: the lines after ``$ ``; a
+    console block may hold only output, or a ^C). Without ``console``, a block with a
+    ``$ `` line is taken for one."""
     lines = text.splitlines()
-    console = any(line.startswith("$ ") for line in lines)
+    if console is None:
+        console = any(line.startswith("$ ") for line in lines)
     buffer = ""
     for raw in lines:
         line = raw.rstrip()
@@ -96,8 +102,9 @@ def _expand(commands: Iterator[str]) -> Iterator[str]:
 def documented_commands() -> list[tuple[str, str]]:
     out = []
     for doc in DOCS:
-        for _lang, block in FENCE.findall(doc.read_text()):
-            out += [(doc.name, cmd) for cmd in _expand(_commands(block))]
+        for lang, block in FENCE.findall(doc.read_text()):
+            commands = _commands(block, console=lang == "console" or None)
+            out += [(doc.name, cmd) for cmd in _expand(commands)]
     return out
 
 
@@ -154,6 +161,8 @@ def test_documented_command_still_parses(doc: str, command: str) -> None:
         return
     if "=" in prog or prog.startswith("$"):
         return  # a shell variable the next lines use
+    if prog.startswith(("/usr/sbin/", "/usr/bin/")):
+        prog = Path(prog).name  # a system tool called by its path (not on every PATH)
     assert prog in SYSTEM_TOOLS, f"{doc}: unknown program {prog!r} in {command!r}"
 
 

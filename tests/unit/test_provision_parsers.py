@@ -1,5 +1,5 @@
-"""The provisioning CLI's parsers (unit ranges, CSV files, enrolment fields and updates,
-sealed key blobs) accept what they document and refuse everything else with a
+"""The provisioning CLI's parsers (unit ranges, broker URLs, CSV files, enrolment fields and
+updates, sealed key blobs) accept what they document and refuse everything else with a
 ProvisionError."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.store import StoredMeter
+from provisioning.broker_url import BrokerAddress, parse_broker_url
 from provisioning.enrol import COLUMNS, FieldError, plan_csv, plan_meter
 from provisioning.enrol_changes import plan_update
 from provisioning.errors import ProvisionError
@@ -174,3 +175,50 @@ def test_any_update_is_planned_or_refused_with_the_field(fields: dict[str, str])
     assert planned.stored.state.ledger == first.state.ledger  # money never moves here
     assert planned.record.key_epoch == first.record.key_epoch
     assert 1 <= planned.record.unit_id <= 247
+
+
+# ---------------------------------------------------------------------------- init --broker
+
+
+def test_broker_urls_as_documented() -> None:
+    assert parse_broker_url("mqtt://127.0.0.1:1884") == BrokerAddress("127.0.0.1", 1884, False)
+    assert parse_broker_url("mqtt://localhost") == BrokerAddress("localhost", 1883, False)
+    assert parse_broker_url("mqtts://mqtt.example.com") == BrokerAddress(
+        "mqtt.example.com", 8883, True
+    )
+    assert parse_broker_url("mqtt.example.com:9883") == BrokerAddress(
+        "mqtt.example.com", 9883, True
+    )
+    assert parse_broker_url("MQTT://[::1]:1884") == BrokerAddress("::1", 1884, False)
+    for bad in ("", "mqtt://", "ws://h:1", "mqtt://h:0", "mqtt://h:65536", "mqtt://h:x",
+                "mqtt://::1", "mqtt://[::1", "mqtt://h/path", "mqtt://h:1:2", "h:\u00b2"):  # fmt: skip
+        with pytest.raises(ProvisionError, match=r"^--broker "):
+            parse_broker_url(bad)
+
+
+HOSTS = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True)
+
+
+@given(st.sampled_from(["mqtt", "mqtts", ""]), HOSTS, st.integers(1, 65535))
+def test_a_broker_url_gives_back_its_parts(scheme: str, host: str, port: int) -> None:
+    url = f"{scheme}://{host}:{port}" if scheme else f"{host}:{port}"
+    assert parse_broker_url(url) == BrokerAddress(host, port, tls=scheme != "mqtt")
+    # and the config line it becomes reads back the same
+    toml = parse_broker_url(url).toml()
+    config = parse_config(
+        f'gateway_id = "g"\nstore = "s.db"\n[mqtt]\nbrokers = [{toml}]\n', "t", env={}
+    )
+    broker = config.mqtt.brokers[0]
+    assert (broker.host, broker.port, broker.tls) == (host, port, scheme != "mqtt")
+
+
+@given(st.text(max_size=60))
+def test_any_broker_text_is_an_address_or_one_refusal(text: str) -> None:
+    try:
+        broker = parse_broker_url(text)
+    except ProvisionError as exc:
+        assert str(exc).startswith("--broker ")
+        assert "\n" not in str(exc)
+    else:
+        assert broker.host
+        assert 0 < broker.port < 65536

@@ -60,6 +60,10 @@ def test_ctl_command_shapes_become_control_requests() -> None:
         "unit": 3,
         "digits": "12345678901234567890",
     }
+    # As a token is printed (groups of four), as separate words or quoted.
+    grouped = {"cmd": "keypad", "unit": 3, "digits": "12345678901234567890"}
+    assert payload("keypad", "3", "1234", "5678", "9012", "3456", "7890") == grouped
+    assert payload("keypad", "3", "1234 5678 9012 3456 7890") == grouped
     assert payload("button", "3") == {"cmd": "button", "unit": 3}
     assert payload("tamper", "3", "bypass", "on") == {
         "cmd": "tamper",
