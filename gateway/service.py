@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from gateway.actuator import MeterTarget, RelayTarget, parse_relay_output
 from gateway.config import GatewayConfig, RtuBus, TcpBus
-from gateway.core.commands import Command
+from gateway.core.commands import Command, TopUpDecision
 from gateway.core.driver import forecast, next_deadline
 from gateway.core.events import (
     ClockTick,
@@ -109,6 +109,17 @@ class Gateway:
     ) -> None:
         self.actions.carry_out(rt, commands, outcome)
         self._adapt_interval(rt, now)
+        if outcome is not None and outcome.verdict != "already_consumed":
+            # A purchase is worth a line in the log (an operator's first question).
+            decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
+            if decision is not None and decision.accepted:
+                log.info(
+                    "meter %s: token %s credited %d", rt.meter_id, decision.token_id,
+                    decision.credited,
+                )  # fmt: skip
+            else:
+                reason = decision.reason if decision is not None else outcome.verdict
+                log.info("meter %s: token refused (%s)", rt.meter_id, reason)
 
     # ------------------------------------------------------------------ setup
 
