@@ -166,8 +166,6 @@ class RtuMaster:
     def _transmit(self, now: float) -> None:
         request = self._request
         assert request is not None
-        self.discarded_bytes += len(self._buffer)  # came before our request: no answer to it
-        self._buffer = b""
         frame = self._frame
         self._outgoing += frame
         self._sent = True
