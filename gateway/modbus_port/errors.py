@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from protocol.errors import IOFailure
+from protocol.modbus.events import RequestFailed
 
-__all__ = ["BusUnreachableError", "IOFailure", "MeterIOError", "os_reason"]
+__all__ = ["BusUnreachableError", "IOFailure", "MeterIOError", "failed", "os_reason"]
 
 
 class MeterIOError(Exception):
@@ -27,6 +28,14 @@ class BusUnreachableError(MeterIOError):
     def __init__(self, unit: int, reason: str) -> None:
         self.reason = reason
         super().__init__(unit, IOFailure.CONNECTION, reason)
+
+
+def failed(event: RequestFailed) -> MeterIOError:
+    """The error a caller gets for a master session's failure event; the codec's own
+    exception, if any, is its ``__cause__`` (a refusal's Modbus exception code is there)."""
+    error = MeterIOError(event.request.unit, event.failure, event.cause)
+    error.__cause__ = event.error
+    return error
 
 
 def os_reason(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from gateway.fine_sleep import FineTimer
-from gateway.modbus_port.errors import BusUnreachableError, MeterIOError, os_reason
+from gateway.modbus_port.errors import BusUnreachableError, failed, os_reason
 from gateway.serial_line import SerialLine
 from protocol.modbus.events import ReplyReceived, StreamOutOfStep
 from protocol.modbus.pdu import Request
@@ -132,7 +132,7 @@ class RtuPort:
             if isinstance(event, ReplyReceived):
                 waiter.set_result(event.values)
             else:
-                waiter.set_exception(MeterIOError(event.request.unit, event.failure, event.cause))
+                waiter.set_exception(failed(event))
         data = session.data_to_send()
         line = self._line
         if data and line is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from gateway.modbus_port.errors import BusUnreachableError, MeterIOError, os_reason
+from gateway.modbus_port.errors import BusUnreachableError, failed, os_reason
 from protocol.modbus.events import ReplyReceived, RequestFailed
 from protocol.modbus.pdu import Request
 from protocol.modbus.tcp_master import TcpMaster
@@ -103,8 +103,7 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, RequestFailed):
                 waiter = waiters.pop(event.handle, None)
                 if waiter is not None and not waiter.done():
-                    error = MeterIOError(event.request.unit, event.failure, event.cause)
-                    waiter.set_exception(error)
+                    waiter.set_exception(failed(event))
             else:  # StreamOutOfStep: the session has failed every request in flight
                 self.port.resets += 1
                 self.drop(event.reason)

@@ -25,12 +25,15 @@ class ReplyReceived:
 
 @dataclass(frozen=True, slots=True)
 class RequestFailed:
-    """Request ``handle`` failed; nothing from it is to be used."""
+    """Request ``handle`` failed; nothing from it is to be used. ``error`` is the codec's
+    exception when a whole reply was refused (an :class:`ExceptionReplyError` carries the
+    device's exception code)."""
 
     handle: int
     request: Request
     failure: IOFailure
     cause: str
+    error: ProtocolError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,6 @@ def outcome(
     try:
         return ReplyReceived(handle, request, parse(request, frame))
     except ExceptionReplyError as exc:
-        return RequestFailed(handle, request, IOFailure.EXCEPTION, str(exc))
+        return RequestFailed(handle, request, IOFailure.EXCEPTION, str(exc), exc)
     except DecodeError as exc:
-        return RequestFailed(handle, request, IOFailure.GARBLED, str(exc))
+        return RequestFailed(handle, request, IOFailure.GARBLED, str(exc), exc)

@@ -18,7 +18,7 @@ from pymodbus.server import ModbusTcpServer
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort, RtuPort, TcpPort
 from protocol.codec import Value, encode_block
-from protocol.modbus import read_holding, read_input
+from protocol.modbus import ExceptionCode, ExceptionReplyError, read_holding, read_input
 from protocol.regmap import Table, load_map
 
 pytestmark = pytest.mark.asyncio
@@ -115,6 +115,9 @@ async def test_exception_replies_are_typed_failures(port: ModbusPort) -> None:
         await port.request(read_input(1, 500, 2))  # beyond the served block
     assert refused.value.kind is IOFailure.EXCEPTION
     assert "illegal data address" in refused.value.cause
+    code = refused.value.__cause__  # the device's code, as a scan tells silence by it
+    assert isinstance(code, ExceptionReplyError)
+    assert code.code == ExceptionCode.ILLEGAL_DATA_ADDRESS
     with pytest.raises(MeterIOError) as absent:  # pymodbus answers for a unit it lacks
         await port.request(read_input(9, 0, 1))
     assert absent.value.kind is IOFailure.EXCEPTION

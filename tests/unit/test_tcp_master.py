@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from protocol.errors import IOFailure
 from protocol.modbus import (
     Event,
+    ExceptionCode,
+    ExceptionReplyError,
     MbapReader,
     ReplyReceived,
     Request,
@@ -141,6 +143,8 @@ def test_an_exception_reply_fails_its_request_with_the_code() -> None:
     assert isinstance(event, RequestFailed)
     assert event.failure is IOFailure.EXCEPTION
     assert "server device busy" in event.cause
+    assert isinstance(event.error, ExceptionReplyError)
+    assert event.error.code == ExceptionCode.SERVER_DEVICE_BUSY
 
 
 @pytest.mark.parametrize(
