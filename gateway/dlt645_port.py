@@ -21,15 +21,12 @@ so pollers handle both protocols alike).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
-
-import serial
 
 from gateway.fine_sleep import sleep_until
 from gateway.modbus_port import IOFailure, MeterIOError
+from gateway.serial_line import SerialLine
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.frame import BROADCAST, MAX_DATA, OVERHEAD, PREAMBLE, Address, Deframer, Frame
 from protocol.dlt645.messages import (
@@ -80,26 +77,6 @@ class Dlt645IOError(MeterIOError):
         return f"meter {self.address}: {self.kind}: {self.cause}"
 
 
-class _Line(asyncio.Protocol):
-    """RTU over TCP (``socket://``): bytes go to the port as they arrive."""
-
-    def __init__(self, port: Dlt645Port) -> None:
-        self.port = port
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.port._received(data)
-
-    def eof_received(self) -> bool:
-        self.port._lost("connection closed by peer")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.port._lost(str(exc) if exc is not None else "connection closed by peer")
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 class Dlt645Port:
     """DL/T 645 master on one line: a serial device path or ``socket://host:port``."""
 
@@ -136,12 +113,8 @@ class Dlt645Port:
         self._deframer = Deframer()
         self._waiter: asyncio.Future[Frame] | None = None
         self._noise_mark = 0  # bytes the deframer had skipped when the request went out
-        self._open_state: str | None = None  # None: closed; "" open; else why it was lost
+        self._line: SerialLine | None = None
         self._last_activity = 0.0
-        self._transport: asyncio.WriteTransport | None = None
-        self._protocol: _Line | None = None
-        self._serial: serial.Serial | None = None
-        self._fd: int | None = None
         self.discarded_bytes = 0
         self.stray_frames = 0
 
@@ -157,64 +130,35 @@ class Dlt645Port:
                 self.stray_frames += 1
 
     def _lost(self, reason: str) -> None:
-        self._open_state = reason or "connection lost"
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError(self._open_state))
+            waiter.set_exception(ConnectionError(reason))
 
     async def _open(self, address: Address) -> None:
-        if self._open_state == "":
+        line = self._line
+        if line is not None and line.lost_reason is None:
             return
-        await self._close_transport()
-        loop = asyncio.get_running_loop()
+        await self._close_line()
         self._deframer.reset()
+        line = SerialLine(
+            self.device,
+            baud=self.baud,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            on_data=self._received,
+            on_lost=self._lost,
+        )
         try:
-            if self.device.startswith("socket://"):
-                host, _, port = self.device.removeprefix("socket://").rpartition(":")
-                async with asyncio.timeout(3.0):
-                    self._transport, self._protocol = await loop.create_connection(
-                        lambda: _Line(self), host, int(port)
-                    )
-            else:
-                ser = serial.Serial(
-                    self.device,
-                    baudrate=self.baud,
-                    parity=self.parity,
-                    stopbits=self.stopbits,
-                    bytesize=8,
-                    timeout=0,
-                    write_timeout=0,
-                )
-                self._serial = ser
-                fd = self._fd = ser.fileno()
-
-                def readable() -> None:
-                    try:
-                        data = os.read(fd, 4096)
-                    except BlockingIOError:
-                        return
-                    except OSError as exc:
-                        loop.remove_reader(fd)
-                        self._lost(str(exc))
-                        return
-                    if data:
-                        self._received(data)
-
-                loop.add_reader(fd, readable)
+            await line.open()
         except (OSError, ValueError, TimeoutError) as exc:
             raise Dlt645IOError(
                 address, IOFailure.CONNECTION, f"cannot open {self.device}: {exc}"
             ) from exc
-        self._open_state = ""
+        self._line = line
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
-        elif self._fd is not None:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+        assert self._line is not None
+        self._line.write(data)
 
     def _discard(self) -> None:
         self.discarded_bytes += self._deframer.reset()
@@ -235,7 +179,8 @@ class Dlt645Port:
         try:
             self._write(raw)
         except OSError as exc:
-            self._lost(str(exc))
+            assert self._line is not None
+            self._line.lost(str(exc))
             raise Dlt645IOError(address, IOFailure.CONNECTION, str(exc)) from exc
         sent = time.monotonic()
         self._last_activity = sent + len(raw) * self.char_time  # on the wire until then
@@ -382,19 +327,10 @@ class Dlt645Port:
             assert isinstance(reply, ReadAddressReply)
             return reply.address
 
-    async def _close_transport(self) -> None:
-        if self._transport is not None and self._protocol is not None:
-            self._transport.close()
-            await self._protocol.closed
-        self._transport = self._protocol = None
-        if self._fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-            self._fd = None
-        if self._serial is not None:
-            self._serial.close()
-            self._serial = None
-        self._open_state = None
+    async def _close_line(self) -> None:
+        line, self._line = self._line, None
+        if line is not None:
+            await line.close()
 
     async def close(self) -> None:
-        await self._close_transport()
+        await self._close_line()

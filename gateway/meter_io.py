@@ -86,39 +86,6 @@ def voltage_v(point: Point, value: Value) -> float:
     return float(volts)
 
 
-def snapshot_from(regmap: RegisterMap, values: dict[str, Value]) -> MeterSnapshot:
-    """Turn decoded point values into a snapshot (pure)."""
-    energy = energy_wh(regmap.point("energy_import"), values["energy_import"])
-    power = (
-        power_w(regmap.point("active_power"), values["active_power"])
-        if "active_power" in values
-        else None
-    )
-    voltage: float | None = None
-    if "voltage" in values:
-        voltage = voltage_v(regmap.point("voltage"), values["voltage"])
-    flags: frozenset[str] = frozenset()
-    relay: bool | None = None
-    if "status" in values:
-        status = regmap.point("status")
-        raw = values["status"]
-        assert isinstance(raw, int)
-        flags = frozenset(name for i, name in enumerate(status.bits) if raw >> i & 1)
-        if "relay_closed" in status.bits:
-            relay = "relay_closed" in flags
-    seq = values.get("keypad_seq")
-    digits = values.get("keypad_digits")
-    return MeterSnapshot(
-        energy_import_wh=energy,
-        power_w=power,
-        voltage_v=voltage,
-        relay_closed=relay,
-        flags=flags,
-        keypad_seq=seq if isinstance(seq, int) else None,
-        keypad_digits=digits if isinstance(digits, str) else None,
-    )
-
-
 def _read_request(unit: int, block: BlockRead) -> modbus.Request:
     if block.table is Table.INPUT:
         return modbus.read_input(unit, block.start, block.count)
@@ -152,12 +119,12 @@ def _integral_factor(point: Point, factors: dict[str, Decimal]) -> int | None:
 
 
 class _SnapshotRecipe:
-    """:func:`snapshot_from` worked out once per map, for values in plan order.
+    """Decoded point values (in plan order) to a snapshot, worked out once per map.
 
     Integer registers with decimal scales convert with int arithmetic, which gives the
-    same results as the exact ``Decimal`` path (an int product is exact; an int true
-    division is correctly rounded, as is ``float(Decimal)``); anything else, and every
-    error, goes through the functions above.
+    same results as the exact ``Decimal`` conversions above (an int product is exact; an
+    int true division is correctly rounded, as is ``float(Decimal)``); anything else
+    (floats, other scales, values out of range, with their errors) goes through them.
     """
 
     def __init__(self, regmap: RegisterMap, names: list[str]) -> None:
@@ -192,7 +159,7 @@ class _SnapshotRecipe:
 
     def snapshot(self, values: Sequence[Value]) -> MeterSnapshot:
         if self.energy is None:
-            raise KeyError("energy_import")  # as snapshot_from: no snapshot without energy
+            raise KeyError("energy_import")  # no snapshot without energy
         raw = values[self.energy_at]
         if self.energy_k is not None and type(raw) is int and raw >= 0:
             energy = _energy_in_range(self.energy, raw * self.energy_k)
@@ -261,6 +228,17 @@ class MeterIO:
         reading, not the coil read back, is what says where the contacts are."""
         return self._recipe.relay_bit
 
+    def snapshot(self, blocks: Sequence[Sequence[int]]) -> MeterSnapshot:
+        """The one way registers become a reading: the registers read for each block of
+        :attr:`plan`, in order, to a snapshot; raises
+        :class:`~protocol.errors.DecodeError` for registers no real meter sends."""
+        if len(blocks) == 1:  # the usual case: one block holds every polled point
+            return self._recipe.snapshot(self._decoders[0].decode(blocks[0]))
+        values: list[Value] = []
+        for regs, decoder in zip(blocks, self._decoders, strict=True):
+            values += decoder.decode(regs)
+        return self._recipe.snapshot(values)
+
     async def read(self, port: ModbusPort, unit: int) -> MeterSnapshot:
         """One whole read of the meter; a value the ledger cannot take (not a number, out
         of any real range) fails it as ``invalid_value``: nothing from it is used."""
@@ -268,15 +246,12 @@ class MeterIO:
         if requests is None:
             requests = [_read_request(unit, block) for block in self.plan]
             self._requests[unit] = requests
+        if len(requests) == 1:
+            blocks: list[Sequence[int]] = [await port.request(requests[0])]
+        else:
+            blocks = [await port.request(request) for request in requests]
         try:
-            if len(requests) == 1:  # the usual case: one block holds every polled point
-                regs = await port.request(requests[0])
-                return self._recipe.snapshot(self._decoders[0].decode(regs))
-            values: list[Value] = []
-            for request, decoder in zip(requests, self._decoders, strict=True):
-                regs = await port.request(request)
-                values += decoder.decode(regs)
-            return self._recipe.snapshot(values)
+            return self.snapshot(blocks)
         except DecodeError as exc:
             raise MeterIOError(unit, IOFailure.INVALID_VALUE, str(exc)) from exc
 

@@ -17,6 +17,15 @@ from meter_sim.registers import (
     MapLayout,
     ModbusException,
 )
+from protocol.modbus.pdu import (
+    MAX_READ_BITS,
+    MAX_READ_REGISTERS,
+    MAX_WRITE_COILS,
+    MAX_WRITE_REGISTERS,
+    exception_pdu,
+    pack_bits,
+    unpack_bits,
+)
 from protocol.regmap import Table
 
 _READ_TABLES = {1: Table.COIL, 2: Table.DISCRETE_INPUT, 3: Table.HOLDING, 4: Table.INPUT}
@@ -29,22 +38,6 @@ class SimMeter:
 
     model: MeterModel
     stored: dict[int, int] = field(default_factory=dict)
-
-
-def exception_pdu(function: int, code: int) -> bytes:
-    return bytes(((function | 0x80) & 0xFF, code))
-
-
-def pack_bits(bits: list[int]) -> bytes:
-    out = bytearray((len(bits) + 7) // 8)
-    for i, b in enumerate(bits):
-        if b:
-            out[i // 8] |= 1 << (i % 8)
-    return bytes(out)
-
-
-def request_is_write(pdu: bytes) -> bool:
-    return bool(pdu) and pdu[0] in (5, 6, 15, 16)
 
 
 def answer(
@@ -69,7 +62,7 @@ def _answer(  # noqa: PLR0917 - private, called once
             raise ModbusException(ILLEGAL_VALUE)
         address, count = _ADDR_COUNT.unpack_from(pdu, 1)
         bit_table = fn <= 2
-        if not 1 <= count <= (2000 if bit_table else 125):
+        if not 1 <= count <= (MAX_READ_BITS if bit_table else MAX_READ_REGISTERS):
             raise ModbusException(ILLEGAL_VALUE)
         if bit_table:
             bits = layout.read_bits(
@@ -109,14 +102,14 @@ def _answer(  # noqa: PLR0917 - private, called once
         byte_count = pdu[5]
         data = pdu[6:]
         if fn == 15:
-            if not 1 <= count <= 1968 or byte_count != (count + 7) // 8:
+            if not 1 <= count <= MAX_WRITE_COILS or byte_count != (count + 7) // 8:
                 raise ModbusException(ILLEGAL_VALUE)
-        elif not 1 <= count <= 123 or byte_count != 2 * count:
+        elif not 1 <= count <= MAX_WRITE_REGISTERS or byte_count != 2 * count:
             raise ModbusException(ILLEGAL_VALUE)
         if len(data) != byte_count:
             raise ModbusException(ILLEGAL_VALUE)
         if fn == 15:
-            bits = [(data[i // 8] >> (i % 8)) & 1 for i in range(count)]
+            bits = list(unpack_bits(data, count))
             layout.write(
                 Table.COIL,
                 address,

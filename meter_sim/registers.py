@@ -19,16 +19,17 @@ from typing import Any
 from meter_sim.errors import SetupError
 from meter_sim.physics import MeterModel, round_div
 from protocol.codec import Value, decode, encode
+from protocol.modbus.pdu import ExceptionCode
 from protocol.regmap import Point, RegisterMap, Table, ValueType, WordOrder
 
 FIRMWARE_VERSION = 0x0102
 
 #: Modbus exception codes the simulator answers with.
-ILLEGAL_FUNCTION = 0x01
-ILLEGAL_ADDRESS = 0x02
-ILLEGAL_VALUE = 0x03
-SERVER_BUSY = 0x06
-GATEWAY_TARGET_FAILED = 0x0B
+ILLEGAL_FUNCTION = ExceptionCode.ILLEGAL_FUNCTION
+ILLEGAL_ADDRESS = ExceptionCode.ILLEGAL_DATA_ADDRESS
+ILLEGAL_VALUE = ExceptionCode.ILLEGAL_DATA_VALUE
+SERVER_BUSY = ExceptionCode.SERVER_DEVICE_BUSY
+GATEWAY_TARGET_FAILED = ExceptionCode.GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND
 
 
 class ModbusException(Exception):  # noqa: N818 - it is the Modbus name for the reply

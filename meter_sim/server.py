@@ -27,10 +27,12 @@ from typing import Literal
 
 from meter_sim.clock import Clock
 from meter_sim.faults import NORMAL, FaultTable, Outcome, corrupt
-from meter_sim.framing import FramingError, MbapReader, RtuReader, mbap_reply, rtu_frame
-from meter_sim.pdu import SimMeter, answer, exception_pdu, request_is_write
+from meter_sim.pdu import SimMeter, answer
 from meter_sim.registers import GATEWAY_TARGET_FAILED, MapLayout
-from protocol.modbus import rtu_char_time, rtu_silence
+from protocol.errors import DecodeError
+from protocol.modbus.mbap import MbapReader, mbap_frame
+from protocol.modbus.pdu import exception_pdu, is_write
+from protocol.modbus.rtu import RtuReader, rtu_char_time, rtu_frame, rtu_silence
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Endpoint:
         self.requests += 1
         meter = self.meters.get(unit)
         if meter is None:
-            if unit == 0 and request_is_write(pdu):  # broadcast write: everyone, no reply
+            if unit == 0 and is_write(pdu):  # broadcast write: everyone, no reply
                 now = self.clock.now()
                 for m in self.meters.values():
                     answer(self.layout, m, pdu, now)
@@ -78,7 +80,7 @@ class Endpoint:
                 return NORMAL, exception_pdu(pdu[0] if pdu else 0, GATEWAY_TARGET_FAILED)
             return NORMAL, None
         now = self.clock.now()
-        outcome = self.faults.decide(self.offset + unit, now, is_write=request_is_write(pdu))
+        outcome = self.faults.decide(self.offset + unit, now, is_write=is_write(pdu))
         if outcome is NORMAL:
             return outcome, answer(self.layout, meter, pdu, now)
         if outcome.energy_reset:
@@ -121,7 +123,7 @@ class Session:
         if self._tcp:
             try:
                 frames = self._mbap.feed(data)
-            except FramingError as exc:
+            except DecodeError as exc:
                 log.warning("%s: closing connection: %s", self.endpoint.name, exc)
                 self.close()
                 return
@@ -130,12 +132,12 @@ class Session:
                 outcome, reply = self.endpoint.respond(unit, pdu)
                 if outcome is NORMAL and not self._queue:
                     if reply is not None:
-                        out.append(mbap_reply(tid, unit, reply))
+                        out.append(mbap_frame(tid, unit, reply))
                     continue
                 if out:
                     self._write(b"".join(out))
                     out = []
-                framed = None if reply is None else mbap_reply(tid, unit, reply)
+                framed = None if reply is None else mbap_frame(tid, unit, reply)
                 self._schedule(outcome, framed, time.monotonic() + outcome.delay)
             if out:
                 self._write(b"".join(out))

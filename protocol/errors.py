@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 
 class ProtocolError(Exception):
@@ -16,6 +17,18 @@ class DecodeError(ProtocolError):
         self.problem = problem
         self.raw: tuple[int, ...] | bytes = raw if isinstance(raw, bytes) else tuple(raw)
         super().__init__(f"{problem} (raw {self.raw!r})")
+
+
+class IOFailure(StrEnum):
+    """How a request to a meter failed: the reason a master session and the gateway's
+    ``MeterIOError`` carry, whatever the protocol on the wire."""
+
+    TIMEOUT = "timeout"
+    EXCEPTION = "exception"
+    GARBLED = "garbled"
+    CONNECTION = "connection"
+    #: a whole frame whose values no real meter reports (not a number, out of range)
+    INVALID_VALUE = "invalid_value"
 
 
 class EncodeError(ProtocolError):

@@ -1,5 +1,5 @@
 """atheris (coverage-guided) fuzz targets for the parsers that face the outside world:
-Modbus RTU and TCP replies, DL/T 645 byte streams, keypad digits and online tokens. Each target accepts only a
+Modbus RTU and TCP replies (alone and through the master sessions), DL/T 645 byte streams, keypad digits and online tokens. Each target accepts only a
 typed rejection; anything else is a crash that atheris reports with its input.
 
 Run one: ``python tests/reliability/fuzz_targets.py modbus -runs=100000``.
@@ -25,6 +25,10 @@ with atheris.instrument_imports():
     from protocol.errors import DecodeError
     from protocol.modbus import (
         ExceptionReplyError,
+        ReplyReceived,
+        RequestFailed,
+        RtuMaster,
+        TcpMaster,
         parse_mbap_header,
         parse_reply_pdu,
         parse_rtu_reply,
@@ -56,6 +60,31 @@ def modbus(data: bytes) -> None:
         assert isinstance(values, tuple)
     with contextlib.suppress(DecodeError):
         parse_mbap_header(raw[:7])
+    modbus_sessions(raw)
+
+
+def modbus_sessions(raw: bytes) -> None:
+    """Any bytes from the peer end every request in flight in exactly one event."""
+    tcp = TcpMaster(timeout=1.0)
+    handles = [tcp.send_request(r, 0.0) for r in REQUESTS]
+    for i in range(0, len(raw), 11):
+        tcp.receive_data(raw[i : i + 11], 0.5)
+    tcp.handle_timer(1.0)
+    assert sorted(_ended(tcp)) == handles
+    rtu = RtuMaster(baud=115200, timeout=0.1)
+    handle = rtu.send_request(REQUESTS[0], 0.0)
+    rtu.receive_data(raw, 0.01)
+    rtu.handle_timer(1.0)
+    assert _ended(rtu) == [handle]
+
+
+def _ended(session: TcpMaster | RtuMaster) -> list[int]:
+    """The requests the session's events end, one entry per event."""
+    return [
+        event.handle
+        for event in iter(session.next_event, None)
+        if isinstance(event, ReplyReceived | RequestFailed)
+    ]
 
 
 DLT645_MODEL = load_dlt645_map("dlt645_three_phase")

@@ -12,9 +12,8 @@ from pymodbus.exceptions import ModbusIOException
 
 from meter_sim.clock import VirtualClock
 from meter_sim.faults import FaultKind, FaultSpec
-from meter_sim.framing import rtu_frame
 from meter_sim.simulator import Simulator
-from protocol.modbus import crc16
+from protocol.modbus import crc16, rtu_frame
 from tests.shell.conftest import TcpConnect
 
 pytestmark = pytest.mark.asyncio

@@ -12,10 +12,9 @@ from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerType
 
 from meter_sim.clock import VirtualClock
-from meter_sim.framing import rtu_frame
 from meter_sim.simulator import Simulator
 from protocol.codec import decode_block
-from protocol.modbus import crc16
+from protocol.modbus import crc16, rtu_frame
 from protocol.regmap import Table
 from tests.shell.conftest import SerialConnect, TcpConnect
 

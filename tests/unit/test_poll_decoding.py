@@ -1,17 +1,17 @@
-"""The poll path's precompiled decoding (BlockDecoder, MeterIO's snapshot recipe) gives exactly what point-by-point decode and snapshot_from give, values and errors alike."""
+"""The poll path's one decode path (BlockDecoder, then MeterIO.snapshot) gives exactly what point-by-point decode and the exact Decimal unit rules give: values, types and refusals alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Callable, Sequence
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.meter_io import MAX_ENERGY_WH, MAX_POWER_W, MeterIO, MeterSnapshot, snapshot_from
-from protocol.codec import BlockDecoder, Value, decode
+from gateway.meter_io import MAX_ENERGY_WH, MAX_POWER_W, MAX_VOLTAGE_V, MeterIO, MeterSnapshot
+from protocol.codec import BlockDecoder, Value, decode, encode, physical
 from protocol.errors import DecodeError
 from protocol.regmap import (
     Point,
@@ -131,48 +131,128 @@ def maps(draw: st.DrawFn) -> RegisterMap:
             draw(st.sampled_from(units)),
         )
 
-    text = _map_text(spec(["Wh", "kWh", "W"]), spec(["W", "kW", "V"]), spec(["V", ""]))
+    # a wrong unit now and then (refused), the right ones mostly
+    energy, power = ["Wh", "kWh"] * 3 + ["W"], ["W", "kW"] * 3 + ["V"]
+    text = _map_text(spec(energy), spec(power), spec(["V", ""]))
     return parse_map(text, "test")
 
 
-def _snapshot_equal(a: MeterSnapshot, b: MeterSnapshot) -> bool:
-    # voltage may be NaN-free float; compare exactly, types included
-    return a == b and type(a.voltage_v) is type(b.voltage_v)
+def reference_snapshot(io: MeterIO, blocks: Sequence[Sequence[int]]) -> MeterSnapshot:
+    """The rules written plainly: each point decoded alone, units converted exactly with
+    ``Decimal`` (energy rounded down, power to the nearest W), ranges checked."""
+    values = {
+        p.name: decode(p, regs[p.address - b.start : p.end - b.start])
+        for b, regs in zip(io.plan, blocks, strict=True)
+        for p in b.points
+    }
+    regmap = io.regmap
+
+    def exact(name: str, factors: dict[str, int]) -> Decimal:
+        point = regmap.point(name)
+        if point.unit not in factors:
+            raise DecodeError(f"{name}: not a {'/'.join(factors)} unit", ())
+        return physical(point, values[name]) * factors[point.unit]
+
+    wh = exact("energy_import", {"Wh": 1, "kWh": 1000}).to_integral_value(ROUND_FLOOR)
+    if not 0 <= wh <= MAX_ENERGY_WH:
+        raise DecodeError("energy out of range", ())
+    power = None
+    if "active_power" in values:
+        watts = exact("active_power", {"W": 1, "kW": 1000})
+        if abs(watts) > MAX_POWER_W:
+            raise DecodeError("power out of range", ())
+        power = int(watts.to_integral_value(ROUND_HALF_EVEN))
+    voltage = None
+    if "voltage" in values:
+        volts = physical(regmap.point("voltage"), values["voltage"])
+        if not 0 <= volts <= Decimal(MAX_VOLTAGE_V):
+            raise DecodeError("voltage out of range", ())
+        voltage = float(volts)
+    flags: frozenset[str] = frozenset()
+    relay = None
+    if "status" in values:
+        bits = regmap.point("status").bits
+        status = values["status"]
+        assert isinstance(status, int)
+        flags = frozenset(name for i, name in enumerate(bits) if status >> i & 1)
+        relay = "relay_closed" in flags if "relay_closed" in bits else None
+    seq, digits = values.get("keypad_seq"), values.get("keypad_digits")
+    return MeterSnapshot(
+        energy_import_wh=int(wh),
+        power_w=power,
+        voltage_v=voltage,
+        relay_closed=relay,
+        flags=flags,
+        keypad_seq=seq if isinstance(seq, int) else None,
+        keypad_digits=digits if isinstance(digits, str) else None,
+    )
 
 
-@given(maps(), st.data())
-def test_snapshot_recipe_equals_snapshot_from(regmap: RegisterMap, data: st.DataObject) -> None:
-    io = MeterIO(regmap)
-    values: list[Value] = []
+def plausible(point: Point) -> st.SearchStrategy[Value]:
+    """Values a meter of this point's type may report, mostly within every range."""
+    if point.type is ValueType.F32:
+        return st.floats(-2e6, 2e6, width=32)
+    signed = point.type in (ValueType.I16, ValueType.I32, ValueType.I64)
+    bits = 16 * point.count
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    usual = st.integers(max(low, -1000), min(high, 70_000))
+    return st.one_of(usual, st.integers(low, high))
+
+
+@st.composite
+def poll_registers(draw: st.DrawFn, io: MeterIO) -> list[list[int]]:
+    """Registers of each block of the plan: raw words, or points' plausible values."""
+    out = []
     for block in io.plan:
-        regs = data.draw(st.lists(WORDS, min_size=block.count, max_size=block.count))
-        try:
-            values += BlockDecoder(block.points, block.start, block.count).decode(regs)
-        except DecodeError:
-            return  # both paths refuse the registers themselves (tested above)
-    names = [p.name for b in io.plan for p in b.points]
-    fast = outcome(lambda: io._recipe.snapshot(values))
-    slow = outcome(lambda: snapshot_from(regmap, dict(zip(names, values, strict=True))))
-    assert fast[0] == slow[0]
-    if fast[0] == "ok":
-        assert _snapshot_equal(fast[1], slow[1])
-    else:
-        assert fast == slow
+        if draw(st.booleans()):
+            out.append(draw(st.lists(WORDS, min_size=block.count, max_size=block.count)))
+            continue
+        regs = [0] * block.count
+        for p in block.points:
+            if p.type in (ValueType.BITS16, ValueType.ASCII, ValueType.DIGITS4):
+                continue
+            a, b = p.address - block.start, p.end - block.start
+            regs[a:b] = encode(p, draw(plausible(p)))
+        out.append(regs)
+    return out
+
+
+@settings(max_examples=300)
+@given(maps(), st.data())
+def test_snapshot_equals_the_plain_rules(regmap: RegisterMap, data: st.DataObject) -> None:
+    io = MeterIO(regmap)
+    blocks = data.draw(poll_registers(io))
+    fast = outcome(lambda: io.snapshot(blocks))
+    slow = outcome(lambda: reference_snapshot(io, blocks))
+    assert fast[0] == slow[0], (fast, slow)
+    if fast[0] == "ok":  # voltage compared exactly, its type too (230 == 230.0)
+        assert fast[1] == slow[1]
+        assert type(fast[1].voltage_v) is type(slow[1].voltage_v)
+
+
+def _pe1_registers(io: MeterIO, energy: int, power: int, voltage: int) -> list[int]:
+    (block,) = io.plan
+    regs = [0] * block.count
+    points = {p.name: p for p in block.points}
+    values: dict[str, Value] = {"energy_import": energy, "voltage": voltage, "active_power": power}
+    values |= {"status": 0b1001, "keypad_seq": 7, "keypad_digits": "12345678901234567890"}
+    for name, value in values.items():
+        p = points[name]
+        regs[p.address - block.start : p.end - block.start] = encode(p, value)
+    return regs
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(-(2**31), 2**31 - 1), st.integers(0, 0xFFFF))
-def test_pe1_snapshot_from_extreme_registers(energy: int, power: int, voltage: int) -> None:
+def test_pe1_snapshot_of_extreme_registers(energy: int, power: int, voltage: int) -> None:
     io = MeterIO(load_map("pe1"))
-    names = [p.name for b in io.plan for p in b.points]
-    values: list[Value] = [energy, voltage, power, 0b1001, 7, "12345678901234567890"]
-    if energy > MAX_ENERGY_WH or abs(power) > MAX_POWER_W:  # no real meter: both refuse
+    blocks = [_pe1_registers(io, energy, power, voltage)]
+    if energy > MAX_ENERGY_WH or abs(power) > MAX_POWER_W:  # no real meter: refused
         with pytest.raises(DecodeError, match="beyond any real"):
-            io._recipe.snapshot(values)
-        with pytest.raises(DecodeError, match="beyond any real"):
-            snapshot_from(io.regmap, dict(zip(names, values, strict=True)))
+            io.snapshot(blocks)
         return
-    snap = io._recipe.snapshot(values)
-    assert snap == snapshot_from(io.regmap, dict(zip(names, values, strict=True)))
+    snap = io.snapshot(blocks)
+    assert snap == reference_snapshot(io, blocks)
+    assert snap.energy_import_wh == energy
     assert snap.voltage_v == float(Decimal(voltage) * Decimal("0.1"))
     assert snap.flags == frozenset({"relay_closed", "keypad_pending"})
 

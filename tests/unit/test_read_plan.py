@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.meter_io import energy_wh, power_w, snapshot_from
-from protocol.codec import decode_block, encode_block
+from gateway.meter_io import MeterIO, energy_wh, power_w
+from protocol.codec import encode_block
 from protocol.errors import DecodeError
 from protocol.read_plan import MAX_REGISTERS, plan_reads
 from protocol.regmap import Point, RegisterMap, Table, ValueType, WordOrder, load_map
@@ -81,7 +81,8 @@ def test_pe1_snapshot() -> None:
             "keypad_digits": "00000000000000000042",
         },
     )
-    snap = snapshot_from(pe1, decode_block(pe1, Table.INPUT, 0, image))
+    (block,) = MeterIO(pe1).plan
+    snap = MeterIO(pe1).snapshot([image[block.start : block.start + block.count]])
     assert snap.energy_import_wh == 5000
     assert snap.power_w == -20
     assert snap.voltage_v == pytest.approx(230.0)

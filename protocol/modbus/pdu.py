@@ -1,15 +1,16 @@
-"""Modbus application frames, pure: requests, responses, RTU (CRC-16) and TCP (MBAP) framing.
+"""Modbus PDUs, pure: requests built and checked, replies checked and decoded, and the
+encoding helpers a server needs to answer (exception replies, packed bits).
 
-The gateway's Modbus port builds requests and checks replies with these functions, so
-a reply is attributed to a request only when unit id, function code, length, CRC (RTU)
-and transaction id (TCP) all match. Every parser raises
+The master side accepts a reply only when its function, length, byte count and (for a
+write) echo all match the request it answers; anything else raises
 :class:`~protocol.errors.DecodeError` carrying the raw bytes, or
-:class:`ExceptionReplyError` when the device answered with a Modbus exception.
+:class:`ExceptionReplyError` when the device said no.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -27,24 +28,45 @@ class Function(IntEnum):
     WRITE_MULTIPLE_REGISTERS = 16
 
 
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
+class ExceptionCode(IntEnum):
+    """The exception codes of the Modbus application protocol (v1.1b3, section 7)."""
 
-_READS = {
-    Function.READ_COILS,
-    Function.READ_DISCRETE_INPUTS,
-    Function.READ_HOLDING_REGISTERS,
-    Function.READ_INPUT_REGISTERS,
-}
-_BIT_READS = {Function.READ_COILS, Function.READ_DISCRETE_INPUTS}
+    ILLEGAL_FUNCTION = 1
+    ILLEGAL_DATA_ADDRESS = 2
+    ILLEGAL_DATA_VALUE = 3
+    SERVER_DEVICE_FAILURE = 4
+    ACKNOWLEDGE = 5
+    SERVER_DEVICE_BUSY = 6
+    GATEWAY_PATH_UNAVAILABLE = 10
+    GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND = 11
+
+
+#: Each exception code's name in words ("illegal data address"), for messages.
+EXCEPTION_NAMES = {int(c): c.name.lower().replace("_", " ") for c in ExceptionCode}
+
+#: The specification's limits on one request.
+MAX_READ_BITS = 2000
+MAX_READ_REGISTERS = 125
+MAX_WRITE_COILS = 1968
+MAX_WRITE_REGISTERS = 123
+
+READS = frozenset(
+    {
+        Function.READ_COILS,
+        Function.READ_DISCRETE_INPUTS,
+        Function.READ_HOLDING_REGISTERS,
+        Function.READ_INPUT_REGISTERS,
+    }
+)
+BIT_READS = frozenset({Function.READ_COILS, Function.READ_DISCRETE_INPUTS})
+WRITES = frozenset(
+    {
+        Function.WRITE_SINGLE_COIL,
+        Function.WRITE_SINGLE_REGISTER,
+        Function.WRITE_MULTIPLE_COILS,
+        Function.WRITE_MULTIPLE_REGISTERS,
+    }
+)
 _REGISTERS, _BITS = 1, 2
 
 
@@ -79,24 +101,27 @@ class Request:
         if not 0 <= self.address <= 0xFFFF:
             raise ValueError(f"address {self.address} outside 0..65535")
         fn = self.function
-        bits = fn in _BIT_READS
-        limit = 2000 if bits else 125
-        if fn in _READS and not 1 <= self.count <= limit:
+        bits = fn in BIT_READS
+        limit = MAX_READ_BITS if bits else MAX_READ_REGISTERS
+        if fn in READS and not 1 <= self.count <= limit:
             raise ValueError(f"count {self.count} outside 1..{limit}")
-        if fn is Function.WRITE_MULTIPLE_REGISTERS and not 1 <= len(self.values) <= 123:
-            raise ValueError("write of 1..123 registers")
+        if (
+            fn is Function.WRITE_MULTIPLE_REGISTERS
+            and not 1 <= len(self.values) <= MAX_WRITE_REGISTERS
+        ):
+            raise ValueError(f"write of 1..{MAX_WRITE_REGISTERS} registers")
         if any(not 0 <= v <= 0xFFFF for v in self.values):
             raise ValueError("register values are 16-bit")
         if bits:
             length = 2 + (self.count + 7) // 8
-        elif fn in _READS:
+        elif fn in READS:
             length = 2 + 2 * self.count
         else:
             length = 5
         reads = 0
         if bits:
             reads = _BITS
-        elif fn in _READS:
+        elif fn in READS:
             reads = _REGISTERS
             _register_struct(self.count)
         object.__setattr__(self, "_pdu", self._build_pdu())
@@ -105,7 +130,7 @@ class Request:
 
     def _build_pdu(self) -> bytes | None:
         fn = self.function
-        if fn in _READS:
+        if fn in READS:
             return struct.pack(">BHH", fn, self.address, self.count)
         if fn is Function.WRITE_SINGLE_COIL:
             return struct.pack(">BHH", fn, self.address, 0xFF00 if self.values[0] else 0)
@@ -180,7 +205,7 @@ def parse_reply_pdu(request: Request, pdu: bytes) -> tuple[int, ...]:
             raise DecodeError("byte count does not match the reply length", pdu)
         if reads == _REGISTERS:
             return _REGISTER_STRUCTS[request.count].unpack_from(pdu, 2)
-        return tuple((pdu[2 + i // 8] >> (i % 8)) & 1 for i in range(request.count))
+        return unpack_bits(pdu[2:], request.count)
     echo = pdu[1:5]
     if function is Function.WRITE_MULTIPLE_REGISTERS:
         expected = struct.pack(">HH", request.address, len(request.values))
@@ -191,81 +216,28 @@ def parse_reply_pdu(request: Request, pdu: bytes) -> tuple[int, ...]:
     return ()
 
 
-# ------------------------------------------------------------------ RTU framing
+# ------------------------------------------------------------------ the server's side
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
+def exception_pdu(function: int, code: int) -> bytes:
+    """The exception reply to ``function``: the function with its top bit set, the code."""
+    return bytes(((function | 0x80) & 0xFF, code))
 
 
-_CRC_TABLE = _crc_table()
+def pack_bits(bits: Sequence[int]) -> bytes:
+    """Coils or discrete inputs as a reply carries them: 8 a byte, the first in bit 0."""
+    out = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        if b:
+            out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
 
 
-def crc16(data: bytes) -> int:
-    """Modbus RTU CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF)."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
+def unpack_bits(data: bytes, count: int) -> tuple[int, ...]:
+    """The first ``count`` bits of ``data`` packed as :func:`pack_bits` packs them."""
+    return tuple((data[i // 8] >> (i % 8)) & 1 for i in range(count))
 
 
-def rtu_frame(unit: int, pdu: bytes) -> bytes:
-    body = bytes([unit]) + pdu
-    return body + crc16(body).to_bytes(2, "little")
-
-
-def rtu_reply_length(request: Request, head: bytes) -> int:
-    """Total RTU reply length once its first two bytes (unit, function) are known."""
-    if len(head) < 2:
-        raise ValueError("need the first two bytes")
-    if head[1] & 0x80:
-        return 5
-    return 1 + request.reply_pdu_length() + 2
-
-
-def parse_rtu_reply(request: Request, frame: bytes) -> tuple[int, ...]:
-    """Check an RTU reply frame (address, CRC) and parse its PDU."""
-    if len(frame) < 5:
-        raise DecodeError("RTU frame shorter than 5 bytes", frame)
-    if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
-        raise DecodeError("RTU CRC mismatch", frame)
-    if frame[0] != request.unit:
-        raise DecodeError(f"RTU reply from unit {frame[0]}, asked {request.unit}", frame)
-    return parse_reply_pdu(request, frame[1:-2])
-
-
-def rtu_char_time(baud: int) -> float:
-    """Seconds per character on the wire: 11 bits (start, 8 data, parity or 2nd stop, stop)."""
-    return 11.0 / baud
-
-
-def rtu_silence(baud: int) -> float:
-    """The 3.5-character inter-frame silence; fixed at 1.75 ms above 19200 baud."""
-    return 1.75e-3 if baud > 19200 else 3.5 * rtu_char_time(baud)
-
-
-# ------------------------------------------------------------------ TCP (MBAP) framing
-
-MBAP_HEADER = struct.Struct(">HHHB")
-
-
-def mbap_frame(transaction: int, unit: int, pdu: bytes) -> bytes:
-    return MBAP_HEADER.pack(transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
-
-
-def parse_mbap_header(header: bytes) -> tuple[int, int, int]:
-    """(transaction id, PDU length, unit id) from the 7-byte MBAP header."""
-    if len(header) != 7:
-        raise DecodeError("MBAP header is 7 bytes", header)
-    tid, proto, length, unit = MBAP_HEADER.unpack(header)
-    if proto != 0:
-        raise DecodeError(f"MBAP protocol id {proto}, expected 0", header)
-    if not 2 <= length <= 254:
-        raise DecodeError(f"MBAP length {length} outside 2..254", header)
-    return tid, length - 1, unit
+def is_write(pdu: bytes) -> bool:
+    """Whether a request PDU writes (a broadcast to unit 0 may only write)."""
+    return bool(pdu) and pdu[0] in WRITES
