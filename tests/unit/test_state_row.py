@@ -1,4 +1,4 @@
-"""The store's row form of a meter's state (gateway/state_row.py): any state reads back
+"""The store's row form of a meter's state (gateway/store/state_row.py): any state reads back
 equal, rows in pydantic's older form still read, the per-meter memo of spend texts never
 changes a row, and a row that does not describe a state is refused with a typed error."""
 
@@ -20,7 +20,7 @@ from gateway.core.ledger import Ledger
 from gateway.core.settings import MeterSettings
 from gateway.core.states import CreditState
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule, TierPosition
-from gateway.state_row import StateRows, state_from_row
+from gateway.store import StateRows, state_from_row
 
 SETTINGS = MeterSettings(TariffSchedule.single(Tariff("KES", FlatPricing(Decimal(25)))))
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
