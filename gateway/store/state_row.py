@@ -102,8 +102,8 @@ def _text_of(hint: object, where: str) -> Text:
     if (item := _item(hint)) is not None:
         if _is_dataclass(item):
             return _Rows(typing.cast(type, item))
-        each = _text_of(item, where)
-        return lambda v: "[" + ",".join([str(each(x)) for x in v]) + "]"
+        each = str if item is int else _text_of(item, where)
+        return lambda v: "[" + ",".join(map(each, v)) + "]"  # type: ignore[arg-type]
     raise TypeError(f"the store has no row form for {where}: {hint}")
 
 
@@ -204,10 +204,10 @@ class StateRows:
                 if item is first:
                     kept = len(old) - k
                     if items[:kept] == old[k:]:
-                        texts = old_texts[k:] + [rows.item(x) for x in items[kept:]]
+                        texts = old_texts[k:] + list(map(rows.item, items[kept:]))
                     break
         if texts is None:
-            texts = [rows.item(x) for x in items]
+            texts = list(map(rows.item, items))
         self._memo[key] = (items, texts)
         return texts
 
