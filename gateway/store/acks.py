@@ -8,9 +8,10 @@ message is sent again, never lost. The batching lives here rather than in the dr
 because only the store knows when a commit is coming that can carry them for free.
 
 An ack-only transaction is as durable as any other (``synchronous=FULL``): writing it with
-``synchronous=NORMAL`` saved 0.3 to 0.4 ms per flush of 64 to 1,024 acks (figures of
-bench/bench_store_commit.py, "acks alone"), under 1% of the writer's time at one flush of
-1,024 per 50 ms (a 20,000 messages/s drain), not worth switching the connection's mode.
+``synchronous=NORMAL`` saved 0.3 to 0.8 ms a flush of 64 to 1,024 acks on the 2-core
+reference box (bench/bench_store_commit.py, "acks alone"), about 1.5% of the writer
+thread's time at one flush of 1,024 every 50 ms (a 20,000 messages/s drain), and none of
+the event loop's: not worth switching the connection's mode back and forth.
 """
 
 from __future__ import annotations
