@@ -14,7 +14,6 @@ import collections
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,10 +27,6 @@ from protocol.mqtt import Topics
 
 log = logging.getLogger(__name__)
 
-#: Acknowledgements are written to the store in batches, at least this often...
-ACK_FLUSH_S = 0.25
-#: ... or when this many are waiting.
-ACK_FLUSH_ROWS = 1024
 #: Kinds whose latest message is retained by the broker.
 RETAINED_KINDS = frozenset({"balance"})
 
@@ -71,7 +66,8 @@ class OutboxDrain:
 
     The hot path has no task or future per message: rows go out through
     :meth:`MqttLink.publish_nowait` while the window has room, PUBACKs come back as
-    message ids, and acknowledged rows are written to the store in batches."""
+    message ids, and acknowledged rows go to the store as they come (the store batches
+    their writes, see ``gateway/store/acks.py``)."""
 
     def __init__(
         self,
@@ -86,8 +82,6 @@ class OutboxDrain:
         self.clock = clock
         self.batch = batch
         self.wake = asyncio.Event()
-        self._acked: list[int] = []
-        self._acked_since = time.monotonic()
         self.published = 0
         #: outbox rows the broker refused (left unacknowledged)
         self.refused = 0
@@ -108,7 +102,6 @@ class OutboxDrain:
                     while inflight:
                         await self._await_acks(link, acked, pubacks)
                         self._collect(inflight, pubacks)
-                    self._collect(inflight, pubacks, flush=True)
                     await self._idle(link)
                     continue
                 for row in rows:
@@ -123,7 +116,7 @@ class OutboxDrain:
                 self._collect(inflight, pubacks)
         finally:
             with contextlib.suppress(MqttError):
-                self._collect(inflight, pubacks, flush=True)
+                self._collect(inflight, pubacks)
 
     def _pending(self, after_id: int) -> Sequence[RawOutboxRow]:
         return self.outbox.outbox_pending_raw(self.batch, after_id)
@@ -144,36 +137,29 @@ class OutboxDrain:
             raise MqttError("session closed")
 
     def _collect(
-        self,
-        inflight: dict[int, int],
-        pubacks: collections.deque[tuple[int, bool]],
-        *,
-        flush: bool = False,
+        self, inflight: dict[int, int], pubacks: collections.deque[tuple[int, bool]]
     ) -> None:
-        """Record the acknowledged rows (in batches: at most every ACK_FLUSH_S, or
-        ACK_FLUSH_ROWS rows, and whenever the drain pauses). A row the broker refused
-        (MQTT 5: a failure reason in its PUBACK, e.g. an ACL) stays unacknowledged and goes
-        again in the next session; the session goes on with the rows after it."""
+        """Hand the acknowledged rows to the store. A row the broker refused (MQTT 5: a
+        failure reason in its PUBACK, e.g. an ACL) stays unacknowledged and goes again in
+        the next session; the session goes on with the rows after it."""
+        acked: list[int] = []
         while pubacks:
             mid, ok = pubacks.popleft()
             row_id = inflight.pop(mid, None)
             if row_id is None:
                 continue
             if ok:
-                self._acked.append(row_id)
+                acked.append(row_id)
             else:
                 self.refused += 1
                 log.error(
                     "the broker refused outbox row %d (kept, sent again next session)", row_id
                 )
-        due = time.monotonic() - self._acked_since >= ACK_FLUSH_S
-        if self._acked and (flush or due or len(self._acked) >= ACK_FLUSH_ROWS):
+        if acked:
             now = self.clock()
-            self.outbox.mark_acked(sorted(self._acked), now)
-            self.published += len(self._acked)
+            self.outbox.mark_acked(acked, now)
+            self.published += len(acked)
             self.last_sync = now
-            self._acked = []
-            self._acked_since = time.monotonic()
 
     async def _idle(self, link: MqttLink) -> None:
         """Sleep until new rows are announced or the session closes."""

@@ -20,6 +20,8 @@ from gateway.core.json_forms import ledger_json
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
     CorruptStoreError,
     ForeignFileError,
     MeterRecord,
@@ -27,7 +29,6 @@ from gateway.store import (
     Store,
     StoreError,
 )
-from gateway.store_migrations import APPLICATION_ID, SCHEMA_VERSION
 
 
 def digest(path: Path) -> str:

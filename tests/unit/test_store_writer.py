@@ -1,12 +1,14 @@
 """The store's writer thread: awaited commits in order with gap-free seqs, the event loop
 free meanwhile; acknowledgements visible at once, written with the next commit, kept on a
-refused commit, flushed at close; a batch larger than one multi-row INSERT keeps ids and
-seqs consecutive and its last state per meter."""
+refused commit, written alone after the delay or past the row limit, flushed at close (the
+timer stopped); a batch larger than one multi-row INSERT keeps ids and seqs consecutive
+and its last state per meter."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import store as store_module
 from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ReadingReceived, TopUpAccepted
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
-from gateway.store import MeterRecord, MeterUpdate, Store, TokenAlreadyAppliedError
+from gateway.store import MeterRecord, MeterUpdate, Store, StoreError, TokenAlreadyAppliedError
+from gateway.store import acks as acks_module
 
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
 SETTINGS = MeterSettings(TariffSchedule.single(Tariff("GBP", FlatPricing(Decimal(100)))))
@@ -83,7 +85,7 @@ async def test_async_commits_keep_order_and_seq(tmp_path: Path) -> None:
 def test_acks_are_seen_at_once_and_ride_in_the_next_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 3600.0)
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_S", 3600.0)
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
         states = enrolled(store, "a", "b")
@@ -101,7 +103,7 @@ def test_acks_are_seen_at_once_and_ride_in_the_next_commit(
 def test_a_refused_commit_keeps_the_acks_waiting_and_close_writes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 3600.0)
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_S", 3600.0)
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
         state = enrolled(store, "m1")["m1"]
@@ -118,7 +120,7 @@ def test_a_refused_commit_keeps_the_acks_waiting_and_close_writes_them(
 def test_acks_without_a_commit_are_written_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "ACK_FLUSH_S", 0.0)
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_S", 0.0)
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
         state = enrolled(store, "m1")["m1"]
@@ -128,6 +130,44 @@ def test_acks_without_a_commit_are_written_alone(
         while acked_in_file(path) != [r.id for r in rows] and time.monotonic() < give_up:
             time.sleep(0.01)
         assert acked_in_file(path) == [r.id for r in rows]
+
+
+def test_acks_past_the_row_limit_are_written_without_waiting_for_the_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_S", 3600.0)
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_ROWS", 2)
+    path = tmp_path / "gw.db"
+    with Store.open(path) as store:
+        first = reading(enrolled(store, "m1")["m1"], 100, NOW)
+        rows = store.commit_cycle([first, reading(first.state, 200, NOW + timedelta(minutes=1))])
+        assert len(rows) == 3
+        store.mark_acked([rows[0].id], NOW)
+        store.load_meters()  # runs on the writer thread, after anything queued before it
+        assert acked_in_file(path) == []
+        store.mark_acked([rows[1].id], NOW)
+        store.load_meters()
+        assert acked_in_file(path) == [rows[0].id, rows[1].id]
+
+
+def test_close_stops_the_ack_timer_and_writes_what_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(acks_module, "ACK_FLUSH_S", 3600.0)
+    path = tmp_path / "gw.db"
+
+    def timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "store-acks"]
+
+    with Store.open(path) as store:
+        state = enrolled(store, "m1")["m1"]
+        rows = store.commit_cycle([reading(state, 100, NOW)])
+        store.mark_acked([rows[0].id], NOW)
+        assert len(timers()) == 1
+    assert timers() == []
+    assert acked_in_file(path) == [rows[0].id]
+    with pytest.raises(StoreError, match="closed"):
+        store.mark_acked([rows[0].id], NOW)
 
 
 def test_a_large_batch_keeps_ids_seqs_and_the_last_state(tmp_path: Path) -> None:

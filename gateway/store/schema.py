@@ -6,6 +6,8 @@ version N file, and runs inside the transaction that sets ``user_version = N``.
 
 from __future__ import annotations
 
+import sqlite3
+
 #: "PEG1" in ASCII: how we recognise our own files (PRAGMA application_id)
 APPLICATION_ID = 0x50454731
 
@@ -81,7 +83,7 @@ CREATE TABLE executed_commands (
 ALTER TABLE meters ADD COLUMN relay_output TEXT;
 """,
     # No table changes: ledgers.state_json may now hold its times as integer microseconds
-    # (gateway/state_row.py), which a gateway of schema 3 cannot read, so it must refuse.
+    # (gateway/store/state_row.py), which a gateway of schema 3 cannot read, so it must refuse.
     4: """
 SELECT 1;
 """,
@@ -94,3 +96,20 @@ UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', e
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the file open on ``db`` to SCHEMA_VERSION, one transaction per version."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    for target in sorted(v for v in MIGRATIONS if v > version):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {target}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
