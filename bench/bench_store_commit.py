@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench.bench_ledger import START, readings, settings
-from gateway.core.driver import MeterState, enrol
+from gateway.core.meter_state import MeterState, enrol
 from gateway.store import MeterRecord, Store
 from gateway.store import acks as acks_module
 

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.config import TokenSettings
-from gateway.core.commands import Command, Publish, TopUpDecision
-from gateway.core.driver import event_body, step
+from gateway.core.commands import Command, TopUpDecision
 from gateway.core.events import Event
+from gateway.core.reports import event_report
+from gateway.core.step import step
+from gateway.core.token_intake import KeypadEntry, OnlineTopUp, TokenOutcome, intake_keypad
 from gateway.runtime import (
     Action,
     CoreItem,
@@ -37,13 +39,7 @@ from gateway.runtime import (
     utc_now,
 )
 from gateway.store import MeterUpdate, StorageUnavailableError, Store
-from gateway.token_intake import (
-    KeypadEntry,
-    OnlineTopUp,
-    TokenOutcome,
-    intake_keypad,
-    intake_online,
-)
+from gateway.token_intake import intake_online
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +277,10 @@ class CoreTask:
         if rt.meter_id in rt.poller.meters:
             rt.poller.remove(rt.meter_id)
         log.error("meter %s quarantined (relay left as it is): %s", rt.meter_id, why)
-        body = event_body("meter_quarantined", why[:500], relay=rt.state.relay_word())
-        return MeterUpdate(rt.state, [Publish(rt.meter_id, "event", body)], now)
+        report = event_report(
+            rt.meter_id, "meter_quarantined", why[:500], relay=rt.state.relay_word()
+        )
+        return MeterUpdate(rt.state, [report], now)
 
     async def _quarantine(self, rt: MeterRuntime, why: str, now: datetime) -> None:
         update = self._quarantine_now(rt, why, now)

@@ -28,9 +28,9 @@ from gateway.core.commands import (
 )
 from gateway.core.events import RelayObserved
 from gateway.core.lease import lease_allowance_wh, lease_register_value
+from gateway.core.token_intake import TokenOutcome
 from gateway.modbus_port import MeterIOError
 from gateway.runtime import CoreItem, Counters, MeterRuntime, utc_now
-from gateway.token_intake import TokenOutcome
 
 log = logging.getLogger(__name__)
 

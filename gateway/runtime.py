@@ -10,11 +10,11 @@ from typing import Any
 
 from gateway.actuator import MeterTarget
 from gateway.core.commands import Command
-from gateway.core.driver import MeterState
 from gateway.core.events import Event
+from gateway.core.meter_state import MeterState
+from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.poller import BusPoller, PolledMeter
 from gateway.store import StoredMeter
-from gateway.token_intake import KeypadEntry, LockoutState, OnlineTopUp, TokenOutcome
 from protocol.tokens.keys import MeterKey
 from protocol.tokens.replay import ReplayWindow
 
@@ -30,7 +30,7 @@ class MeterRuntime:
     stored: StoredMeter
     state: MeterState
     window: ReplayWindow
-    lockout: LockoutState
+    lockout: KeypadGuard
     target: MeterTarget
     polled: PolledMeter
     poller: BusPoller
@@ -86,7 +86,7 @@ class Pending:
 
     state: MeterState
     window: ReplayWindow
-    lockout: LockoutState
+    lockout: KeypadGuard
 
 
 #: one stepped item, to act on once its batch is committed

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from gateway.actuator import MeterTarget, RelayTarget, parse_relay_output
 from gateway.config import GatewayConfig, RtuBus, TcpBus
 from gateway.core.commands import Command, TopUpDecision
-from gateway.core.driver import forecast, next_deadline
 from gateway.core.events import (
     ClockTick,
     CommunicationLost,
@@ -29,6 +28,8 @@ from gateway.core.events import (
     PollFailed,
     ReadingReceived,
 )
+from gateway.core.meter_state import forecast, next_deadline
+from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.core_task import CoreTask
 from gateway.meter_actions import LEASE_POINT, MeterActions
 from gateway.meter_io import MeterIO, MeterSnapshot
@@ -37,7 +38,6 @@ from gateway.poll_schedule import interval_for
 from gateway.poller import BusPoller, PolledMeter
 from gateway.runtime import CoreItem, Counters, MeterRuntime, StepResult, utc_now
 from gateway.store import MeterRecord, Store, StoredMeter
-from gateway.token_intake import KeypadEntry, LockoutState, OnlineTopUp, TokenOutcome
 from protocol.regmap import load_map
 from protocol.tokens.keys import MeterKey
 from protocol.tokens.replay import ReplayWindow
@@ -194,7 +194,7 @@ class Gateway:
                 stored=stored,
                 state=stored.state,
                 window=window,
-                lockout=LockoutState.from_stored(stored.lockout),
+                lockout=KeypadGuard.from_stored(stored.lockout),
                 target=MeterTarget(
                     rec.meter_id, poller.port, rec.unit_id, io, self._relay_of(rec, poller.port, io)
                 ),

@@ -1,7 +1,6 @@
-"""The shell's door to token intake (``gateway.core.token_intake``, pure): online tokens
-are checked against the vending service's public keys as the config gives them, loaded
-once per set of keys. The moved names stay importable from here, the guard under its old
-name too, for callers not yet moved."""
+"""The shell's door to online token intake (``gateway.core.token_intake``, pure): online
+tokens are checked against the vending service's public keys as the config gives them,
+loaded once per set of keys."""
 
 from __future__ import annotations
 
@@ -12,29 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.config import TokenSettings
 from gateway.core import token_intake
-from gateway.core.token_intake import (
-    KeypadEntry,
-    KeypadGuard,
-    OnlineTopUp,
-    TokenOutcome,
-    intake_keypad,
-)
+from gateway.core.token_intake import KeypadGuard, OnlineTopUp, TokenOutcome
 from protocol.command_auth import load_public_keys
 from protocol.tokens.replay import ReplayWindow
-
-#: The old name of ``KeypadGuard``.
-LockoutState = KeypadGuard
-
-__all__ = [
-    "KeypadEntry",
-    "KeypadGuard",
-    "LockoutState",
-    "OnlineTopUp",
-    "TokenOutcome",
-    "intake_keypad",
-    "intake_online",
-    "online_keys",
-]
 
 _KEYS: dict[tuple[tuple[str, str], ...], dict[str, Ed25519PublicKey]] = {}
 

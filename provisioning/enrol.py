@@ -22,10 +22,10 @@ from typing import Any
 
 from gateway.actuator import parse_relay_output
 from gateway.config import GatewayConfig
-from gateway.core.driver import MeterState, enrol
-from gateway.core.json_forms import SettingsError, settings_from_json, settings_to_json
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.forms import SettingsError, settings_from_json, settings_to_json
 from gateway.store import MeterRecord, StoredMeter
 from protocol.currency import (
     AmountError,

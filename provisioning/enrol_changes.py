@@ -18,7 +18,7 @@ from pydantic import JsonValue
 
 from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
-from gateway.core.json_forms import settings_to_json
+from gateway.forms import settings_to_json
 from gateway.store import MeterRecord, StoredMeter
 from protocol.errors import MapError
 from protocol.regmap import Capability, load_map

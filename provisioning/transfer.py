@@ -28,8 +28,8 @@ from pydantic import JsonValue
 
 from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
-from gateway.core.driver import MeterState, enrol
-from gateway.core.json_forms import (
+from gateway.core.meter_state import MeterState, enrol
+from gateway.forms import (
     SettingsError,
     settings_from_json,
     settings_to_json,

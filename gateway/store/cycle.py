@@ -18,9 +18,9 @@ from datetime import datetime
 from pydantic import JsonValue
 
 from gateway.core.commands import Command, Publish, TopUpDecision
-from gateway.core.driver import MeterState
-from gateway.core.json_forms import settings_to_json
+from gateway.core.meter_state import MeterState
 from gateway.core.settings import MeterSettings
+from gateway.forms import settings_to_json
 from gateway.store.base import StoreBase
 from gateway.store.errors import (
     StoreError,

@@ -11,8 +11,8 @@ from datetime import datetime
 from pydantic import JsonValue
 
 from gateway.core.commands import Command
-from gateway.core.driver import MeterState
-from gateway.core.json_forms import SettingsError, settings_from_json, settings_to_json
+from gateway.core.meter_state import MeterState
+from gateway.forms import SettingsError, settings_from_json, settings_to_json
 from gateway.store.base import StoreBase
 from gateway.store.cycle import ledger_row, prepare, upsert_ledgers, write_batch
 from gateway.store.errors import CorruptStoreError, DuplicateMeterError

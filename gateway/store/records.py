@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 from pydantic import JsonValue
 
 from gateway.core.commands import Command
-from gateway.core.driver import MeterState
+from gateway.core.meter_state import MeterState
 
 
 class WindowLike(Protocol):

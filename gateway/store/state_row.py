@@ -34,9 +34,9 @@ from fractions import Fraction
 from operator import attrgetter
 from typing import Any
 
-from gateway.core.driver import MeterState
-from gateway.core.json_forms import SettingsError, ledger_json, state_from_json
+from gateway.core.meter_state import MeterState
 from gateway.core.settings import MeterSettings
+from gateway.forms import SettingsError, ledger_json, state_from_json
 
 #: Stored apart from the row.
 _APART = frozenset({"settings"})

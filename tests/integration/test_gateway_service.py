@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from examples.headend import Headend, HeadendClient
 from gateway.config import GatewayConfig
-from gateway.core.driver import enrol
+from gateway.core.meter_state import enrol
 from gateway.core.states import CreditState
 from gateway.store import MeterRecord, Store
 from meter_sim.clock import ScaledClock

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.driver import enrol, step
 from gateway.core.events import ReadingReceived
+from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
+from gateway.core.step import step
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.mqtt_link import BrokerEndpoint, MqttLink
 from gateway.store import MeterRecord, MeterUpdate, Store

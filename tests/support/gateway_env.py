@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.config import GatewayConfig, to_toml
 
 __all__ = ["to_toml"]  # tests import the config writer from here too
-from gateway.core.driver import enrol
+from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, Store

@@ -8,16 +8,12 @@ import sys
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "gateway" / "core"
-#: the shell's JSON forms under their old name, kept for callers not yet moved
-OLD_HOME_OF_SHELL_CODE = {"json_forms"}
 FORBIDDEN = ("pydantic", "asyncio", "sqlite3", "paho", "pymodbus", "serial")
 
 
 def test_the_core_imports_nothing_of_the_shell() -> None:
     modules = sorted(
-        f"gateway.core.{path.stem}"
-        for path in CORE.glob("*.py")
-        if path.stem not in OLD_HOME_OF_SHELL_CODE | {"__init__"}
+        f"gateway.core.{path.stem}" for path in CORE.glob("*.py") if path.stem != "__init__"
     )
     assert "gateway.core.step" in modules
     script = (

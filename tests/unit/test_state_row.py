@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.driver import MeterState
 from gateway.core.forecast import SpendSample
-from gateway.core.json_forms import SettingsError, ledger_json
 from gateway.core.ledger import Ledger
+from gateway.core.meter_state import MeterState
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.forms import SettingsError, ledger_json
 from gateway.store import StateRows, state_from_row
 from gateway.store import state_row as state_row_module
 

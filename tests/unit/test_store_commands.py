@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.driver import MeterState, enrol
+from gateway.core.meter_state import MeterState, enrol
 from gateway.store import DuplicateMeterError, MeterRecord, Store
 from tests.support.gateway_env import fast_settings
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import JsonValue
 
 from gateway.core.commands import Publish
-from gateway.core.driver import MeterState, enrol
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, Store, TokenWindow, UnknownMeterError

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.driver import enrol, step
 from gateway.core.events import ReadingReceived
-from gateway.core.json_forms import ledger_json
+from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
+from gateway.core.step import step
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.forms import ledger_json
 from gateway.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.driver import MeterState, enrol, step
 from gateway.core.events import ReadingReceived, TopUpAccepted
+from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
+from gateway.core.step import step
 from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
 from gateway.store import MeterRecord, MeterUpdate, Store, StoreError, TokenAlreadyAppliedError
 from gateway.store import acks as acks_module
