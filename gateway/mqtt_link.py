@@ -394,6 +394,25 @@ class MqttLink:
         asyncio, never in paho. :class:`PublishRefusedError` for a topic no broker takes
         or a refusal in the PUBACK; :class:`MqttError` when the session is gone.
         """
+        await self._publish(topic, lambda: payload, qos, retain, correlation_data)
+
+    async def publish_fresh(
+        self, topic: str, produce: Callable[[], bytes | None], *, retain: bool = False
+    ) -> bool:
+        """:meth:`publish` at QoS 1 with the payload made by ``produce()`` once a window
+        slot is free, right before it goes to paho, so nothing newer can have been sent on
+        the topic between the read and the send; ``produce`` returning None sends nothing
+        (False)."""
+        return await self._publish(topic, produce, 1, retain, None)
+
+    async def _publish(
+        self,
+        topic: str,
+        produce: Callable[[], bytes | None],
+        qos: int,
+        retain: bool,
+        correlation_data: bytes | None,
+    ) -> bool:
         problem = topic_name_problem(topic)
         if problem is not None:
             raise PublishRefusedError(f"topic {topic[:200]!r} refused", problem)
@@ -401,6 +420,9 @@ class MqttLink:
         try:
             if self.closed.done():
                 raise MqttError("not connected")
+            payload = produce()
+            if payload is None:
+                return False
             props = None
             if correlation_data is not None and self.protocol == "5":
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -414,12 +436,13 @@ class MqttLink:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise MqttError("publish failed", paho.error_string(info.rc))
             if qos == 0:
-                return
+                return True
             fut = self._publishes.get(info.mid)
             if fut is None:
                 fut = self._loop.create_future()
                 self._publishes[info.mid] = fut
             await fut
+            return True
         finally:
             self.window.give()
             if self._ack_wake is not None:

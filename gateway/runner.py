@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
 from gateway.paho_client import client_class
 from gateway.private_files import write_private_text
+from gateway.rebirth import Rebirth
 from gateway.resend import ResendQueue
 from gateway.runtime import utc_now
 from gateway.service import Gateway
@@ -59,6 +60,7 @@ class Runner:
     topics: Topics = field(init=False)
     intake: CommandIntake = field(init=False)
     resends: ResendQueue = field(init=False)
+    rebirth: Rebirth = field(init=False)
     broker_state: str = "connecting"
     broker: BrokerEndpoint | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,7 +139,8 @@ class Runner:
         self._status_file_failing = False
 
     async def _session(self, link: MqttLink) -> None:
-        """One MQTT session: birth, commands, the outbox drain; offline on the way out."""
+        """One MQTT session: birth (status, then each meter's latest balance: see
+        ``rebirth.py``), commands, the outbox drain; offline on the way out."""
         await link.publish(self.topics.status, self.status_message(True), retain=True)
         await link.subscribe(*self.topics.command_subscriptions)
         if self.config.home_assistant.enabled:
@@ -168,6 +171,7 @@ class Runner:
                     tg.create_task(commands(), name="mqtt-commands")
                     tg.create_task(health(), name="mqtt-health")
                     tg.create_task(self.resends.run(link), name="mqtt-resends")
+                    tg.create_task(self.rebirth.run(link), name="mqtt-rebirth")
             except* MqttError as group:
                 self.mqtt_ready.clear()
                 raise group.exceptions[0] from None
@@ -219,6 +223,7 @@ class Runner:
     def _on_broker(self, state: str, broker: BrokerEndpoint | None) -> None:
         self.broker_state = state
         self.broker = broker
+        self.write_status_file()  # `meter-gateway status` sees it now, not within 5 s
 
     def _on_storage(self, problem: str | None) -> None:
         """The store stopped or started committing: tell the headend now (status)."""
@@ -251,6 +256,7 @@ class Runner:
         self.gateway.core.on_commit = self.drain.wake.set
         self.gateway.core.on_storage = self._on_storage
         self.resends = ResendQueue(store.outbox_since, store.outbox_seqs_since, self.topics)
+        self.rebirth = Rebirth(store.latest_balance, lambda: list(self.gateway.meters), self.topics)
         self.intake = CommandIntake(
             self.gateway,
             self.topics,

@@ -86,6 +86,23 @@ class OutboxRoom(StoreBase):
             for r in rows
         ]
 
+    def latest_balance(self, meter_id: str) -> RawOutboxRow | None:
+        """The meter's latest ``balance`` row if the broker acknowledged it (None while it
+        is still the drain's to send, or when the meter has none): what a new session
+        republishes, retained, so the broker's view is current (``gateway/rebirth.py``)."""
+        found = self._reader.rows(
+            "SELECT id, meter_id, seq, kind, ts, body_json, acked_at FROM outbox"
+            " WHERE meter_id = ? AND kind = 'balance' ORDER BY seq DESC LIMIT 1",
+            (meter_id,),
+        )
+        if not found:
+            return None
+        *row, acked_at = found[0]
+        latest = RawOutboxRow(*row)
+        if acked_at is None and latest.id not in self._acks.waiting():
+            return None
+        return latest
+
     def outbox_seqs_since(self, meter_id: str, seq: int, limit: int) -> list[int]:
         """The seqs :meth:`outbox_since` would return (at most ``limit``), unread."""
         return [
@@ -115,7 +132,8 @@ class OutboxRoom(StoreBase):
         return depth
 
     def purge_acked(self, older_than: datetime) -> int:
-        """Delete rows acknowledged before ``older_than``; the seq counters are kept."""
+        """Delete rows acknowledged before ``older_than``, but each meter's latest balance
+        (rebirth republishes it); the seq counters are kept."""
         return self._writer.run(self._purge_acked, older_than)
 
     async def purge_acked_async(self, older_than: datetime) -> int:
@@ -125,7 +143,9 @@ class OutboxRoom(StoreBase):
     def _purge_acked(self, older_than: datetime) -> int:
         with self._acks.transaction() as db:
             cursor = db.execute(
-                "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
+                "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?"
+                " AND NOT (kind = 'balance' AND seq = (SELECT max(b.seq) FROM outbox b"
+                " WHERE b.meter_id = outbox.meter_id AND b.kind = 'balance'))",
                 (iso(older_than),),
             )
         self._writer.wrote(cursor.rowcount // 8 + 2)

@@ -93,6 +93,11 @@ SELECT 1;
 UPDATE executed_commands SET expires_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', expires_at);
 UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', executed_at);
 """,
+    # Each meter's latest balance, found at once: the gateway republishes it, retained, on
+    # every new MQTT session (rebirth), and the purge keeps it however old it is.
+    6: """
+CREATE INDEX IF NOT EXISTS outbox_balances ON outbox(meter_id, seq) WHERE kind = 'balance';
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -686,12 +686,6 @@ def test_retained_view_is_current_after_a_gateway_kill(observed: Observed) -> No
         assert view[f"prepaid/v1/{GW}/meters/{meter}/balance"]["seq"] == seq, meter
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no rebirth yet: the gateway does not republish its status and each meter's "
-    "latest balance, retained, on every new session, so a broker that lost its retained "
-    "messages keeps an idle meter's balance missing or stale",
-)
 def test_retained_view_is_current_after_a_broker_kill(observed: Observed) -> None:
     view = observed.retained_after_broker_kill
     assert view.get(f"prepaid/v1/{GW}/status", {}).get("state") == "online"

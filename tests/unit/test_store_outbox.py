@@ -95,6 +95,38 @@ def test_outbox_pending_in_order_acks_and_resend(tmp_path: Path) -> None:
         assert store.outbox_since("m1", 1)[0].seq == 4
 
 
+def test_each_meters_latest_balance_outlives_the_purge_and_shows_once_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Rebirth republishes a meter's latest balance on every session: the purge keeps it
+    however old, and it is offered only once the broker acknowledged it (before that it is
+    the drain's, in seq order)."""
+    with Store.open(tmp_path / "gw.db") as store:
+        state = enrolled(store, "m1")
+        enrolled(store, "idle")
+        rows = []
+        for minute in range(3):
+            t = NOW + timedelta(minutes=minute)
+            state, commands = step(state, ReadingReceived("m1", 100 + minute * 100, t), t)
+            rows += store.apply(state, commands, t)
+        balances = [r for r in rows if r.kind == "balance"]
+        assert len(balances) >= 2
+        assert store.latest_balance("m1") is None  # not yet acknowledged
+        assert store.latest_balance("idle") is None  # none at all
+        store.mark_acked([r.id for r in rows[:-1]], NOW)
+        if rows[-1].kind == "balance":
+            assert store.latest_balance("m1") is None
+        store.mark_acked([rows[-1].id], NOW)  # waiting in the ack batch: counts
+        latest = store.latest_balance("m1")
+        assert latest is not None
+        assert (latest.id, latest.seq) == (balances[-1].id, balances[-1].seq)
+        purged = store.purge_acked(NOW + timedelta(days=30))
+        assert purged == len(rows) - 1
+        kept = store.outbox_since("m1", 0)
+        assert [(r.seq, r.kind) for r in kept] == [(balances[-1].seq, "balance")]
+        assert store.latest_balance("m1") == latest
+
+
 def test_token_credit_window_and_counter_commit_together(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     with Store.open(path) as store:
