@@ -86,7 +86,12 @@ def add_live(store: Store, ids: list[str], n: int) -> None:
     updates = []
     for i in range(n):
         st = states[ids[i % len(ids)]]
-        body: dict[str, Any] = {"kind": "reading", "energy_wh": i, "power_w": 812, "balance": 100_000}
+        body: dict[str, Any] = {
+            "kind": "reading",
+            "energy_wh": i,
+            "power_w": 812,
+            "balance": 100_000,
+        }
         updates.append(MeterUpdate(st, [Publish(st.meter_id, "reading", body)], now))
     store.commit_cycle(updates)
 

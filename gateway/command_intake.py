@@ -30,9 +30,11 @@ from gateway.resend import ResendQueue
 from gateway.service import Gateway
 from gateway.store import StorageUnavailableError, StoreError
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
+from protocol.command_errors import CommandError
 from protocol.mqtt import (
     COMMAND,
     MAX_COMMAND_BYTES,
+    SIGNED_COMMANDS,
     CommandResult,
     RelayCommand,
     RereadCommand,
@@ -48,6 +50,9 @@ from protocol.mqtt import (
 
 log = logging.getLogger(__name__)
 
+#: What a signed command carries as its proof: a command missing only these is ``unsigned``.
+PROOF = frozenset({"sig", "key_id", "expires", "gateway"})
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -58,7 +63,9 @@ class Answer:
 
 
 STORAGE_UNAVAILABLE = Answer(
-    False, "storage_unavailable", "the gateway cannot store anything now: send it again later"
+    False,
+    CommandError.STORAGE_UNAVAILABLE,
+    "the gateway cannot store anything now: send it again later",
 )
 
 
@@ -101,7 +108,7 @@ class CommandIntake:
         try:
             if problem is not None:
                 request_id, correlation = _request_ids(msg.payload)
-                answer = Answer(False, "bad_response_topic", f"response topic {problem}")
+                answer = Answer(False, CommandError.BAD_RESPONSE_TOPIC, f"response topic {problem}")
             else:
                 request_id, correlation, answer = await self._check_and_carry_out(msg)
         except StorageUnavailableError:
@@ -111,7 +118,9 @@ class CommandIntake:
             self.internal_errors += 1
             log.exception("command on %s failed (answered internal_error)", msg.topic)
             request_id, correlation = _request_ids(msg.payload)
-            answer = Answer(False, "internal_error", "the gateway failed to carry out the command")
+            answer = Answer(
+                False, CommandError.INTERNAL_ERROR, "the gateway failed to carry out the command"
+            )
         result = CommandResult(
             gateway=self.topics.gateway_id,
             id=request_id,
@@ -134,31 +143,58 @@ class CommandIntake:
         """Parse, authenticate and carry out one command (the request id and correlation
         it names, and the answer)."""
         if len(msg.payload) > MAX_COMMAND_BYTES:
-            return None, None, Answer(False, "too_large", f"over {MAX_COMMAND_BYTES} bytes")
+            return (
+                None,
+                None,
+                Answer(False, CommandError.TOO_LARGE, f"over {MAX_COMMAND_BYTES} bytes"),
+            )
         try:
             topic_meter = self.topics.meter_of_command_topic(msg.topic)
         except ValueError as exc:
-            return None, None, Answer(False, "malformed", str(exc))
+            return None, None, Answer(False, CommandError.MALFORMED, str(exc))
         try:
             raw = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):
-            return None, None, Answer(False, "malformed", "not JSON")
+            return None, None, Answer(False, CommandError.MALFORMED, "not JSON")
         except RecursionError:
-            return None, None, Answer(False, "malformed", "JSON nested too deeply")
+            return None, None, Answer(False, CommandError.MALFORMED, "JSON nested too deeply")
         request_id, correlation = _request_ids_in(raw)
         try:
             cmd = COMMAND.validate_python(raw)
         except ValidationError as exc:
+            missing = {str(e["loc"][-1]) for e in exc.errors() if e["type"] == "missing"}
+            only_proof = all(e["type"] == "missing" for e in exc.errors()) and missing <= PROOF
+            if isinstance(raw, dict) and raw.get("cmd") in SIGNED_COMMANDS and only_proof:
+                unsigned = Answer(False, CommandError.UNSIGNED, f"{raw['cmd']} must be signed")
+                return request_id, correlation, unsigned
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            return request_id, correlation, Answer(False, "malformed", f"{where}: {err['msg']}")
+            return (
+                request_id,
+                correlation,
+                Answer(False, CommandError.MALFORMED, f"{where}: {err['msg']}"),
+            )
         meter = getattr(cmd, "meter", None) or topic_meter
         if topic_meter is not None and meter != topic_meter:
-            return cmd.id, correlation, Answer(False, "malformed", "meter differs from the topic's")
+            return (
+                cmd.id,
+                correlation,
+                Answer(False, CommandError.MALFORMED, "meter differs from the topic's"),
+            )
         if meter is None:
-            return cmd.id, correlation, Answer(False, "malformed", "send it to meters/{id}/cmd")
+            return (
+                cmd.id,
+                correlation,
+                Answer(
+                    False, CommandError.MALFORMED, "name the meter (meter) or use meters/{id}/cmd"
+                ),
+            )
         if meter not in self.gateway.meters:
-            return cmd.id, correlation, Answer(False, "unknown_meter", f"no meter {meter}")
+            return (
+                cmd.id,
+                correlation,
+                Answer(False, CommandError.UNKNOWN_METER, f"no meter {meter}"),
+            )
         now = self.clock()
         if isinstance(cmd, SignedCommand):
             try:
@@ -167,9 +203,13 @@ class CommandIntake:
                 return cmd.id, correlation, Answer(False, exc.failure.value, str(exc))
             if cmd.gateway != self.topics.gateway_id:
                 detail = f"signed for gateway {cmd.gateway}, this is {self.topics.gateway_id}"
-                return cmd.id, correlation, Answer(False, "wrong_gateway", detail)
+                return cmd.id, correlation, Answer(False, CommandError.WRONG_GATEWAY, detail)
             if not await self.gateway.store.claim_command_async(cmd.id, cmd.expires, now):
-                return cmd.id, correlation, Answer(False, "replayed_command", "already executed")
+                return (
+                    cmd.id,
+                    correlation,
+                    Answer(False, CommandError.REPLAYED_COMMAND, "already executed"),
+                )
             try:
                 return cmd.id, correlation, await self._carry_out(cmd, meter, now)
             except StorageUnavailableError:
@@ -203,7 +243,7 @@ class CommandIntake:
                 try:
                     parsed = tariff_from_json(tariff)
                 except SettingsError as exc:
-                    return Answer(False, "malformed", exc.problem[:500])
+                    return Answer(False, CommandError.MALFORMED, exc.problem[:500])
                 await gw.submit(TariffChanged(meter, parsed, now, activates_at))
                 return Answer(True, None, "tariff scheduled")
             case RereadCommand():
@@ -213,7 +253,7 @@ class CommandIntake:
                 plan = self.resends.plan(meter, from_seq)
                 details = {"resent": plan.count, "next_seq": plan.next_seq}
                 return Answer(True, None, f"resending {plan.count} messages", details)
-        return Answer(False, "malformed", "unknown command")
+        return Answer(False, CommandError.MALFORMED, "unknown command")
 
 
 def _request_ids_in(raw: object) -> tuple[str | None, str | None]:

@@ -40,6 +40,7 @@ from gateway.runtime import (
 )
 from gateway.store import MeterUpdate, StorageUnavailableError, Store
 from gateway.token_intake import intake_online
+from protocol.event_kinds import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class CoreTask:
             rt.poller.remove(rt.meter_id)
         log.error("meter %s quarantined (relay left as it is): %s", rt.meter_id, why)
         report = event_report(
-            rt.meter_id, "meter_quarantined", why[:500], relay=rt.state.relay_word()
+            rt.meter_id, EventKind.METER_QUARANTINED, why[:500], relay=rt.state.relay_word()
         )
         return MeterUpdate(rt.state, [report], now)
 

@@ -12,14 +12,12 @@ piles up in RAM while disconnected: undelivered messages stay in the store's out
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -29,96 +27,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.errors import GatewayError
+from gateway.inflight_window import InflightWindow
+from gateway.mqtt_terms import (
+    BrokerEndpoint,
+    IncomingMessage,
+    MqttError,
+    MqttLinkError,
+    PublishRefusedError,
+    Will,
+)
 from gateway.paho_client import PlainClient, client_class
 from protocol.mqtt import topic_name_problem
 
 log = logging.getLogger(__name__)
 
-
-class MqttLinkError(GatewayError):
-    """Something went wrong on the MQTT link; carries paho's reason when there is one."""
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message if reason is None else f"{message}: {reason}")
-
-
-class MqttError(MqttLinkError):
-    """The broker connection failed or dropped: the session is over."""
-
-
-class PublishRefusedError(MqttLinkError):
-    """One publish was refused (a failure reason code in the broker's PUBACK, or a topic
-    no broker would take): that message is lost, the session goes on."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerEndpoint:
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = None
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingMessage:
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    topic: str
-    payload: bytes
-    retain: bool = True
-
-
-class InflightWindow:
-    """The bound on unacknowledged QoS 1 publishes of one session, shared by those that
-    await their PUBACK (:meth:`MqttLink.publish`) and the outbox drain, which takes slots
-    without waiting (:meth:`MqttLink.publish_nowait`). Waiters are served in order."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.used = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def try_take(self) -> bool:
-        if self.used >= self.size or self._waiters:
-            return False
-        self.used += 1
-        return True
-
-    async def take(self) -> None:
-        if self.try_take():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # the slot was handed over by give()
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.give()  # handed over as we were cancelled: pass it on
-            raise
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
-
-    def give(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot moves to the waiter: used stays
-                return
-        self.used -= 1
-
-    def resize(self, size: int) -> None:
-        self.size = size
+__all__ = [
+    "BrokerEndpoint",
+    "IncomingMessage",
+    "InflightWindow",
+    "MqttError",
+    "MqttLink",
+    "MqttLinkError",
+    "PublishRefusedError",
+    "Will",
+]
 
 
 class MqttLink:

@@ -79,7 +79,7 @@ class Rebirth:
             except PublishRefusedError as exc:
                 log.warning("rebirth: the balance of %s was refused: %s", meter_id, exc)
         self.last = RebirthDone(len(meters), republished, time.monotonic() - started)
-        log.info(
+        log.debug(  # routine on every session: the operator's log stays for what is not
             "rebirth: %d of %d meters' latest balances republished (retained) in %.1f s",
             republished,
             len(meters),

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import queue
 import signal
@@ -26,39 +25,44 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config, to_toml
 from gateway.private_files import make_private_dir, write_private_text
 from gateway.startup import status_file
 from meter_sim.control import request
-from prepaid_demo.children import Child, ChildError, Children, free_port, mosquitto_binary
+from prepaid_demo.arguments import build_parser
+from prepaid_demo.children import (
+    ChildError,
+    Children,
+    address_after,
+    free_port,
+    mosquitto_binary,
+    wait_for_port,
+)
 from prepaid_demo.screen import Status, compose
 from prepaid_demo.story import Director, Phase
 from prepaid_demo.terminal import ENTER_VIEW, LEAVE_VIEW, Console, redraw
 from prepaid_demo.view import ViewModel
+from prepaid_demo.viewer import Viewer
 from prepaid_demo.world import (
     GATEWAY_ID,
     LOW_CREDIT_UNITS,
     NIGHT_WINDOW,
     TIMEZONE,
+    demo_start,
     gateway_config,
     plan_site,
     provision,
     settings_for,
 )
 
-PROG = "prepaid-demo"
 HOST = "127.0.0.1"
 REFRESH_S = 0.5
 STARTUP_TIMEOUT_S = 30.0
-MAX_SPEED = 100_000  # the gateway's [simulation] clock_speed limit
 
 
 class DemoError(Exception):
@@ -75,110 +79,6 @@ STOP_SIGNALS = {
     signal.SIGTERM: "SIGTERM",
     signal.SIGHUP: "terminal closed (SIGHUP)",
 }
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
-    return value
-
-
-def _speed(text: str) -> float:
-    value = _positive_float(text)
-    if value > MAX_SPEED:
-        raise argparse.ArgumentTypeError(f"{text!r}: the gateway's clock runs at most {MAX_SPEED}x")
-    return value
-
-
-def _meters(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 2 <= value <= 247:
-        raise argparse.ArgumentTypeError(f"{text!r}: the demo runs 2 to 247 meters")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=PROG,
-        description="prepaid-edge in one command: simulator, broker and gateway, with a live "
-        "view of the gateway's MQTT messages. Ctrl-C stops everything.",
-    )
-    parser.add_argument("--meters", type=_meters, default=20, help="simulated meters (default 20)")
-    parser.add_argument(
-        "--speed", type=_speed, default=60.0, help="simulated seconds per second (60)"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="seed of loads and balances (1)")
-    parser.add_argument(
-        "--duration",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="run unattended this long, then stop everything and exit 0",
-    )
-    parser.add_argument(
-        "--no-mosquitto",
-        action="store_true",
-        help="use the embedded pure-Python broker (amqtt) even if mosquitto is installed",
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="keep the site's files here, created owner-only (default: a temporary folder)",
-    )
-    parser.add_argument(
-        "--plain", action="store_true", help="print the story as lines even on a terminal"
-    )
-    return parser
-
-
-# --------------------------------------------------------------------------- the viewer
-
-
-@dataclass
-class Viewer:
-    """A headend-like MQTT subscriber to the gateway's topic tree (paho in its thread)."""
-
-    broker: tuple[str, int]
-    mqtt5: bool
-    inbox: queue.SimpleQueue[tuple[str, bytes]] = field(default_factory=queue.SimpleQueue)
-    connected: bool = False
-    client: paho.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        protocol = paho.MQTTv5 if self.mqtt5 else paho.MQTTv311
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"demo-view-{os.getpid()}", protocol=protocol
-        )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, msg: self.inbox.put((msg.topic, bytes(msg.payload)))
-
-    def _on_connect(self, client: paho.Client, *_args: object) -> None:
-        self.connected = True
-        root = f"prepaid/v1/{GATEWAY_ID}"
-        client.subscribe([(f"{root}/status", 1), (f"{root}/meters/+/+", 1)])
-
-    def _on_disconnect(self, *_args: object) -> None:
-        self.connected = False
-
-    def start(self) -> None:
-        self.client.connect_async(*self.broker, keepalive=10)
-        self.client.loop_start()
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # --------------------------------------------------------------------------- the shell
@@ -248,7 +148,8 @@ class Demo:
             child = await self.children.start("broker", [binary, "-c", str(conf)])
             self.broker_label = f"mosquitto (real broker, {binary}) on {HOST}:{port}"
             self.broker_short = f"mosquitto on {HOST}:{port}"
-            await _wait_for_port(child, HOST, port)
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await wait_for_port(child, HOST, port)
             return (HOST, port), True
         if importlib.util.find_spec("amqtt") is None:
             raise DemoError(
@@ -264,7 +165,7 @@ class Demo:
         return (HOST, port), False
 
     async def start_simulator(self) -> tuple[str, int]:
-        start = _demo_start(datetime.now(UTC))
+        start = demo_start(datetime.now(UTC))
         child = await self.children.start(
             "simulator",
             [
@@ -287,8 +188,8 @@ class Demo:
             ],
         )
         await child.wait_for_line(lambda s: s.startswith("ready"), STARTUP_TIMEOUT_S)
-        modbus = _address_after(child, "modbus-tcp ")
-        self.control = _address_after(child, "control ")
+        modbus = address_after(child, "modbus-tcp ")
+        self.control = address_after(child, "control ")
         return modbus
 
     async def ctl(self, payload: dict[str, object]) -> dict[str, object]:
@@ -433,40 +334,6 @@ def _read_status(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _address_after(child: Child, prefix: str) -> tuple[str, int]:
-    for line in child.stdout_lines:
-        if line.startswith(prefix):
-            host, _, port = line[len(prefix) :].split()[0].rpartition(":")
-            return host, int(port)
-    raise DemoError(f"{child.name} did not say where it listens ({prefix.strip()})")
-
-
-async def _wait_for_port(child: Child, host: str, port: int) -> None:
-    """Until the broker accepts a connection (mosquitto prints nothing when ready)."""
-    async with asyncio.timeout(STARTUP_TIMEOUT_S):
-        while True:
-            if child.proc.returncode is not None:
-                raise ChildError(f"{child.name} exited with {child.proc.returncode}")
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-
-
-def _demo_start(now: datetime) -> datetime:
-    """17:30 local on the latest weekday: the evening peak is about to start and the night
-    window is hours away, so credit runs out and supply is cut within the first minute."""
-    tz = ZoneInfo(TIMEZONE)
-    day = now.astimezone(tz).date()
-    while day.weekday() >= 5:
-        day -= timedelta(days=1)
-    return datetime(day.year, day.month, day.day, 17, 30, tzinfo=tz)
 
 
 class _Stops:

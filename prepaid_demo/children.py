@@ -171,3 +171,27 @@ async def _stop(child: Child) -> str:
         with contextlib.suppress(asyncio.CancelledError):
             await child.pump
     return f"{child.name} (pid {child.pid}) {how}"
+
+
+def address_after(child: Child, prefix: str) -> tuple[str, int]:
+    for line in child.stdout_lines:
+        if line.startswith(prefix):
+            host, _, port = line[len(prefix) :].split()[0].rpartition(":")
+            return host, int(port)
+    raise ChildError(f"{child.name} did not say where it listens ({prefix.strip()})")
+
+
+async def wait_for_port(child: Child, host: str, port: int) -> None:
+    """Until the broker accepts a connection (mosquitto prints nothing when ready); the
+    caller bounds the wait."""
+    while True:
+        if child.proc.returncode is not None:
+            raise ChildError(f"{child.name} exited with {child.proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.core.meter_state import enrol
 from gateway.core.settings import MeterSettings
@@ -179,3 +180,13 @@ def gateway_config(
         "tokens": {"currency": CURRENCY},
         "simulation": {"clock_speed": speed, "clock_start": clock_start.isoformat()},
     }
+
+
+def demo_start(now: datetime) -> datetime:
+    """17:30 local on the latest weekday: the evening peak is about to start and the night
+    window is hours away, so credit runs out and supply is cut within the first minute."""
+    tz = ZoneInfo(TIMEZONE)
+    day = now.astimezone(tz).date()
+    while day.weekday() >= 5:
+        day -= timedelta(days=1)
+    return datetime(day.year, day.month, day.day, 17, 30, tzinfo=tz)

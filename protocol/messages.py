@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Final, Literal, TypeAlias, TypedDict, Union, cast
 
+from protocol.event_kinds import EventKind
+
 SCHEMA_VERSION: Final = 1
 #: What a gateway, meter or request id may look like (letters, digits, ``._-``).
 ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
@@ -39,6 +41,16 @@ class Spec:
 
 
 _ID = Spec(pattern=ID_PATTERN)
+
+
+#: The relay as a ``balance`` reports it.
+RelayWord: TypeAlias = Literal["closed", "open", "armed"]
+#: What each relay word means, one line each (docs/mqtt.md renders them).
+RELAY_MEANINGS: Final[dict[str, str]] = {
+    "closed": "supplying",
+    "open": "not supplying",
+    "armed": "credit restored: waiting for the customer's button to close",
+}
 
 
 class Envelope(TypedDict):
@@ -74,7 +86,7 @@ class Balance(TypedDict):
     currency: str
     credit_state: str
     debt: Annotated[int, Spec(default=0)]
-    relay: Literal["closed", "open", "armed"]
+    relay: RelayWord
     #: ISO 8601 with the offset of the gateway's clock
     forecast_exhaustion: Annotated[str | None, Spec(default=None)]
 
@@ -112,9 +124,9 @@ MESSAGES: Final[dict[str, type[MeterMessage]]] = {
 }
 
 
-def event_body(name: str, reason: str, **details: JsonValue) -> Event:
+def event_body(name: EventKind, reason: str, **details: JsonValue) -> Event:
     """The body of an ``event`` message."""
-    return {"kind": "event", "event": name, "reason": reason, "details": details}
+    return {"kind": "event", "event": name.value, "reason": reason, "details": details}
 
 
 def as_json(body: Body) -> dict[str, JsonValue]:

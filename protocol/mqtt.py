@@ -257,6 +257,9 @@ class TopUpCommand(_Command):
 
     cmd: Literal["topup"]
     token: str = Field(min_length=1, max_length=1024)
+    meter: Identifier | None = Field(
+        default=None, description="required on the gateway's cmd topic; else the topic's"
+    )
 
 
 class SignedCommand(_Command):
@@ -304,6 +307,41 @@ Command = Annotated[
     Field(discriminator="cmd"),
 ]
 COMMAND = TypeAdapter(Command)
+#: The members of :data:`Command`, in the order docs/mqtt.md lists them.
+COMMAND_MODELS: tuple[type[_Command], ...] = (
+    TopUpCommand,
+    RelayCommand,
+    TariffCommand,
+    RereadCommand,
+    ResendCommand,
+)
+#: What each ``cmd`` does, one line each (docs/mqtt.md renders them).
+COMMAND_MEANINGS: dict[str, str] = {
+    "topup": "credits the meter once, whichever channel delivers the purchase first "
+    "(the vending service's signed online token is its own proof)",
+    "disconnect": "opens the meter's relay (remote disconnection)",
+    "reconnect": "lifts a remote disconnection (the meter's own rules still apply: no "
+    "credit, no supply)",
+    "protect_on": "protected supply: the meter is never disconnected while on",
+    "protect_off": "ends protected supply",
+    "tariff_update": "replaces the meter's tariff, at once or at `activates_at`",
+    "reread": "polls the meter now",
+    "resend": "publishes the meter's stored messages from `from_seq` again, in the background",
+}
+
+
+def command_names(model: type[_Command]) -> tuple[str, ...]:
+    """The ``cmd`` values a command model takes."""
+    return cast("tuple[str, ...]", get_args(model.model_fields["cmd"].annotation))
+
+
+#: Every ``cmd`` a signed model takes: a command of these without ``sig`` is ``unsigned``.
+SIGNED_COMMANDS = frozenset(
+    name
+    for model in COMMAND_MODELS
+    if issubclass(model, SignedCommand)
+    for name in command_names(model)
+)
 
 
 class CommandResult(BaseModel):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Literal
 
 from gateway.core.forecast import SpendSample, exhaustion_time
 from gateway.core.frozen import quick_init
 from gateway.core.ledger import Ledger
 from gateway.core.settings import MeterSettings
 from gateway.core.states import RELAY_OPEN_STATES, CreditState, credit_level
+from protocol.messages import RelayWord
 
 
 @quick_init
@@ -38,7 +38,7 @@ class MeterState:
         """Whether the core wants the supply on."""
         return self.credit not in RELAY_OPEN_STATES
 
-    def relay_word(self) -> Literal["closed", "open", "armed"]:
+    def relay_word(self) -> RelayWord:
         if self.credit == CreditState.RECONNECT_ARMED:
             return "armed"
         return "closed" if self.relay_closed else "open"

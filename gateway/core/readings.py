@@ -15,6 +15,7 @@ from gateway.core.reports import reading_report
 from gateway.core.states import Trigger
 from gateway.core.step_run import StepRun
 from gateway.core.tariff import price_consumption
+from protocol.event_kinds import EventKind
 
 #: The status flags of a reading that are reported when they rise.
 TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
@@ -26,7 +27,7 @@ def reading_invalid(run: StepRun, why: str) -> None:
     """A reading the ledger cannot take: nothing charged, one event per episode (a good
     reading ends it)."""
     if INVALID_READING not in run.state.flags:
-        run.publish_event("reading_invalid", why)
+        run.publish_event(EventKind.READING_INVALID, why)
         run.state = replace(run.state, flags=run.state.flags | {INVALID_READING})
 
 
@@ -43,7 +44,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
         return
     if ledger.read_at is not None and event.read_at <= ledger.read_at:
         run.publish_event(
-            "reading_ignored",
+            EventKind.READING_IGNORED,
             "not newer than the last reading",
             read_at=event.read_at.isoformat(),
         )
@@ -63,13 +64,15 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
         )
         ledger, charged = ledger.charge_cost(priced.cost, tier=priced.tier, **moved)
         if delta.kind == DeltaKind.ROLLOVER:
-            run.publish_event("register_rollover", "register wrapped", energy_wh=delta.energy_wh)
+            run.publish_event(
+                EventKind.REGISTER_ROLLOVER, "register wrapped", energy_wh=delta.energy_wh
+            )
         # Bypass only when the relay was seen open at both ends of the interval: the
         # first reading after a cut-off still holds the energy used before it.
         bypassed = state.open_at_last_reading and event.relay_closed is False
         if bypassed and delta.energy_wh > 0:
             run.publish_event(
-                "tamper",
+                EventKind.TAMPER,
                 "bypass: consumption while the relay is open",
                 energy_wh=delta.energy_wh,
                 charged=charged,
@@ -77,7 +80,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
     elif delta.kind == DeltaKind.IMPLAUSIBLE:
         ledger = replace(ledger, held_wh=ledger.held_wh + delta.energy_wh, **moved)
         run.publish_event(
-            "energy_held",
+            EventKind.ENERGY_HELD,
             "jump beyond the rated power over the elapsed time: held for review",
             energy_wh=delta.energy_wh,
             plausible_wh=plausible,
@@ -86,7 +89,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
     else:
         if delta.kind == DeltaKind.BACKWARDS:
             run.publish_event(
-                "register_backwards",
+                EventKind.REGISTER_BACKWARDS,
                 "register went backwards (meter reset or replaced): no refund, new baseline",
                 previous_wh=ledger.register_wh,
                 current_wh=event.energy_import_wh,
@@ -102,7 +105,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
     )
     run.commands.append(reading_report(state.meter_id, event, charged))
     for name in sorted(flags - state.flags):
-        kind = "load_limit" if name == "load_limit_tripped" else "tamper"
+        kind = EventKind.LOAD_LIMIT if name == "load_limit_tripped" else EventKind.TAMPER
         run.publish_event(kind, name, power_w=event.power_w)
     if event.relay_closed is not None:
         run.relay_observed(event.relay_closed)

@@ -10,6 +10,7 @@ from gateway.core.commands import DisplayCode, Publish
 from gateway.core.events import ReadingReceived
 from gateway.core.meter_state import MeterState
 from gateway.core.states import CreditState
+from protocol.event_kinds import EventKind
 from protocol.messages import Balance, JsonValue, Reading, as_json, event_body
 
 #: What the display shows in each state when nothing else is to be said.
@@ -58,6 +59,6 @@ def balance_report(state: MeterState, currency: str, exhaustion: datetime | None
     return Publish(state.meter_id, "balance", as_json(body))
 
 
-def event_report(meter_id: str, name: str, reason: str, **details: JsonValue) -> Publish:
+def event_report(meter_id: str, name: EventKind, reason: str, **details: JsonValue) -> Publish:
     """An ``event`` message."""
     return Publish(meter_id, "event", as_json(event_body(name, reason, **details)))

@@ -34,6 +34,23 @@ class CreditState(StrEnum):
     REMOTE_DISCONNECTED = "remote_disconnected"  # switched off by a headend command
 
 
+#: What each state means to a headend, one line each (docs/mqtt.md renders them).
+CREDIT_STATE_MEANINGS: dict[CreditState, str] = {
+    CreditState.NORMAL: "credit above the first alarm level",
+    CreditState.LOW: "credit at or below the first alarm level (alarm 1)",
+    CreditState.VERY_LOW: "credit at or below the second alarm level (alarm 2)",
+    CreditState.EMERGENCY: "balance at or below zero, within the overdraft (emergency "
+    "credit): still supplied",
+    CreditState.EXHAUSTED: "overdraft used up; still supplied for now (a friendly window, or "
+    "the meter cannot be reached)",
+    CreditState.DISCONNECTED: "cut off for lack of credit",
+    CreditState.RECONNECT_ARMED: "credit restored; supply returns when the customer presses "
+    "the meter's button",
+    CreditState.PROTECTED: "protected supply: never disconnected (a headend's `protect_on`)",
+    CreditState.REMOTE_DISCONNECTED: "switched off by a headend's `disconnect`",
+}
+
+
 class Trigger(StrEnum):
     CREDIT_NORMAL = "credit_normal"
     CREDIT_LOW = "credit_low"

@@ -40,6 +40,7 @@ from gateway.core.reports import ALARM_STATES, DISPLAY_FOR_STATE, balance_report
 from gateway.core.states import REMOTE_TRIGGERS, CreditState, Trigger
 from gateway.core.steady import steady_reading
 from gateway.core.step_run import StepRun
+from protocol.event_kinds import EventKind
 
 #: ``PollFailed.kind`` of a reading whose values the ledger cannot take.
 INVALID_VALUE_FAILURE = "invalid_value"
@@ -112,7 +113,7 @@ def apply_event(run: StepRun, event: Event) -> None:
             fired = run.fire(REMOTE_TRIGGERS[kind], Reason(f"remote_{kind}", balance, None, why))
             if not fired:
                 run.publish_event(
-                    "remote_command_ignored",
+                    EventKind.REMOTE_COMMAND_IGNORED,
                     f"{kind} does not apply in state {run.state.credit}",
                     request_id=request_id,
                 )
@@ -123,12 +124,14 @@ def apply_event(run: StepRun, event: Event) -> None:
         case CommunicationRestored():
             if not run.state.comm_ok:
                 run.state = replace(run.state, comm_ok=True)
-                run.publish_event("communication_restored", "answering again")
+                run.publish_event(EventKind.COMMUNICATION_RESTORED, "answering again")
         case TariffChanged(tariff=tariff, activates_at=activates_at):
             when = activates_at if activates_at is not None and activates_at > run.now else run.now
             schedule = run.settings.tariffs.with_change(tariff, when)
             run.state = replace(run.state, settings=replace(run.settings, tariffs=schedule))
-            run.publish_event("tariff_scheduled", "tariff update", activates_at=when.isoformat())
+            run.publish_event(
+                EventKind.TARIFF_SCHEDULED, "tariff update", activates_at=when.isoformat()
+            )
 
 
 def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:
@@ -149,7 +152,7 @@ def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:
         TopUpDecision(run.state.meter_id, event.token_id, True, "accepted", credited, recovered)
     )
     run.publish_event(
-        "token_accepted",
+        EventKind.TOKEN_ACCEPTED,
         "accepted",
         token_id=event.token_id,
         channel=event.channel,
@@ -165,7 +168,7 @@ def refuse_top_up(run: StepRun, token_id: str, reason: str, amount: int) -> None
     balance = run.state.ledger.balance
     run.commands.append(TopUpDecision(run.state.meter_id, token_id, False, reason))
     run.publish_event(
-        "token_rejected",
+        EventKind.TOKEN_REJECTED,
         reason,
         token_id=token_id,
         amount=amount,
@@ -179,7 +182,7 @@ def report_token_rejected(run: StepRun, event: TokenRejected) -> None:
     """A token refused before its money was seen: an event, and an alarm after repeated
     bad keypad entries."""
     run.publish_event(
-        "token_rejected",
+        EventKind.TOKEN_REJECTED,
         event.reason,
         channel=event.channel,
         token_id=event.token_id,
@@ -187,7 +190,7 @@ def report_token_rejected(run: StepRun, event: TokenRejected) -> None:
     )
     if event.lockout_alarm:
         run.publish_event(
-            "keypad_lockout_alarm",
+            EventKind.KEYPAD_LOCKOUT_ALARM,
             "repeated bad keypad entries in a day: possible brute force",
             last_reason=event.reason,
         )
@@ -200,12 +203,12 @@ def communication_lost(run: StepRun, event: CommunicationLost) -> None:
     if not run.state.comm_ok:
         return
     run.state = replace(run.state, comm_ok=False)
-    run.publish_event("communication_lost", event.reason or "no answer")
+    run.publish_event(EventKind.COMMUNICATION_LOST, event.reason or "no answer")
     if not event.self_trips and run.state.credit in NEAR_EXHAUSTION:
         # The gateway cannot switch what it cannot reach, and this meter will not open
         # by itself: someone must go and look.
         run.publish_event(
-            "communication_lost_while_exhausted",
+            EventKind.COMMUNICATION_LOST_WHILE_EXHAUSTED,
             "the meter stopped answering near or past exhaustion and cannot "
             "cut supply by itself: send a field visit",
             credit_state=str(run.state.credit),

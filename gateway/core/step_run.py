@@ -13,6 +13,7 @@ from gateway.core.meter_state import MeterState
 from gateway.core.reports import event_report
 from gateway.core.settings import MeterSettings
 from gateway.core.states import RELAY_OPEN_STATES, CreditState, Trigger, apply_trigger, settle
+from protocol.event_kinds import EventKind
 from protocol.messages import JsonValue
 
 
@@ -30,7 +31,7 @@ class StepRun:
     def settings(self) -> MeterSettings:
         return self.state.settings
 
-    def publish_event(self, name: str, reason: str, **details: JsonValue) -> None:
+    def publish_event(self, name: EventKind, reason: str, **details: JsonValue) -> None:
         self.commands.append(event_report(self.state.meter_id, name, reason, **details))
 
     def set_ledger(self, ledger: Ledger) -> None:
@@ -59,7 +60,7 @@ class StepRun:
         self.set_ledger(replace(ledger, standing_paid_through=today))
         if from_balance or to_debt:
             self.publish_event(
-                "standing_charge",
+                EventKind.STANDING_CHARGE,
                 "daily standing charge",
                 days=days,
                 from_balance=from_balance,
@@ -95,7 +96,7 @@ class StepRun:
         before = self.state.credit
         self.state = replace(self.state, credit=target)
         self.publish_event(
-            "credit_state_changed",
+            EventKind.CREDIT_STATE_CHANGED,
             reason.rule,
             **{"from": str(before), "to": str(target), "trigger": str(trigger)},
             decision=reason.to_json(),
@@ -105,7 +106,9 @@ class StepRun:
         if was_closed != closed:
             self.commands.append(SetRelay(self.state.meter_id, closed, reason))
             self.publish_event(
-                "relay_closed" if closed else "relay_opened", reason.rule, decision=reason.to_json()
+                EventKind.RELAY_CLOSED if closed else EventKind.RELAY_OPENED,
+                reason.rule,
+                decision=reason.to_json(),
             )
 
     def relay_observed(self, closed: bool) -> None:
@@ -117,7 +120,7 @@ class StepRun:
             if state.relay_mismatch_reported:
                 self.state = replace(self.state, relay_mismatch_reported=False)
                 self.publish_event(
-                    "relay_mismatch_cleared",
+                    EventKind.RELAY_MISMATCH_CLEARED,
                     "relay position agrees with the command again",
                     closed=closed,
                 )
@@ -126,7 +129,7 @@ class StepRun:
         if not state.relay_mismatch_reported:
             # Once per disagreement, not at every reading while it lasts.
             self.publish_event(
-                "relay_mismatch",
+                EventKind.RELAY_MISMATCH,
                 "relay position differs from the command",
                 desired_closed=state.relay_closed,
                 observed_closed=closed,

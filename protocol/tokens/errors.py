@@ -26,6 +26,29 @@ class RejectReason(StrEnum):
         return self is not RejectReason.TYPO
 
 
+#: Why a token was refused, one line each (docs/mqtt.md renders them): every
+#: :class:`RejectReason`, then the refusals the gateway adds around verification.
+REASON_MEANINGS: dict[str, str] = {
+    RejectReason.TYPO: "a mistyped keypad token (its check digits fail): costs the customer "
+    "no lockout guess",
+    RejectReason.MALFORMED: "not a token of any known form",
+    RejectReason.WRONG_METER_OR_FORGED: "made for another meter, or forged (the meter's key "
+    "does not verify it)",
+    RejectReason.REPLAYED: "already credited (the same purchase counter or token id)",
+    RejectReason.TOO_OLD: "its counter is below the meter's window: older purchases cannot "
+    "be told from replays",
+    RejectReason.EXPIRED: "an online token past its validity",
+    RejectReason.UNKNOWN_KEY: "signed by a vending key the gateway does not know",
+    RejectReason.BAD_SIGNATURE: "an online token whose signature does not verify",
+    RejectReason.AMOUNT_OUT_OF_RANGE: "an amount the token format or the meter's currency "
+    "does not allow",
+    "locked_out": "the keypad is locked after too many wrong tokens (keypad only; "
+    "`details.detail` says until when)",
+    "over_max_balance": "crediting it would take the balance over the meter's maximum",
+    "unsupported_class": "a management token this gateway verifies but does not carry out",
+}
+
+
 class TokenRejected(ProtocolError):  # noqa: N818  (the name STYLE.md gives it)
     """A token refused for ``reason`` (the token's fault, never ours)."""
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import TcpBus, parse_config, to_toml
-from prepaid_demo.__main__ import _meters, _positive_float, _speed, build_parser
+from prepaid_demo.arguments import _meters, _positive_float, _speed, build_parser
 from prepaid_demo.story import PAUSE_S, Director, Phase
 from prepaid_demo.view import ViewModel, money
 from prepaid_demo.world import (
@@ -25,6 +25,7 @@ from prepaid_demo.world import (
     keypad_token,
     plan_site,
 )
+from protocol.event_kinds import EventKind
 from protocol.messages import (
     Balance,
     Body,
@@ -78,7 +79,9 @@ def balance(
 
 
 def event(meter: str, name: str, reason: str, **details: JsonValue) -> tuple[str, bytes]:
-    return published(meter, T0 + timedelta(minutes=5), event_body(name, reason, **details))
+    return published(
+        meter, T0 + timedelta(minutes=5), event_body(EventKind(name), reason, **details)
+    )
 
 
 def test_messages_fill_rows_and_tell_the_story() -> None:

@@ -20,7 +20,7 @@ from protocol.mqtt import (
     decode_message,
     signing_bytes,
 )
-from scripts.export_schemas import render
+from scripts.export_schemas import PAGE, refreshed, render
 from scripts.gen_config_reference import DOC, updated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +112,14 @@ def test_exported_schemas_are_current() -> None:
     for name, text in render().items():
         path = ROOT / "docs" / "schemas" / name
         assert path.read_text() == text, f"{path} is stale: run python scripts/export_schemas.py"
+
+
+def test_the_pages_enumerations_are_the_codes() -> None:
+    """Commands, error codes, token reasons, event kinds, credit states and relay words on
+    docs/mqtt.md are rendered from the code's own definitions."""
+    page = PAGE.read_text()
+    assert page.count("<!-- generated: ") == 6
+    assert page == refreshed(page), "docs/mqtt.md is stale: run python scripts/export_schemas.py"
 
 
 def test_config_reference_is_current() -> None:

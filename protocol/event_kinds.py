@@ -1,0 +1,91 @@
+"""Every event a meter's ``event`` topic carries: its name and what it means, in one place.
+
+The gateway's core and the provisioning CLI publish these (and nothing else: their calls
+take an :class:`EventKind`), and ``scripts/export_schemas.py`` renders :data:`MEANINGS`
+into docs/mqtt.md, where a test fails if the page and this list differ.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class EventKind(StrEnum):
+    RELAY_OPENED = "relay_opened"
+    RELAY_CLOSED = "relay_closed"
+    RELAY_MISMATCH = "relay_mismatch"
+    RELAY_MISMATCH_CLEARED = "relay_mismatch_cleared"
+    CREDIT_STATE_CHANGED = "credit_state_changed"
+    TOKEN_ACCEPTED = "token_accepted"  # noqa: S105 (an event name)
+    TOKEN_REJECTED = "token_rejected"  # noqa: S105 (an event name)
+    KEYPAD_LOCKOUT_ALARM = "keypad_lockout_alarm"
+    TAMPER = "tamper"
+    LOAD_LIMIT = "load_limit"
+    COMMUNICATION_LOST = "communication_lost"
+    COMMUNICATION_RESTORED = "communication_restored"
+    COMMUNICATION_LOST_WHILE_EXHAUSTED = "communication_lost_while_exhausted"
+    ENERGY_HELD = "energy_held"
+    READING_INVALID = "reading_invalid"
+    READING_IGNORED = "reading_ignored"
+    REGISTER_BACKWARDS = "register_backwards"
+    REGISTER_ROLLOVER = "register_rollover"
+    STANDING_CHARGE = "standing_charge"
+    TARIFF_SCHEDULED = "tariff_scheduled"
+    REMOTE_COMMAND_IGNORED = "remote_command_ignored"
+    METER_QUARANTINED = "meter_quarantined"
+    COMMISSIONED = "commissioned"
+    ENROLMENT_UPDATED = "enrolment_updated"
+    ENROLMENT_REMOVED = "enrolment_removed"
+
+
+#: One line each, as docs/mqtt.md shows them.
+MEANINGS: Final[dict[EventKind, str]] = {
+    EventKind.RELAY_OPENED: "the gateway opened the meter's relay (`reason` and "
+    "`details.decision` say why: the rule, the balance, the window if any)",
+    EventKind.RELAY_CLOSED: "the gateway closed the meter's relay",
+    EventKind.RELAY_MISMATCH: "the relay does not follow the command (a relay fault); sent "
+    "once when it starts, while the gateway retries with a doubling pause up to 5 minutes",
+    EventKind.RELAY_MISMATCH_CLEARED: "the relay follows the command again",
+    EventKind.CREDIT_STATE_CHANGED: "the credit state moved (`details.from`, `to`, "
+    "`trigger`, `decision`); the states are listed under *balance*",
+    EventKind.TOKEN_ACCEPTED: "a token credited the meter (`details.channel`, `counter`, "
+    "`amount`, `token_id`, `credited`: what reached the balance, `debt_recovered`: what "
+    "went to debt first)",
+    EventKind.TOKEN_REJECTED: "a token was refused (`reason`: one of the token reasons "
+    "below; `details.channel`, `token_id`, `detail`)",
+    EventKind.KEYPAD_LOCKOUT_ALARM: "wrong keypad tokens reached the lockout: the keypad "
+    "refuses tokens for a while (someone may be guessing)",
+    EventKind.TAMPER: "the meter reports tampering (`reason`: cover open, magnet, reverse "
+    "energy, bypass: consumption while the relay is open)",
+    EventKind.LOAD_LIMIT: "the meter tripped on its load limit",
+    EventKind.COMMUNICATION_LOST: "the meter stopped answering",
+    EventKind.COMMUNICATION_RESTORED: "the meter answers again",
+    EventKind.COMMUNICATION_LOST_WHILE_EXHAUSTED: "an alarm: a meter that cannot cut "
+    "supply by itself stopped answering near or past exhaustion; send a field visit",
+    EventKind.ENERGY_HELD: "a jump beyond what the meter's rated power allows: held for "
+    "review, not charged",
+    EventKind.READING_INVALID: "a reply whose values no real meter reports (not a number, "
+    "an energy register beyond 2^53 Wh): nothing charged; once per episode",
+    EventKind.READING_IGNORED: "a reading not newer than the last one: nothing charged",
+    EventKind.REGISTER_BACKWARDS: "the energy register went back (meter reset or "
+    "replaced): new baseline, no refund",
+    EventKind.REGISTER_ROLLOVER: "the energy register wrapped past its maximum: charged "
+    "for the energy across the wrap",
+    EventKind.STANDING_CHARGE: "the daily standing charges taken (`details.days`, "
+    "`from_balance`, `to_debt`, `through`)",
+    EventKind.TARIFF_SCHEDULED: "a new tariff was accepted (`details.activates_at`)",
+    EventKind.REMOTE_COMMAND_IGNORED: "a relay command that does not apply in the meter's "
+    "state (`details.request_id`)",
+    EventKind.METER_QUARANTINED: "the gateway could not process this meter's events "
+    "several times in a row: it stops polling it and leaves its relay as it is until the "
+    "gateway restarts; see its log",
+    EventKind.COMMISSIONED: "queued by `meter-provision commission`: `reason` pass or "
+    "fail, `details.checks`",
+    EventKind.ENROLMENT_UPDATED: "queued by `meter-provision enrol --update`: "
+    '`details.changed` (the new values, a new key as `"replaced"`), '
+    "`details.commissioning_needed`",
+    EventKind.ENROLMENT_REMOVED: "queued by `meter-provision enrol --remove`, the meter's "
+    "last event: `details.balance`, `debt`, `currency` when removed (enrolled again, it "
+    "goes on from the `seq` its messages reached while the gateway still holds them)",
+}
