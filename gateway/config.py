@@ -154,6 +154,12 @@ class PollingSettings(_Strict):
     backoff_max_s: float = Field(
         default=300.0, gt=0, description="longest wait for a dead meter, in real seconds"
     )
+    cutoff_interval_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="for meters already cut off (a reading now and then; at once after a "
+        "top-up or a command for the meter), in real seconds",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PollingSettings:

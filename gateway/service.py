@@ -29,6 +29,7 @@ from gateway.core.events import (
     ReadingReceived,
 )
 from gateway.core.meter_state import forecast, next_deadline
+from gateway.core.states import CreditState
 from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.core_task import CoreTask
 from gateway.meter_actions import LEASE_POINT, MeterActions
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed polls before a meter is reported as not communicating.
 COMM_LOST_AFTER = 3
+#: Credit states in which the supply is cut: polled at ``cutoff_interval_s``.
+CUT_OFF = frozenset({CreditState.DISCONNECTED, CreditState.REMOTE_DISCONNECTED})
 
 
 @dataclass
@@ -109,6 +112,9 @@ class Gateway:
     ) -> None:
         self.actions.carry_out(rt, commands, outcome)
         self._adapt_interval(rt, now)
+        if outcome is not None and rt.meter_id in rt.poller.meters:
+            # A top-up: read the meter at once (a cut-off one is read only now and then).
+            rt.poller.poll_now(rt.meter_id)
         if outcome is not None and outcome.verdict != "already_consumed":
             # A purchase is worth a line in the log (an operator's first question).
             decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
@@ -251,6 +257,8 @@ class Gateway:
                     reverse_energy="reverse_energy" in flags,
                     button_pressed="reconnect_button" in flags,
                     voltage_v=snap.voltage_v,
+                    resolution_wh=snap.resolution_wh,
+                    measured=snap.measured,
                 )
             )
         )
@@ -289,6 +297,7 @@ class Gateway:
                 normal=polling.interval_s,
                 minimum=polling.min_interval_s,
                 maximum=polling.max_interval_s,
+                cut_off=polling.cutoff_interval_s if rt.state.credit in CUT_OFF else None,
             ),
         )
 

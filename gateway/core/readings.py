@@ -50,7 +50,10 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
         return
     elapsed = event.read_at - ledger.read_at if ledger.read_at else timedelta(0)
     plausible = max_plausible_wh(
-        settings.rated_power_w, elapsed, settings.plausibility_margin_percent
+        settings.rated_power_w,
+        elapsed,
+        settings.plausibility_margin_percent,
+        event.resolution_wh,
     )
     delta = register_delta(
         ledger.register_wh, event.energy_import_wh, settings.register_width_bits, plausible

@@ -76,7 +76,7 @@ def steady_reading(
     energy_wh = current - previous
     elapsed = end - start
     if energy_wh > max_plausible_wh(
-        settings.rated_power_w, elapsed, settings.plausibility_margin_percent
+        settings.rated_power_w, elapsed, settings.plausibility_margin_percent, event.resolution_wh
     ):
         return None
     segment = today.segment(start, end)
