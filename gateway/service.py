@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed polls before a meter is reported as not communicating.
 COMM_LOST_AFTER = 3
-#: Credit states in which the supply is cut: polled at ``cutoff_interval_s``.
+#: Credit states in which the supply is cut: polled at ``polling.cut_off_s``.
 CUT_OFF = frozenset({CreditState.DISCONNECTED, CreditState.REMOTE_DISCONNECTED})
 
 
@@ -222,7 +222,7 @@ class Gateway:
             return None
         try:
             bus, unit, coil = parse_relay_output(rec.relay_output)
-            return RelayTarget(self.ports[bus], unit, coil)
+            return RelayTarget(self.ports[bus], unit, coil, external=True)
         except (ValueError, KeyError) as exc:
             log.error("meter %s: relay output %r unusable: %s", rec.meter_id, rec.relay_output, exc)
             return None
@@ -238,6 +238,9 @@ class Gateway:
             await self.queue.put(CoreItem(CommunicationRestored(rt.meter_id, now)))
         flags = snap.flags
         relay = snap.relay_closed
+        module = rt.target.relay
+        if module is not None and module.external:
+            relay = await self._read_relay_module(rt, module)
         if rt.relay_task is not None and not rt.relay_task.done():
             relay = None  # being switched right now: this reading cannot tell
         elif relay is not None and relay is rt.relay_desired:
@@ -271,6 +274,18 @@ class Gateway:
                 CoreItem(KeypadEntry(rt.meter_id, snap.keypad_seq, snap.keypad_digits, now))
             )
 
+    async def _read_relay_module(self, rt: MeterRuntime, module: RelayTarget) -> bool | None:
+        """The contactor's position from the relay module switching a meter without a
+        relay of its own, read with each reading of the meter: the core judges bypass
+        (energy while it reads open) and relay mismatches from it as from a meter's own
+        relay. None when the module does not answer (logged; the reading still bills)."""
+        try:
+            return await module.read()
+        except MeterIOError as exc:
+            self.counters.relay_faults += 1
+            log.warning("meter %s: relay module did not answer: %s", rt.meter_id, exc)
+            return None
+
     async def _on_failure(self, polled: PolledMeter, error: MeterIOError) -> None:
         rt = self.meters[polled.meter_id]
         now = self.clock()
@@ -297,7 +312,7 @@ class Gateway:
                 normal=polling.interval_s,
                 minimum=polling.min_interval_s,
                 maximum=polling.max_interval_s,
-                cut_off=polling.cutoff_interval_s if rt.state.credit in CUT_OFF else None,
+                cut_off=polling.cut_off_s if rt.state.credit in CUT_OFF else None,
             ),
         )
 
