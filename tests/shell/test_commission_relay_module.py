@@ -7,6 +7,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -91,7 +92,8 @@ async def test_commission_switches_and_reads_back_the_relay_module_coil(site: Si
     with Store.open(site.folder / "gateway.db") as store:
         report = store.events(METER)[-1]
     assert report["event"] == "commissioned"
-    checks = {c["name"]: c for c in report["details"]["checks"]}
+    details: Any = report["details"]
+    checks = {c["name"]: c for c in details["checks"]}
     assert checks["relay"]["ok"] is True
 
 
