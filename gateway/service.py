@@ -239,8 +239,10 @@ class Gateway:
         flags = snap.flags
         relay = snap.relay_closed
         module = rt.target.relay
+        unreadable = False
         if module is not None and module.external:
             relay = await self._read_relay_module(rt, module)
+            unreadable = relay is None
         if rt.relay_task is not None and not rt.relay_task.done():
             relay = None  # being switched right now: this reading cannot tell
         elif relay is not None and relay is rt.relay_desired:
@@ -260,6 +262,7 @@ class Gateway:
                     reverse_energy="reverse_energy" in flags,
                     button_pressed="reconnect_button" in flags,
                     voltage_v=snap.voltage_v,
+                    relay_unreadable=unreadable,
                     resolution_wh=snap.resolution_wh,
                     measured=snap.measured,
                 )
@@ -278,7 +281,8 @@ class Gateway:
         """The contactor's position from the relay module switching a meter without a
         relay of its own, read with each reading of the meter: the core judges bypass
         (energy while it reads open) and relay mismatches from it as from a meter's own
-        relay. None when the module does not answer (logged; the reading still bills)."""
+        relay. None when the module does not answer (the reading still bills, and the
+        core reports ``relay_unreachable`` once while it lasts)."""
         try:
             return await module.read()
         except MeterIOError as exc:

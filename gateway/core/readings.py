@@ -18,6 +18,12 @@ from gateway.core.tariff import price_consumption
 
 #: The status flags of a reading that are reported when they rise.
 TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
+#: The flags of a reading reported when they rise, each by the event it raises.
+RISING_FLAGS = {
+    **dict.fromkeys(TAMPER_FLAGS, "tamper"),
+    "load_limit_tripped": "load_limit",
+    "relay_unreadable": "relay_unreachable",
+}
 #: The flag a refused reading leaves until the next good one (one event per episode).
 INVALID_READING = "reading_invalid"
 
@@ -95,7 +101,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
                 current_wh=event.energy_import_wh,
             )
         ledger = replace(ledger, **moved)
-    flags = frozenset(name for name in TAMPER_FLAGS if getattr(event, name))
+    flags = frozenset(name for name in RISING_FLAGS if getattr(event, name))
     run.state = replace(
         state,
         ledger=ledger,
@@ -105,8 +111,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
     )
     run.commands.append(reading_report(state.meter_id, event, charged))
     for name in sorted(flags - state.flags):
-        kind = "load_limit" if name == "load_limit_tripped" else "tamper"
-        run.publish_event(kind, name, power_w=event.power_w)
+        run.publish_event(RISING_FLAGS[name], name, power_w=event.power_w)
     if event.relay_closed is not None:
         run.relay_observed(event.relay_closed)
     if event.button_pressed:

@@ -58,6 +58,7 @@ def steady_reading(
         or event.magnetic_tamper
         or event.load_limit_tripped
         or event.reverse_energy
+        or event.relay_unreadable
         or not previous <= current < 1 << settings.register_width_bits
         or credit == CreditState.EXHAUSTED
     ):

@@ -116,7 +116,8 @@ async def test_a_relay_module_meter_is_watched_like_a_meter_relay(
 ) -> None:
     """An SDM120 switched by coil 0 of relay module unit 5: energy while the module reads
     open is a bypass; a contactor opened at the module is a relay mismatch the gateway
-    puts right; cut off, the meter is read now and then, and at once after a top-up."""
+    puts right, a module that stops answering is reported; cut off, the meter is read
+    now and then, and at once after a top-up."""
     speed = 60.0
     start_f, start = sim_start(speed)
     clock = ScaledClock(speed, start_f)
@@ -189,3 +190,13 @@ async def test_a_relay_module_meter_is_watched_like_a_meter_relay(
                 await eventually(
                     lambda: log.events(M1, "relay_mismatch_cleared"), 20, "mismatch cleared"
                 )
+                # The module stops answering: reported once, the meter still billed.
+                charged = rt.state.ledger.charged
+                relays.inject_fault(5, "timeout")
+                unreachable = await eventually(
+                    lambda: log.events(M1, "relay_unreachable"), 20, "relay_unreachable"
+                )
+                await eventually(lambda: rt.state.ledger.charged > charged, 20, "still billed")
+                assert len(log.events(M1, "relay_unreachable")) == 1
+                assert unreachable[0]["reason"] == "relay_unreadable"
+                relays.clear_faults(5)
