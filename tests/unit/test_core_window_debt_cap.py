@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.core.commands import Publish, SetRelay
 from gateway.core.events import ReadingReceived
+from gateway.core.lease import lease_allowance_wh
 from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.states import CreditState
@@ -77,3 +79,14 @@ def test_the_cap_is_a_setting_counted_below_the_overdraft() -> None:
     with pytest.raises(ValueError, match="window_debt_cap"):
         MeterSettings(TariffSchedule.single(Tariff("KES", FlatPricing(Decimal(1)))),
                       window_debt_cap=-1)  # fmt: skip
+
+
+def test_the_credit_lease_inside_a_window_stops_at_the_cap() -> None:
+    """A meter the gateway cannot reach may not run further into debt than the cap
+    either: its lease covers the rest of the window only up to what the cap buys."""
+    state = meter()  # balance 100, overdraft 0, cap 2,000 at 100 a kWh
+    grace = lease_allowance_wh(replace(state, settings=replace(state.settings,
+                                       windows=NoDisconnectWindows())), NOW, 0)  # fmt: skip
+    assert grace is not None
+    inside = lease_allowance_wh(state, NOW, 0)
+    assert inside == grace + 20_000  # 2,000 minor units of debt buy 20 kWh, not 12 h at 100 kW
