@@ -138,6 +138,9 @@ async def _role_poll(p: dict[str, Any]) -> dict[str, Any]:
             reverse_energy="reverse_energy" in flags,
             button_pressed="reconnect_button" in flags,
             voltage_v=snap.voltage_v,
+            relay_unreadable=False,
+            resolution_wh=snap.resolution_wh,
+            measured=snap.measured,
         )
         readings += 1
         if (

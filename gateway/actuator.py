@@ -43,6 +43,9 @@ class RelayTarget:
     port: ModbusPort
     unit: int
     coil: int
+    #: a relay module's coil (``relay_output``), not the meter's own relay: the meter's
+    #: readings cannot tell its position, so each reading reads the coil as well
+    external: bool = False
 
     async def write(self, closed: bool) -> None:
         await self.port.request(modbus.write_coil(self.unit, self.coil, closed))

@@ -154,6 +154,17 @@ class PollingSettings(_Strict):
     backoff_max_s: float = Field(
         default=300.0, gt=0, description="longest wait for a dead meter, in real seconds"
     )
+    cutoff_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="for meters already cut off, in real seconds (default: interval_s): a "
+        "reading now and then, and one at once after a top-up or a command for the meter",
+    )
+
+    @property
+    def cut_off_s(self) -> float:
+        """The interval of a meter already cut off."""
+        return self.interval_s if self.cutoff_interval_s is None else self.cutoff_interval_s
 
     @model_validator(mode="after")
     def _ordered(self) -> PollingSettings:

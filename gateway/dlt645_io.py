@@ -16,18 +16,21 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from gateway.dlt645_port import Dlt645IOError, Dlt645Port
-from gateway.meter_io import MeterSnapshot
+from gateway.meter_io import MeterSnapshot, whole_wh_step
 from gateway.modbus_port import IOFailure
+from protocol.dlt645.bcd import NumberFormat
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.frame import Address
 from protocol.dlt645.messages import ControlCommand, OperatorCode, Password
 from protocol.dlt645.meter_map import (
     RELAY_OPEN_BIT,
+    UNITS,
     Dlt645Capability,
     Dlt645Map,
+    Dlt645Point,
 )
 from protocol.errors import DecodeError
 
@@ -69,7 +72,8 @@ def snapshot_from(model_map: Dlt645Map, payloads: Mapping[str, bytes]) -> MeterS
     point does not decode."""
     if "energy_import" not in payloads:
         raise KeyError("energy_import")  # as meter_io: no snapshot without energy
-    energy = model_map.point("energy_import").base_value(payloads["energy_import"])
+    energy_point = model_map.point("energy_import")
+    energy = energy_point.base_value(payloads["energy_import"])
     wh = energy.to_integral_value(ROUND_FLOOR)
     if wh < 0:
         raise DecodeError(f"energy_import: negative energy {wh} Wh", payloads["energy_import"])
@@ -98,7 +102,17 @@ def snapshot_from(model_map: Dlt645Map, payloads: Mapping[str, bytes]) -> MeterS
         flags=frozenset(flags),
         keypad_seq=None,
         keypad_digits=None,
+        resolution_wh=register_step_wh(energy_point),
     )
+
+
+def register_step_wh(point: Dlt645Point) -> int:
+    """One count of an energy register in whole Wh (``XXXXXX.XX`` kWh: 10 Wh), the step the
+    plausibility limit allows on top of the rated power's energy."""
+    if not isinstance(point.format, NumberFormat):
+        return 1
+    step = Decimal(1).scaleb(-point.format.decimals) * UNITS["energy"].get(point.unit, Decimal(1))
+    return whole_wh_step(step)
 
 
 class Dlt645MeterIO:

@@ -9,16 +9,18 @@ the reads are planned per map. A failed or undecodable read raises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
+from gateway.measured import Measured, Number, decimal_fraction, published, rounded
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from protocol import modbus
 from protocol.codec import BlockDecoder, Value, encode, physical
 from protocol.errors import DecodeError
 from protocol.read_plan import BlockRead, plan_reads
-from protocol.regmap import Point, RegisterMap, Table
+from protocol.regmap import Point, RegisterMap, Table, ValueType
 
 _POLLED = (
     "energy_import",
@@ -50,6 +52,10 @@ class MeterSnapshot:
     flags: frozenset[str]
     keypad_seq: int | None
     keypad_digits: str | None
+    #: the other points the map publishes, by reading field (``protocol.messages.MEASURED``)
+    measured: tuple[tuple[str, Number], ...] = ()
+    #: the energy register's step in Wh (what one count of it is worth, rounded up)
+    resolution_wh: int = 1
 
 
 def energy_wh(point: Point, value: Value) -> int:
@@ -80,10 +86,28 @@ def power_w(point: Point, value: Value) -> int:
 
 
 def voltage_v(point: Point, value: Value) -> float:
+    """The voltage rounded to the point's resolution (a float32's own digits without one)."""
     volts = physical(point, value)
     if not 0 <= volts <= MAX_VOLTAGE_V:
         raise DecodeError(f"{point.name}: {volts} V is not a supply voltage", ())
-    return float(volts)
+    return float(rounded(volts, point.resolution, False, False))
+
+
+def float_resolution_wh(point: Point, value: Value) -> int:
+    """One step of a float32 energy register at ``value``, in whole Wh rounded up, plus the
+    Wh that rounding down to whole Wh may add: a float32 counting kWh steps by about
+    8 Wh past 65,536 kWh."""
+    factor = _ENERGY_FACTORS.get(point.unit, Decimal(1))
+    magnitude = abs(float(value)) if isinstance(value, int | float) else 0.0
+    exponent = math.frexp(magnitude)[1] if math.isfinite(magnitude) and magnitude else -126
+    return whole_wh_step(Decimal(2) ** (max(exponent, -125) - 24) * abs(point.scale) * factor)
+
+
+def whole_wh_step(step: Decimal) -> int:
+    """A register step of ``step`` Wh as whole Wh: itself when whole, else rounded up plus
+    the Wh that rounding readings down to whole Wh may add."""
+    whole = step.to_integral_value(ROUND_CEILING)
+    return max(int(whole), 1) if whole == step else int(whole) + 1
 
 
 def _read_request(unit: int, block: BlockRead) -> modbus.Request:
@@ -96,21 +120,10 @@ def _read_request(unit: int, block: BlockRead) -> modbus.Request:
     return modbus.Request(unit, modbus.Function.READ_DISCRETE_INPUTS, block.start, block.count)
 
 
-def _decimal_fraction(scale: Decimal) -> tuple[int, int] | None:
-    """``scale`` as ``(m, d)``, ``scale == m / d`` with ``d`` a power of ten, if it has at
-    most 4 digits: then ``Decimal`` products with a 64-bit register stay within its 28
-    digits, exact, like int arithmetic."""
-    sign, digits, exponent = scale.as_tuple()
-    if not isinstance(exponent, int) or len(digits) > 4 or not -12 <= exponent <= 6:
-        return None
-    m = int("".join(map(str, digits))) * (-1 if sign else 1)
-    return (m * 10**exponent, 1) if exponent >= 0 else (m, 10**-exponent)
-
-
 def _integral_factor(point: Point, factors: dict[str, Decimal]) -> int | None:
     """``scale * unit factor`` when it is an integer (and ``scale`` short), else None."""
     factor = factors.get(point.unit)
-    fraction = _decimal_fraction(point.scale)
+    fraction = decimal_fraction(point.scale)
     if factor is None or fraction is None:
         return None
     m, d = fraction
@@ -143,7 +156,7 @@ class _SnapshotRecipe:
         self.power_raw_max = MAX_POWER_W // abs(self.power_k) if self.power_k else 0
         self.voltage = regmap.point("voltage") if "voltage" in at else None
         self.voltage_at = at.get("voltage", -1)
-        self.voltage_md = _decimal_fraction(self.voltage.scale) if self.voltage else None
+        self.voltage_md = decimal_fraction(self.voltage.scale) if self.voltage else None
         self.voltage_raw_max = (
             int(MAX_VOLTAGE_V) * self.voltage_md[1] // self.voltage_md[0]
             if self.voltage_md and self.voltage_md[0] > 0
@@ -156,6 +169,12 @@ class _SnapshotRecipe:
         self.flags: dict[int, frozenset[str]] = {}
         self.seq_at = at.get("keypad_seq", -1)
         self.digits_at = at.get("keypad_digits", -1)
+        self.measured = Measured([p for p in published(regmap) if p.name in at], at)
+        self.float_energy = self.energy is not None and self.energy.type is ValueType.F32
+        self.resolution_wh = 1
+        if self.energy is not None and not self.float_energy:
+            factor = _ENERGY_FACTORS.get(self.energy.unit, Decimal(1))
+            self.resolution_wh = whole_wh_step(abs(self.energy.scale) * factor)
 
     def snapshot(self, values: Sequence[Value]) -> MeterSnapshot:
         if self.energy is None:
@@ -209,6 +228,12 @@ class _SnapshotRecipe:
             flags=flags,
             keypad_seq=seq if isinstance(seq, int) else None,
             keypad_digits=digits if isinstance(digits, str) else None,
+            measured=self.measured.values(values) if self.measured.fields else (),
+            resolution_wh=(
+                float_resolution_wh(self.energy, values[self.energy_at])
+                if self.float_energy
+                else self.resolution_wh
+            ),
         )
 
 
@@ -217,7 +242,8 @@ class MeterIO:
 
     def __init__(self, regmap: RegisterMap) -> None:
         self.regmap = regmap
-        self.plan = plan_reads(regmap, [n for n in _POLLED if regmap.has(n)])
+        polled = [n for n in _POLLED if regmap.has(n)] + [p.name for p in published(regmap)]
+        self.plan = plan_reads(regmap, polled)
         self._decoders = [BlockDecoder(b.points, b.start, b.count) for b in self.plan]
         self._recipe = _SnapshotRecipe(regmap, [p.name for b in self.plan for p in b.points])
         self._requests: dict[int, list[modbus.Request]] = {}

@@ -3,7 +3,8 @@
 A meter close to running out of credit is polled more often (so a cut-off happens
 within one short interval of exhaustion), one with weeks of credit less often, always
 within the configured bounds. A meter that stopped answering is backed off
-exponentially, so a dead meter never eats the bus time of the healthy ones.
+exponentially, so a dead meter never eats the bus time of the healthy ones, and one
+already cut off is read now and then, not at the shortest interval.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ def interval_for(
     normal: float,
     minimum: float,
     maximum: float,
+    cut_off: float | None = None,
 ) -> float:
-    """Seconds until the next poll of a meter that answers."""
+    """Seconds until the next poll of a meter that answers: ``cut_off`` for a meter whose
+    supply is already cut (nothing to cut any more: a reading now and then), else by
+    its forecast."""
+    if cut_off is not None:
+        return cut_off
     if time_to_exhaustion is None:
         return normal
     seconds = time_to_exhaustion.total_seconds()

@@ -23,6 +23,7 @@ from gateway.clock import GatewayClock
 from gateway.collector import tune_collector
 from gateway.command_intake import CommandIntake
 from gateway.config import GatewayConfig
+from gateway.measured import reading_fields
 from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
 from gateway.paho_client import client_class
 from gateway.private_files import write_private_text
@@ -192,6 +193,7 @@ class Runner:
                 currency=currency,
                 model=rt.stored.record.map_name.upper(),
                 prefix=self.config.home_assistant.prefix,
+                measured=reading_fields(rt.target.io.regmap),
             ):
                 try:
                     await link.publish(topic, json.dumps(config).encode(), retain=True)

@@ -29,6 +29,7 @@ from gateway.core.events import (
     ReadingReceived,
 )
 from gateway.core.meter_state import forecast, next_deadline
+from gateway.core.states import CreditState
 from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.core_task import CoreTask
 from gateway.meter_actions import LEASE_POINT, MeterActions
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed polls before a meter is reported as not communicating.
 COMM_LOST_AFTER = 3
+#: Credit states in which the supply is cut: polled at ``polling.cut_off_s``.
+CUT_OFF = frozenset({CreditState.DISCONNECTED, CreditState.REMOTE_DISCONNECTED})
 
 
 @dataclass
@@ -109,6 +112,9 @@ class Gateway:
     ) -> None:
         self.actions.carry_out(rt, commands, outcome)
         self._adapt_interval(rt, now)
+        if outcome is not None and rt.meter_id in rt.poller.meters:
+            # A top-up: read the meter at once (a cut-off one is read only now and then).
+            rt.poller.poll_now(rt.meter_id)
         if outcome is not None and outcome.verdict != "already_consumed":
             # A purchase is worth a line in the log (an operator's first question).
             decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
@@ -216,7 +222,7 @@ class Gateway:
             return None
         try:
             bus, unit, coil = parse_relay_output(rec.relay_output)
-            return RelayTarget(self.ports[bus], unit, coil)
+            return RelayTarget(self.ports[bus], unit, coil, external=True)
         except (ValueError, KeyError) as exc:
             log.error("meter %s: relay output %r unusable: %s", rec.meter_id, rec.relay_output, exc)
             return None
@@ -232,6 +238,11 @@ class Gateway:
             await self.queue.put(CoreItem(CommunicationRestored(rt.meter_id, now)))
         flags = snap.flags
         relay = snap.relay_closed
+        module = rt.target.relay
+        unreadable = False
+        if module is not None and module.external:
+            relay = await self._read_relay_module(rt, module)
+            unreadable = relay is None
         if rt.relay_task is not None and not rt.relay_task.done():
             relay = None  # being switched right now: this reading cannot tell
         elif relay is not None and relay is rt.relay_desired:
@@ -251,6 +262,9 @@ class Gateway:
                     reverse_energy="reverse_energy" in flags,
                     button_pressed="reconnect_button" in flags,
                     voltage_v=snap.voltage_v,
+                    relay_unreadable=unreadable,
+                    resolution_wh=snap.resolution_wh,
+                    measured=snap.measured,
                 )
             )
         )
@@ -262,6 +276,19 @@ class Gateway:
             await self.queue.put(
                 CoreItem(KeypadEntry(rt.meter_id, snap.keypad_seq, snap.keypad_digits, now))
             )
+
+    async def _read_relay_module(self, rt: MeterRuntime, module: RelayTarget) -> bool | None:
+        """The contactor's position from the relay module switching a meter without a
+        relay of its own, read with each reading of the meter: the core judges bypass
+        (energy while it reads open) and relay mismatches from it as from a meter's own
+        relay. None when the module does not answer (the reading still bills, and the
+        core reports ``relay_unreachable`` once while it lasts)."""
+        try:
+            return await module.read()
+        except MeterIOError as exc:
+            self.counters.relay_faults += 1
+            log.warning("meter %s: relay module did not answer: %s", rt.meter_id, exc)
+            return None
 
     async def _on_failure(self, polled: PolledMeter, error: MeterIOError) -> None:
         rt = self.meters[polled.meter_id]
@@ -289,6 +316,7 @@ class Gateway:
                 normal=polling.interval_s,
                 minimum=polling.min_interval_s,
                 maximum=polling.max_interval_s,
+                cut_off=polling.cut_off_s if rt.state.credit in CUT_OFF else None,
             ),
         )
 

@@ -16,6 +16,7 @@ class EventKind(StrEnum):
     RELAY_CLOSED = "relay_closed"
     RELAY_MISMATCH = "relay_mismatch"
     RELAY_MISMATCH_CLEARED = "relay_mismatch_cleared"
+    RELAY_UNREACHABLE = "relay_unreachable"
     CREDIT_STATE_CHANGED = "credit_state_changed"
     TOKEN_ACCEPTED = "token_accepted"  # noqa: S105 (an event name)
     TOKEN_REJECTED = "token_rejected"  # noqa: S105 (an event name)
@@ -34,6 +35,7 @@ class EventKind(StrEnum):
     TARIFF_SCHEDULED = "tariff_scheduled"
     REMOTE_COMMAND_IGNORED = "remote_command_ignored"
     METER_QUARANTINED = "meter_quarantined"
+    WINDOW_DEBT_CAP = "window_debt_cap"
     COMMISSIONED = "commissioned"
     ENROLMENT_UPDATED = "enrolment_updated"
     ENROLMENT_REMOVED = "enrolment_removed"
@@ -47,6 +49,9 @@ MEANINGS: Final[dict[EventKind, str]] = {
     EventKind.RELAY_MISMATCH: "the relay does not follow the command (a relay fault); sent "
     "once when it starts, while the gateway retries with a doubling pause up to 5 minutes",
     EventKind.RELAY_MISMATCH_CLEARED: "the relay follows the command again",
+    EventKind.RELAY_UNREACHABLE: "the relay module that switches a meter without a relay of "
+    "its own did not answer when read with a reading: the contactor's position is unknown; "
+    "once until it answers again, the meter still billed",
     EventKind.CREDIT_STATE_CHANGED: "the credit state moved (`details.from`, `to`, "
     "`trigger`, `decision`); the states are listed under *balance*",
     EventKind.TOKEN_ACCEPTED: "a token credited the meter (`details.channel`, `counter`, "
@@ -57,7 +62,8 @@ MEANINGS: Final[dict[EventKind, str]] = {
     EventKind.KEYPAD_LOCKOUT_ALARM: "wrong keypad tokens reached the lockout: the keypad "
     "refuses tokens for a while (someone may be guessing)",
     EventKind.TAMPER: "the meter reports tampering (`reason`: cover open, magnet, reverse "
-    "energy, bypass: consumption while the relay is open)",
+    "energy, bypass: consumption while the relay, or the relay module's coil that switches "
+    "the meter, is open)",
     EventKind.LOAD_LIMIT: "the meter tripped on its load limit",
     EventKind.COMMUNICATION_LOST: "the meter stopped answering",
     EventKind.COMMUNICATION_RESTORED: "the meter answers again",
@@ -80,6 +86,10 @@ MEANINGS: Final[dict[EventKind, str]] = {
     EventKind.METER_QUARANTINED: "the gateway could not process this meter's events "
     "several times in a row: it stops polling it and leaves its relay as it is until the "
     "gateway restarts; see its log",
+    EventKind.WINDOW_DEBT_CAP: "inside a no-disconnect window the balance reached the "
+    "window's debt cap, `-(overdraft_limit + window_debt_cap)`: the meter is disconnected all "
+    "the same (`details.window`, `cap`, `floor`, `balance`; the `relay_opened` that follows "
+    "has rule `window_debt_cap`)",
     EventKind.COMMISSIONED: "queued by `meter-provision commission`: `reason` pass or "
     "fail, `details.checks`",
     EventKind.ENROLMENT_UPDATED: "queued by `meter-provision enrol --update`: "

@@ -9,11 +9,28 @@ published twice. Format: Home Assistant's "MQTT discovery" (topic
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from protocol.mqtt import Topics
 
 DEFAULT_PREFIX = "homeassistant"
+#: A sensor for each measured field a reading may carry (``protocol.messages.MEASURED``),
+#: and for the voltage: field -> (object id suffix, name, unit, Home Assistant device class).
+MEASURED_SENSORS: dict[str, tuple[str, str, str, str]] = {
+    "voltage_v": ("voltage", "Voltage", "V", "voltage"),
+    "voltage_l2_v": ("voltage_l2", "Voltage L2", "V", "voltage"),
+    "voltage_l3_v": ("voltage_l3", "Voltage L3", "V", "voltage"),
+    "current_a": ("current", "Current", "A", "current"),
+    "current_l2_a": ("current_l2", "Current L2", "A", "current"),
+    "current_l3_a": ("current_l3", "Current L3", "A", "current"),
+    "power_l1_w": ("power_l1", "Power L1", "W", "power"),
+    "power_l2_w": ("power_l2", "Power L2", "W", "power"),
+    "power_l3_w": ("power_l3", "Power L3", "W", "power"),
+    "power_factor": ("power_factor", "Power factor", "", "power_factor"),
+    "frequency_hz": ("frequency", "Frequency", "Hz", "frequency"),
+    "energy_export_wh": ("energy_export", "Energy exported", "kWh", "energy"),
+}
 
 
 def _device(gateway_id: str, meter_id: str, model: str) -> dict[str, Any]:
@@ -38,8 +55,10 @@ def discovery_messages(
     minor_units: int = 2,
     model: str = "PE-1",
     prefix: str = DEFAULT_PREFIX,
+    measured: Iterable[str] = (),
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, config) pairs to publish retained for one meter."""
+    """(topic, config) pairs to publish retained for one meter: energy, power, balance and
+    supply, then a sensor for each ``measured`` field its readings carry."""
     gw = topics.gateway_id
     node = f"prepaid_edge_{_object_id(gw)}"
     obj = _object_id(meter_id)
@@ -51,7 +70,28 @@ def discovery_messages(
         "payload_not_available": "offline",
     }
     scale = 10**minor_units
-    return [
+    sensors: list[tuple[str, dict[str, Any]]] = []
+    for field in measured:
+        if field not in MEASURED_SENSORS:
+            continue
+        key, name, unit, device_class = MEASURED_SENSORS[field]
+        config: dict[str, Any] = {
+            "name": name,
+            "unique_id": f"{node}_{obj}_{key}",
+            "state_topic": topics.meter(meter_id, "reading"),
+            "value_template": f"{{{{ value_json.{field} }}}}",
+            "device_class": device_class,
+            "state_class": "measurement",
+            "availability": [availability],
+            "device": device,
+        }
+        if unit:
+            config["unit_of_measurement"] = unit
+        if field == "energy_export_wh":  # a counter in kWh, as the import's sensor
+            config["value_template"] = f"{{{{ (value_json.{field} / 1000) | round(3) }}}}"
+            config["state_class"] = "total_increasing"
+        sensors.append((f"{prefix}/sensor/{node}/{obj}_{key}/config", config))
+    fixed: list[tuple[str, dict[str, Any]]] = [
         (
             f"{prefix}/sensor/{node}/{obj}_energy/config",
             {
@@ -108,3 +148,4 @@ def discovery_messages(
             },
         ),
     ]
+    return [*fixed, *sensors]

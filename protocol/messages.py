@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Final, Literal, TypeAlias, TypedDict, Union, cast
+from typing import Annotated, Final, Literal, NotRequired, TypeAlias, TypedDict, Union, cast
 
 from protocol.event_kinds import EventKind
 
@@ -74,6 +74,40 @@ class Reading(TypedDict):
     charged: Annotated[
         int, Spec(description="minor units charged for the energy since the last reading")
     ]
+    # Added after version 1's fields (extended, never changed): what else the meter reports,
+    # each present only when the meter's register map publishes the point it comes from
+    # (MEASURED), rounded to the point's resolution.
+    current_a: NotRequired[Annotated[float, Spec(default=None, description="phase 1 current")]]
+    current_l2_a: NotRequired[Annotated[float, Spec(default=None)]]
+    current_l3_a: NotRequired[Annotated[float, Spec(default=None)]]
+    voltage_l2_v: NotRequired[Annotated[float, Spec(default=None)]]
+    voltage_l3_v: NotRequired[Annotated[float, Spec(default=None)]]
+    power_l1_w: NotRequired[Annotated[int, Spec(default=None)]]
+    power_l2_w: NotRequired[Annotated[int, Spec(default=None)]]
+    power_l3_w: NotRequired[Annotated[int, Spec(default=None)]]
+    power_factor: NotRequired[Annotated[float, Spec(default=None, ge=-1, le=1)]]
+    frequency_hz: NotRequired[Annotated[float, Spec(default=None)]]
+    energy_export_wh: NotRequired[Annotated[int, Spec(default=None, ge=0)]]
+
+
+#: The measured fields of a reading beyond version 1's: each field, the register-map point
+#: it comes from (by its canonical name) and the unit the field is in. A map publishes a
+#: point by default when a field here names it (``publish = false`` in the map keeps it out).
+MEASURED: Final[dict[str, tuple[str, str]]] = {
+    "current_a": ("current", "A"),
+    "current_l2_a": ("current_l2", "A"),
+    "current_l3_a": ("current_l3", "A"),
+    "voltage_l2_v": ("voltage_l2", "V"),
+    "voltage_l3_v": ("voltage_l3", "V"),
+    "power_l1_w": ("active_power_l1", "W"),
+    "power_l2_w": ("active_power_l2", "W"),
+    "power_l3_w": ("active_power_l3", "W"),
+    "power_factor": ("power_factor", ""),
+    "frequency_hz": ("frequency", "Hz"),
+    "energy_export_wh": ("energy_export", "Wh"),
+}
+#: The field each publishable point fills.
+FIELD_OF_POINT: Final[dict[str, str]] = {point: name for name, (point, _) in MEASURED.items()}
 
 
 class Balance(TypedDict):

@@ -12,7 +12,17 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from pydantic import (
     AwareDatetime,
@@ -156,7 +166,9 @@ def _message_model(message: type[messages.MeterMessage]) -> type[BaseModel]:
     """The validating model of a meter message defined in ``protocol.messages``: its
     fields in order, each with its ``Spec``; a one-value ``Literal`` is its own default."""
     fields: dict[str, Any] = {}
-    for name, annotation in get_type_hints(message, include_extras=True).items():
+    for name, declared in get_type_hints(message, include_extras=True).items():
+        # a field that may be left out is declared NotRequired[...]: what is inside counts
+        annotation = get_args(declared)[0] if get_origin(declared) is NotRequired else declared
         hint: Any = annotation
         field_args: dict[str, Any] = {}
         if get_origin(annotation) is Annotated:
@@ -179,6 +191,15 @@ def _message_model(message: type[messages.MeterMessage]) -> type[BaseModel]:
 
 #: The validating model of each kind of meter message, by kind.
 MESSAGE_MODELS = {kind: _message_model(message) for kind, message in messages.MESSAGES.items()}
+#: The fields each kind may leave out (a decoded message has them only when sent).
+_OPTIONAL_KEYS = {
+    kind: frozenset(
+        name
+        for name, hint in get_type_hints(message, include_extras=True).items()
+        if get_origin(hint) is NotRequired
+    )
+    for kind, message in messages.MESSAGES.items()
+}
 _ANY_MESSAGE: Any = Annotated[
     Union[tuple(MESSAGE_MODELS.values())],  # noqa: UP007 - built at run time
     Field(discriminator="kind"),
@@ -190,7 +211,12 @@ def decode_message(payload: bytes | str) -> messages.MeterMessage:
     """A published meter message, validated against its schema (``ValidationError`` if it
     breaks it); ``ts`` as an aware ``datetime``."""
     model = METER_MESSAGE.validate_json(payload)
-    return cast("messages.MeterMessage", dict(model))
+    optional = _OPTIONAL_KEYS[model.kind]
+    fields = model.model_fields_set
+    return cast(
+        "messages.MeterMessage",
+        {k: v for k, v in model if k not in optional or k in fields},
+    )
 
 
 class HealthSummary(BaseModel):

@@ -17,9 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from protocol.errors import MapError
+from protocol.messages import FIELD_OF_POINT
 
 
 class Table(StrEnum):
@@ -111,6 +119,11 @@ class Point:
     bit_descriptions: tuple[str, ...] = ()
     #: the extension that added this point after the map's version, "" for the version's own
     extension: str = ""
+    #: whether readings carry it (the field of ``protocol.messages.MEASURED`` that names it)
+    publish: bool = False
+    #: the step its published value is rounded to, in its unit (an integer register's is
+    #: its scale; a float's is the map's ``resolution``, or the float32's own digits)
+    resolution: Decimal | None = None
 
     @property
     def end(self) -> int:
@@ -165,16 +178,20 @@ class _PointFile(BaseModel):
     bits: list[str] = Field(default_factory=list)
     bit_descriptions: list[str] = Field(default_factory=list)
     extension: str = ""
+    publish: bool | None = None
+    resolution: str | None = None
 
-    @field_validator("scale")
+    @field_validator("scale", "resolution")
     @classmethod
-    def _scale_is_decimal(cls, v: str) -> str:
+    def _scale_is_decimal(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
         try:
             d = Decimal(v)
         except InvalidOperation:
-            raise ValueError(f"scale {v!r} is not a decimal number") from None
+            raise ValueError(f"{info.field_name} {v!r} is not a decimal number") from None
         if not d.is_finite() or d == 0:
-            raise ValueError(f"scale {v!r} must be a finite non-zero decimal")
+            raise ValueError(f"{info.field_name} {v!r} must be a finite non-zero decimal")
         return v
 
 
@@ -247,6 +264,16 @@ def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Poin
         raise fail("a bits16 point names at most 16 bits")
     if raw.bit_descriptions and len(raw.bit_descriptions) != len(raw.bits):
         raise fail("bit_descriptions needs one description per bit")
+    publishable = raw.name in FIELD_OF_POINT
+    if raw.publish and not publishable:
+        raise fail(
+            f"readings have no field for it (they publish {', '.join(sorted(FIELD_OF_POINT))})"
+        )
+    resolution = Decimal(raw.resolution) if raw.resolution is not None else None
+    if resolution is not None and resolution <= 0:
+        raise fail(f"resolution {raw.resolution!r} must be above zero")
+    if resolution is None and raw.type not in (ValueType.F32, ValueType.BOOL, ValueType.ASCII):
+        resolution = abs(Decimal(raw.scale))
     return Point(
         name=raw.name,
         table=raw.table,
@@ -260,6 +287,8 @@ def _build_point(raw: _PointFile, default_order: WordOrder, source: str) -> Poin
         bits=tuple(raw.bits),
         bit_descriptions=tuple(raw.bit_descriptions),
         extension=raw.extension,
+        publish=publishable and raw.publish is not False,
+        resolution=resolution,
     )
 
 

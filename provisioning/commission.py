@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from pydantic import JsonValue
 
+from gateway.actuator import RelayTarget, parse_relay_output
 from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
 from gateway.meter_io import MeterIO, MeterSnapshot
@@ -140,26 +141,27 @@ async def _check_serial(
     return Check("serial", True, f"{serial} matches")
 
 
-async def _check_relay(io: MeterIO, port: ModbusPort, unit: int) -> Check:
+async def _check_relay(relay: RelayTarget, what: str = "") -> Check:
     """Switch to the other position and back, reading back each time; ends as it began,
-    also when the operator interrupts it half way (the supply is put back)."""
-    start = await io.read_relay(port, unit)
+    also when the operator interrupts it half way (the supply is put back). ``what``
+    names a relay module's coil in the report."""
+    start = await relay.read()
     seen: list[str] = []
     try:
         for want in (not start, start):
-            await io.write_relay(port, unit, want)
-            got = await io.read_relay(port, unit)
+            await relay.write(want)
+            got = await relay.read()
             seen.append(f"{'closed' if want else 'open'}->{'closed' if got else 'open'}")
             if got != want:
-                return Check("relay", False, f"read-back mismatch: {', '.join(seen)}")
+                return Check("relay", False, f"{what}read-back mismatch: {', '.join(seen)}")
     except asyncio.CancelledError:
         try:
-            await io.write_relay(port, unit, start)
+            await relay.write(start)
         except MeterIOError as exc:
             where = "closed (supply on)" if start else "open"
             print(f"warning: the relay could not be put back {where}: {exc}", file=sys.stderr)
         raise
-    return Check("relay", True, ", ".join(seen))
+    return Check("relay", True, what + ", ".join(seen))
 
 
 async def _check_keypad(  # noqa: PLR0917  (one call site, each part named)
@@ -213,9 +215,11 @@ async def commission_meter(
     switch_relay: Callable[[], Awaitable[bool]],
     keypad_timeout: float | None,
     say: Callable[[str], None],
+    relay_module: RelayTarget | None = None,
 ) -> list[Check]:
     """Every check, in order. An unreachable meter raises :class:`ProvisionError` before
-    anything is switched."""
+    anything is switched. A meter without a relay of its own is switched through
+    ``relay_module``, the coil enrolled as its ``relay_output``."""
     record = meter.record
     try:
         regmap = load_map(record.map_name)
@@ -233,10 +237,17 @@ async def commission_meter(
     ]
     try:
         checks.append(await _check_serial(port, regmap, record.unit_id, expected_serial))
-        if Capability.RELAY not in regmap.capabilities:
-            checks.append(Check("relay", False, "the map has no relay"))
+        if Capability.RELAY in regmap.capabilities:
+            relay: RelayTarget | None = RelayTarget(
+                port, record.unit_id, regmap.point("relay").address
+            )
+            what = ""
+        else:
+            relay, what = relay_module, f"relay module {record.relay_output}: "
+        if relay is None:
+            checks.append(Check("relay", False, "the map has no relay and no relay_output"))
         elif await switch_relay():
-            checks.append(await _check_relay(io, port, record.unit_id))
+            checks.append(await _check_relay(relay, what))
         else:
             checks.append(Check("relay", False, "not tested: the operator declined"))
         if keypad_timeout is None:
@@ -295,6 +306,19 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
     with open_store(config) as store:
         meter = _find(store.load_meters(), args.meter)
     port = port_for(bus_of(config, meter.record.bus))
+    ports = [port]
+    relay_module: RelayTarget | None = None
+    if meter.record.relay_output is not None:
+        try:
+            bus, unit, coil = parse_relay_output(meter.record.relay_output)
+        except ValueError as exc:
+            raise ProvisionError(f"{args.meter}: {exc}") from None
+        if bus == meter.record.bus:
+            module_port = port  # one master per line: the same port
+        else:
+            module_port = port_for(bus_of(config, bus))
+            ports.append(module_port)
+        relay_module = RelayTarget(module_port, unit, coil, external=True)
 
     async def switch_relay() -> bool:
         return bool(args.yes) or await _ask(
@@ -313,9 +337,11 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
                 switch_relay=switch_relay,
                 keypad_timeout=None if args.skip_keypad else args.keypad_timeout,
                 say=say,
+                relay_module=relay_module,
             )
         finally:
-            await port.close()
+            for each in ports:
+                await each.close()
 
     try:
         checks = run_async(run)

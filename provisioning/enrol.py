@@ -65,12 +65,20 @@ COLUMNS = (
     "reconnect_needs_button",
     "expected_serial",
     "relay_output",
+    "window_debt_cap",
 )
 REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
 #: Columns kept beside the store (it has no columns for them yet).
 EXTRAS = ("customer_account", "expected_serial")
 #: Money settings, typed in currency units; only the reconnect threshold may be below zero.
-MONEY_SETTINGS = ("alarm1", "alarm2", "overdraft_limit", "reconnect_threshold", "max_balance")
+MONEY_SETTINGS = (
+    "alarm1",
+    "alarm2",
+    "overdraft_limit",
+    "reconnect_threshold",
+    "max_balance",
+    "window_debt_cap",
+)
 _SIGNED_MONEY = frozenset({"reconnect_threshold"})
 _METER_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _EXTRA = "\x00extra"

@@ -41,7 +41,8 @@ examples:
 CSV: a header naming the columns (meter_id, bus, unit_id, key_file required; also map,
 key_epoch, customer_account, credit, price_per_kwh, currency, tariff_file, settings_file,
 windows_file, alarm1, alarm2, overdraft_limit, reconnect_threshold, max_balance,
-protected, reconnect_needs_button, expected_serial, relay_output). Flags give defaults
+protected, reconnect_needs_button, expected_serial, relay_output, window_debt_cap). Flags
+give defaults
 for empty cells; relative paths are relative to the CSV file.
 
 Money (credit, price per kWh, thresholds) is typed in currency units, e.g. 50.00, with the
@@ -78,6 +79,7 @@ _FLAG_FIELDS = {
     "max_balance": "max_balance",
     "expected_serial": "expected_serial",
     "relay_output": "relay_output",
+    "window_debt_cap": "window_debt_cap",
 }
 
 
@@ -126,6 +128,10 @@ def add_enrol_command(sub: Subcommands) -> None:
         "--relay-output",
         metavar="BUS:UNIT:COIL",
         help="the relay module coil that switches a relay-less meter's supply",
+    )
+    p.add_argument(
+        "--window-debt-cap",
+        help="debt a no-disconnect window allows below the overdraft, currency units",
     )
     p.set_defaults(func=run_enrol)
 

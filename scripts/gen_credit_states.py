@@ -23,8 +23,9 @@ do not edit by hand (a test fails when this file and the table disagree).
 `gateway.core.states.due_trigger` says which trigger the balance and the clock make due:
 `credit_*` from the balance
 against the thresholds (alarm 1, alarm 2, zero, minus the overdraft limit),
-`disconnect_due` only for an exhausted meter outside every no-disconnect window with
-communication up, `reconnect_allowed` / `reconnect_arm` when the balance of a
+`disconnect_due` only for an exhausted meter outside every no-disconnect window (inside
+one, once the balance reaches `-(overdraft_limit + window_debt_cap)`: rule
+`window_debt_cap`) with communication up, `reconnect_allowed` / `reconnect_arm` when the balance of a
 disconnected meter exceeds the reconnect threshold (armed when the customer's button is
 required), and the rest from button presses and signed headend commands. A trigger with
 no arrow from the current state is ignored (and a headend command that is ignored is

@@ -30,6 +30,15 @@ class ReadingReceived:
     reverse_energy: bool = False
     button_pressed: bool = False
     voltage_v: float | None = None
+    #: the energy register's step in Wh (an EM24 counts in 100 Wh): a step of the
+    #: register is plausible up to the rated power's energy plus one such step
+    resolution_wh: int = 1
+    #: the relay module switching this meter did not answer when its coil was read with
+    #: this reading (the contactor's position is unknown: a relay fault)
+    relay_unreadable: bool = False
+    #: what else the meter reports, by reading field (``protocol.messages.MEASURED``),
+    #: already in the field's unit and rounded: the reading message carries it as it is
+    measured: tuple[tuple[str, int | float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

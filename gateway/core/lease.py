@@ -7,7 +7,7 @@ exhaustion (balance plus emergency credit) buys at the highest price the tariff 
 charge, plus a grace: the meter's rated power for ``grace_s`` (a few poll intervals), so
 that a gateway in touch always cuts first, by its own rules, and the lease only ever
 acts for a meter the gateway cannot reach. Inside a no-disconnect window it also covers
-the rest of the window at the rated power, and a protected meter gets no lease at all
+the rest of the window at the rated power, up to what the window's debt cap allows, and a protected meter gets no lease at all
 (it must never trip by itself).
 """
 
@@ -53,10 +53,14 @@ def lease_allowance_wh(state: MeterState, now: datetime, grace_s: float) -> int 
     allowance = int(Decimal(credit) * 1000 / price)
     allowance += _at_rated_power(settings.rated_power_w, grace_s)
     window = settings.windows.active(now)
-    if window is not None:
-        end = settings.windows.next_edge(now)
-        if end is not None:
-            allowance += _at_rated_power(settings.rated_power_w, (end - now).total_seconds())
+    end = settings.windows.next_edge(now) if window is not None else None
+    if end is not None:
+        # the rest of the window, but no further than its debt cap lets the balance fall
+        capped = max(0, state.ledger.balance + settings.overdraft_limit + settings.window_debt_cap)
+        allowance += min(
+            _at_rated_power(settings.rated_power_w, (end - now).total_seconds()),
+            int(Decimal(capped - credit) * 1000 / price),
+        )
     return max(1, allowance)
 
 

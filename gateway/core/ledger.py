@@ -36,13 +36,20 @@ class RegisterDelta:
     energy_wh: int
 
 
-def max_plausible_wh(rated_power_w: int, elapsed: timedelta, margin_percent: int) -> int:
-    """The most energy a meter rated ``rated_power_w`` can use in ``elapsed``, plus a margin
-    and one Wh of register resolution, rounded up."""
+def max_plausible_wh(
+    rated_power_w: int, elapsed: timedelta, margin_percent: int, resolution_wh: int = 1
+) -> int:
+    """The largest register step a meter rated ``rated_power_w`` can show after ``elapsed``:
+    the energy it can use in that time, plus a margin, rounded up, plus one step of the
+    register's resolution. A register that counts in steps of ``resolution_wh`` shows the
+    energy rounded down to a step, so the energy used before the last reading that it
+    did not yet show (up to one step less a Wh) may appear now: an EM24 counting in
+    100 Wh steps moves by 100 Wh after 5 s of a 12 kW load when the previous reading
+    held the step back."""
     micros = max(elapsed // _MICROSECOND, 0)
     numerator = rated_power_w * micros * (100 + margin_percent)
     denominator = 3_600_000_000 * 100
-    return -(-numerator // denominator) + 1
+    return -(-numerator // denominator) + max(resolution_wh, 1)
 
 
 def register_delta(

@@ -19,6 +19,12 @@ from protocol.event_kinds import EventKind
 
 #: The status flags of a reading that are reported when they rise.
 TAMPER_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
+#: The flags of a reading reported when they rise, each by the event it raises.
+RISING_FLAGS = {
+    **dict.fromkeys(TAMPER_FLAGS, EventKind.TAMPER),
+    "load_limit_tripped": EventKind.LOAD_LIMIT,
+    "relay_unreadable": EventKind.RELAY_UNREACHABLE,
+}
 #: The flag a refused reading leaves until the next good one (one event per episode).
 INVALID_READING = "reading_invalid"
 
@@ -51,7 +57,10 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
         return
     elapsed = event.read_at - ledger.read_at if ledger.read_at else timedelta(0)
     plausible = max_plausible_wh(
-        settings.rated_power_w, elapsed, settings.plausibility_margin_percent
+        settings.rated_power_w,
+        elapsed,
+        settings.plausibility_margin_percent,
+        event.resolution_wh,
     )
     delta = register_delta(
         ledger.register_wh, event.energy_import_wh, settings.register_width_bits, plausible
@@ -95,7 +104,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
                 current_wh=event.energy_import_wh,
             )
         ledger = replace(ledger, **moved)
-    flags = frozenset(name for name in TAMPER_FLAGS if getattr(event, name))
+    flags = frozenset(name for name in RISING_FLAGS if getattr(event, name))
     run.state = replace(
         state,
         ledger=ledger,
@@ -105,8 +114,7 @@ def apply_reading(run: StepRun, event: ReadingReceived) -> None:
     )
     run.commands.append(reading_report(state.meter_id, event, charged))
     for name in sorted(flags - state.flags):
-        kind = EventKind.LOAD_LIMIT if name == "load_limit_tripped" else EventKind.TAMPER
-        run.publish_event(kind, name, power_w=event.power_w)
+        run.publish_event(RISING_FLAGS[name], name, power_w=event.power_w)
     if event.relay_closed is not None:
         run.relay_observed(event.relay_closed)
     if event.button_pressed:

@@ -41,7 +41,10 @@ def reading_report(meter_id: str, event: ReadingReceived, charged: int) -> Publi
         "relay_closed": event.relay_closed,
         "charged": charged,
     }
-    return Publish(meter_id, "reading", as_json(body))
+    message = as_json(body)
+    for name, value in event.measured:
+        message[name] = value
+    return Publish(meter_id, "reading", message)
 
 
 def balance_report(state: MeterState, currency: str, exhaustion: datetime | None) -> Publish:

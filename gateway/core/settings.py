@@ -13,7 +13,8 @@ class MeterSettings:
     """Thresholds in minor units (DOMAIN.md: alarm1 > alarm2 > 0, overdraft limit >= 0).
 
     ``overdraft_limit`` is the emergency credit: the balance may fall to ``-overdraft_limit``
-    before the meter is exhausted. A top-up reconnects when the balance then exceeds
+    before the meter is exhausted; inside a no-disconnect window, to
+    ``-(overdraft_limit + window_debt_cap)`` before it is disconnected all the same. A top-up reconnects when the balance then exceeds
     ``reconnect_threshold``; one that would lift it above ``max_balance`` is refused whole.
     """
 
@@ -28,6 +29,9 @@ class MeterSettings:
     register_width_bits: int = 64
     plausibility_margin_percent: int = 10
     windows: NoDisconnectWindows = field(default_factory=NoDisconnectWindows)
+    #: how far below ``-overdraft_limit`` a no-disconnect window lets the balance fall
+    #: before the meter is disconnected all the same (the window is friendly, not free)
+    window_debt_cap: int = 2_000
 
     def __post_init__(self) -> None:
         if not self.alarm1 > self.alarm2 > 0:
@@ -42,5 +46,7 @@ class MeterSettings:
             raise ValueError("rated_power_w must be > 0")
         if self.register_width_bits not in (16, 32, 48, 64):
             raise ValueError("register_width_bits must be 16, 32, 48 or 64")
+        if self.window_debt_cap < 0:
+            raise ValueError("window_debt_cap must be >= 0")
         if not 0 <= self.plausibility_margin_percent <= 1000:
             raise ValueError("plausibility_margin_percent must be within 0..1000")

@@ -4,8 +4,8 @@ and the walk through the table until nothing more is due.
 
 States mix the credit level with the supply: the five supplied levels, then the states
 where the relay is open. The only way to a credit disconnection is ``EXHAUSTED`` +
-``DISCONNECT_DUE``, which is due only outside no-disconnect windows, with communication
-up; ``PROTECTED`` has no way out but ``PROTECT_OFF``.
+``DISCONNECT_DUE``, which is due only outside no-disconnect windows (or inside one once
+the balance reaches its debt cap), with communication up; ``PROTECTED`` has no way out but ``PROTECT_OFF``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class Trigger(StrEnum):
     PROTECT_ON = "protect_on"
     PROTECT_OFF = "protect_off"
 
+
+#: The rule of a disconnection inside a no-disconnect window: the debt reached the cap.
+WINDOW_DEBT_CAP = "window_debt_cap"
 
 SUPPLIED_LEVELS = (
     CreditState.NORMAL,
@@ -171,14 +174,25 @@ def due_trigger(
             window = settings.windows.active(now) if level == CreditState.EXHAUSTED else None
             reason = Reason(f"balance_{level}", balance, window, f"balance {balance}")
             return _LEVEL_TRIGGER_FOR[level], reason
-        if credit == CreditState.EXHAUSTED and comm_ok and settings.windows.active(now) is None:
-            return Trigger.DISCONNECT_DUE, Reason(
-                "credit_exhausted",
-                balance,
-                None,
-                f"balance {balance} at or below -{settings.overdraft_limit}, "
-                "outside no-disconnect windows",
-            )
+        if credit == CreditState.EXHAUSTED and comm_ok:
+            window = settings.windows.active(now)
+            if window is None:
+                return Trigger.DISCONNECT_DUE, Reason(
+                    "credit_exhausted",
+                    balance,
+                    None,
+                    f"balance {balance} at or below -{settings.overdraft_limit}, "
+                    "outside no-disconnect windows",
+                )
+            floor = -(settings.overdraft_limit + settings.window_debt_cap)
+            if balance <= floor:
+                return Trigger.DISCONNECT_DUE, Reason(
+                    WINDOW_DEBT_CAP,
+                    balance,
+                    window,
+                    f"balance {balance} at or below the debt cap {floor} of window "
+                    f"{window} (window_debt_cap {settings.window_debt_cap})",
+                )
         return None
     if credit == CreditState.DISCONNECTED and balance > settings.reconnect_threshold:
         detail = f"balance {balance} above reconnect threshold {settings.reconnect_threshold}"

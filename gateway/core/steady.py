@@ -58,6 +58,7 @@ def steady_reading(
         or event.magnetic_tamper
         or event.load_limit_tripped
         or event.reverse_energy
+        or event.relay_unreadable
         or not previous <= current < 1 << settings.register_width_bits
         or credit == CreditState.EXHAUSTED
     ):
@@ -76,7 +77,7 @@ def steady_reading(
     energy_wh = current - previous
     elapsed = end - start
     if energy_wh > max_plausible_wh(
-        settings.rated_power_w, elapsed, settings.plausibility_margin_percent
+        settings.rated_power_w, elapsed, settings.plausibility_margin_percent, event.resolution_wh
     ):
         return None
     segment = today.segment(start, end)

@@ -12,7 +12,14 @@ from gateway.core.ledger import Ledger
 from gateway.core.meter_state import MeterState
 from gateway.core.reports import event_report
 from gateway.core.settings import MeterSettings
-from gateway.core.states import RELAY_OPEN_STATES, CreditState, Trigger, apply_trigger, settle
+from gateway.core.states import (
+    RELAY_OPEN_STATES,
+    WINDOW_DEBT_CAP,
+    CreditState,
+    Trigger,
+    apply_trigger,
+    settle,
+)
 from protocol.event_kinds import EventKind
 from protocol.messages import JsonValue
 
@@ -89,6 +96,15 @@ class StepRun:
             comm_ok=state.comm_ok,
             switching=switching,
         ):
+            if move.reason.rule == WINDOW_DEBT_CAP:
+                self.publish_event(
+                    EventKind.WINDOW_DEBT_CAP,
+                    f"the debt reached the cap of window {move.reason.window}",
+                    window=move.reason.window,
+                    cap=self.settings.window_debt_cap,
+                    floor=-(self.settings.overdraft_limit + self.settings.window_debt_cap),
+                    balance=move.reason.balance,
+                )
             self._enter(move.target, move.trigger, move.reason)
 
     def _enter(self, target: CreditState, trigger: Trigger, reason: Reason) -> None:

@@ -17,10 +17,12 @@ from examples.headend import Headend, HeadendClient
 from gateway.config import GatewayConfig
 from gateway.core.meter_state import enrol
 from gateway.core.states import CreditState
+from gateway.measured import reading_fields
 from gateway.store import MeterRecord, Store
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from protocol.command_auth import sign_command
+from protocol.regmap import load_map
 from protocol.tokens.keys import derive_meter_key
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.support.gateway_env import (
@@ -398,7 +400,9 @@ async def test_home_assistant_discovery_is_published_retained(site: Site) -> Non
     with TestClient(site.broker, "hass") as hass:
         hass.subscribe("homeassistant/#")
         configs: dict[str, Any] = {}
-        while len(configs) < 8:
+        # per meter: energy, power, balance, supply, and a sensor per measured field
+        per_meter = 4 + len(reading_fields(load_map("pe1")))
+        while len(configs) < 2 * per_meter:
             msg = hass.next_message(timeout=5)
             assert msg.retain
             configs[msg.topic] = json.loads(msg.payload)
@@ -407,6 +411,8 @@ async def test_home_assistant_discovery_is_published_retained(site: Site) -> Non
         f"prepaid/v1/gw-test/meters/{M1}/reading",
         f"prepaid/v1/gw-test/meters/{M2}/reading",
     ]
+    current = [c for t, c in configs.items() if t.endswith("_current/config")]
+    assert [c["value_template"] for c in current] == ["{{ value_json.current_a }}"] * 2
 
 
 async def test_rtu_bus_cutoff_and_keypad_top_up(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -339,6 +339,7 @@ async def test_enrol_takes_tariff_and_windows_files_and_flags(site: Site) -> Non
     ran = site.enrol(
         1, "--price-per-kwh", "", "--tariff", tariff, "--windows", windows, "--alarm1", "9.00",
         "--alarm2", "3", "--overdraft-limit", "2.50", "--reconnect-needs-button", "--protected",
+        "--window-debt-cap", "40.00",
     )  # fmt: skip
     assert ran.rc == 0, ran.err
     assert "state protected" in ran.out
@@ -346,6 +347,7 @@ async def test_enrol_takes_tariff_and_windows_files_and_flags(site: Site) -> Non
         (meter,) = store.load_meters()
     settings = meter.state.settings
     assert (settings.alarm1, settings.alarm2, settings.overdraft_limit) == (900, 300, 250)
+    assert settings.window_debt_cap == 4000
     assert settings.reconnect_needs_button is True
     assert settings.windows.timezone == "Africa/Nairobi"
     assert [w.name for w in settings.windows.weekly] == ["nights"]

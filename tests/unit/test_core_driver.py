@@ -77,7 +77,7 @@ class Run:
         assert self.state.ledger.conserved()
         return self.commands
 
-    def read(self, wh: int, at: datetime, **flags: bool) -> list[Command]:
+    def read(self, wh: int, at: datetime, **flags: Any) -> list[Command]:
         return self(ReadingReceived("m1", wh, at, **flags))
 
     def events(self) -> list[str]:

@@ -84,6 +84,9 @@ def events(draw: st.DrawFn, now: datetime, register: int) -> Event:
         cover_open=draw(st.sampled_from([False] * 9 + [True])),
         button_pressed=draw(st.sampled_from([False] * 9 + [True])),
         voltage_v=draw(st.none() | st.floats(200, 250)),
+        relay_unreadable=draw(st.sampled_from([False] * 9 + [True])),
+        resolution_wh=draw(st.sampled_from([1, 1, 10, 100])),
+        measured=draw(st.sampled_from([(), (("current_a", 3.5), ("frequency_hz", 50.0))])),
     )
 
 

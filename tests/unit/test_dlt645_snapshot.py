@@ -37,6 +37,7 @@ def test_energy_and_power_in_base_units(scaled_energy: int, scaled_power: int) -
     assert snap.power_w == round(scaled_power / 10)  # 0.0001 kW is 0.1 W
     assert snap.relay_closed is True
     assert snap.keypad_seq is None
+    assert snap.resolution_wh == 10  # one count of XXXXXX.XX kWh: plausible on top
 
 
 def test_status_words_give_the_relay_and_flags() -> None:

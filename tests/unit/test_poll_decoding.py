@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.meter_io import MAX_ENERGY_WH, MAX_POWER_W, MAX_VOLTAGE_V, MeterIO, MeterSnapshot
 from protocol.codec import BlockDecoder, Value, decode, encode, physical
 from protocol.errors import DecodeError
+from protocol.messages import MEASURED
 from protocol.regmap import (
     Point,
     RegisterMap,
@@ -167,7 +169,7 @@ def reference_snapshot(io: MeterIO, blocks: Sequence[Sequence[int]]) -> MeterSna
         volts = physical(regmap.point("voltage"), values["voltage"])
         if not 0 <= volts <= Decimal(MAX_VOLTAGE_V):
             raise DecodeError("voltage out of range", ())
-        voltage = float(volts)
+        voltage = plain_round(volts, regmap.point("voltage").resolution)
     flags: frozenset[str] = frozenset()
     relay = None
     if "status" in values:
@@ -185,7 +187,65 @@ def reference_snapshot(io: MeterIO, blocks: Sequence[Sequence[int]]) -> MeterSna
         flags=flags,
         keypad_seq=seq if isinstance(seq, int) else None,
         keypad_digits=digits if isinstance(digits, str) else None,
+        measured=plain_measured(regmap, values),
+        resolution_wh=plain_resolution_wh(regmap.point("energy_import"), values["energy_import"]),
     )
+
+
+def float32(value: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", value))[0])
+
+
+def plain_round(value: Decimal, resolution: Decimal | None) -> float:
+    """To the nearest multiple of the resolution; a float32's shortest digits without one."""
+    if resolution is None:
+        single = float32(float(value))
+        return next(
+            float(f"{single:.{p}g}")
+            for p in range(1, 18)
+            if float32(float(f"{single:.{p}g}")) == single
+        )
+    return float((value / resolution).to_integral_value(ROUND_HALF_EVEN) * resolution)
+
+
+def plain_measured(regmap: RegisterMap, values: dict[str, Value]) -> tuple[tuple[str, Any], ...]:
+    """Each published point in the field's unit, rounded, left out when no meter reports it."""
+    out: list[tuple[str, Any]] = []
+    for name, (point_name, unit) in MEASURED.items():
+        if not regmap.has(point_name) or not regmap.point(point_name).publish:
+            continue
+        point = regmap.point(point_name)
+        try:
+            value = physical(point, values[point_name])
+        except DecodeError:
+            continue
+        value *= {"kW": 1000, "kWh": 1000}.get(point.unit, 1)
+        if name == "power_factor" and not -1 <= value <= 1:
+            continue
+        if abs(value) > 10**9 or (unit == "Wh" and value < 0):
+            continue
+        if unit == "Wh":
+            out.append((name, int(value.to_integral_value(ROUND_FLOOR))))
+        elif unit == "W":
+            out.append((name, int(value.to_integral_value(ROUND_HALF_EVEN))))
+        else:
+            out.append((name, plain_round(value, point.resolution)))
+    return tuple(out)
+
+
+def plain_resolution_wh(point: Point, value: Value) -> int:
+    """What one count of the energy register is worth in Wh, rounded up (a float32's at
+    its value), plus one for the rounding down to whole Wh when that is not exact."""
+    factor = {"Wh": 1, "kWh": 1000}[point.unit]
+    if point.type is ValueType.F32:
+        assert isinstance(value, float)
+        bits = struct.unpack(">I", struct.pack(">f", abs(float32(value))))[0]
+        above = struct.unpack(">f", struct.pack(">I", bits + 1))[0]
+        step = (Decimal(above) - Decimal(float32(abs(value)))) * abs(point.scale) * factor
+    else:
+        step = abs(point.scale) * factor
+    whole = step.to_integral_value(ROUND_CEILING)
+    return max(int(whole), 1) if whole == step else int(whole) + 1
 
 
 def plausible(point: Point) -> st.SearchStrategy[Value]:
