@@ -204,7 +204,11 @@ def _outcome(
             ack_keypad_seq=seq,
             detail=verdict.token_class.name.lower(),
         )
-    keypad = lockout_after_success(lockout.keypad) if channel is Channel.KEYPAD else lockout.keypad
+    keypad = (
+        lockout_after_success(lockout.keypad, at, POLICY)
+        if channel is Channel.KEYPAD
+        else lockout.keypad
+    )
     return TokenOutcome(
         _credit_event(verdict, at),
         "accepted",
