@@ -161,6 +161,10 @@ class Gateway:
         ``meter-provision enrol``); meters already running are left as they are. The ids
         of the meters started."""
         stored = await asyncio.to_thread(self.store.load_meters)
+        for s in stored:
+            running = self.meters.get(s.record.meter_id)
+            if running is not None:  # keys installed since (meter-provision keys install)
+                running.next_keys = {e: MeterKey(k) for e, k in s.next_keys.items()}
         return self._start_meters(s for s in stored if s.record.meter_id not in self.meters)
 
     def _start_meters(self, meters: Iterable[StoredMeter]) -> list[str]:
@@ -201,6 +205,7 @@ class Gateway:
                 polled=polled,
                 poller=poller,
                 key=MeterKey(rec.meter_key),
+                next_keys={e: MeterKey(k) for e, k in stored.next_keys.items()},
             )
             self.meters[rec.meter_id] = runtime
             poller.add(polled)

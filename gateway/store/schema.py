@@ -93,6 +93,16 @@ SELECT 1;
 UPDATE executed_commands SET expires_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', expires_at);
 UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', executed_at);
 """,
+    # Keys of later key epochs, installed ahead of a key-change token: the token moves
+    # the meter's key (meters.meter_key, key_epoch) to one of them in its own transaction.
+    6: """
+CREATE TABLE IF NOT EXISTS meter_keys (
+    meter_id TEXT NOT NULL REFERENCES meters(meter_id),
+    epoch INTEGER NOT NULL,
+    meter_key BLOB NOT NULL,
+    PRIMARY KEY (meter_id, epoch)
+) STRICT, WITHOUT ROWID;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
