@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +59,12 @@ class Site:
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         return out.decode()
+
+    def events(self, unit: int, name: str) -> Callable[[], list[dict[str, Any]]]:
+        return lambda: self.log.events(meter_id(unit), name)
+
+    def acknowledged(self, unit: int, seq: int) -> Callable[[], bool]:
+        return lambda: bool(self.sim.state(unit)["keypad_ack"] == seq)
 
     async def vend(self, unit: int, *args: str) -> str:
         out = await self.provision(
@@ -122,9 +128,7 @@ async def test_rotating_a_sites_keys(site: Site) -> None:
             f"prepaid/v1/gw-test/meters/{meter_id(3)}/cmd", json.dumps(cmd).encode()
         )
         for u in SITE:
-            changed = await eventually(
-                lambda u=u: site.log.events(meter_id(u), "key_changed"), 20, f"key change {u}"
-            )
+            changed = await eventually(site.events(u, "key_changed"), 20, f"key change {u}")
             assert _details(changed[0])["to_epoch"] == 1
         assert {gw.meters[meter_id(u)].window.epoch for u in SITE} == {1}
 
@@ -142,15 +146,13 @@ async def test_rotating_a_sites_keys(site: Site) -> None:
         for u in SITE:
             mid = meter_id(u)
             seq = site.sim.keypad(u, stale[u])
-            await eventually(lambda u=u, seq=seq: site.sim.state(u)["keypad_ack"] == seq, 20)
-            refused = await eventually(lambda mid=mid: site.log.events(mid, "token_rejected"), 10)
+            await eventually(site.acknowledged(u, seq), 20)
+            refused = await eventually(site.events(u, "token_rejected"), 10)
             assert refused[-1]["reason"] == "wrong_meter_or_forged"
             fresh = await site.vend(u, "--epoch", "1", "--amount", "2.00")
             before = gw.meters[mid].state.ledger.balance
             site.sim.keypad(u, fresh)
-            accepted = await eventually(
-                lambda mid=mid: site.log.events(mid, "token_accepted"), 20, f"credit {u}"
-            )
+            accepted = await eventually(site.events(u, "token_accepted"), 20, f"credit {u}")
             assert _details(accepted[-1])["token_id"] == f"{mid}:1:1"
             assert gw.meters[mid].state.ledger.balance >= before + 200 - 50  # less what ran
 
@@ -169,7 +171,7 @@ async def test_set_max_power_and_test_token_on_the_meter(site: Site) -> None:
         test = await site.vend(1, "--class", "test", "--value", "7")
         for _ in range(2):  # a test token uses no counter: it works again
             seq = site.sim.keypad(1, test)
-            await eventually(lambda seq=seq: site.sim.state(1)["keypad_ack"] == seq, 20)
+            await eventually(site.acknowledged(1, seq), 20)
         shown = await eventually(lambda: site.log.events(meter_id(1), "test_token"), 10)
         assert _details(shown[0])["code"] == 7
         await eventually(
