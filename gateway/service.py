@@ -25,6 +25,7 @@ from gateway.core.events import (
     CommunicationLost,
     CommunicationRestored,
     Event,
+    ManagementTokenAccepted,
     PollFailed,
     ReadingReceived,
 )
@@ -112,7 +113,15 @@ class Gateway:
         if outcome is not None and outcome.verdict != "already_consumed":
             # A purchase is worth a line in the log (an operator's first question).
             decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
-            if decision is not None and decision.accepted:
+            management = (
+                outcome.event if isinstance(outcome.event, ManagementTokenAccepted) else None
+            )
+            if management is not None and (outcome.accepted or (decision and decision.accepted)):
+                log.info(
+                    "meter %s: %s token %s carried out (value %d)", rt.meter_id,
+                    management.token_class, management.token_id, management.value,
+                )  # fmt: skip
+            elif decision is not None and decision.accepted:
                 log.info(
                     "meter %s: token %s credited %d", rt.meter_id, decision.token_id,
                     decision.credited,
@@ -161,10 +170,18 @@ class Gateway:
         ``meter-provision enrol``); meters already running are left as they are. The ids
         of the meters started."""
         stored = await asyncio.to_thread(self.store.load_meters)
+        rekeyed = 0
         for s in stored:
             running = self.meters.get(s.record.meter_id)
-            if running is not None:  # keys installed since (meter-provision keys install)
+            if running is not None and set(s.next_keys) != set(running.next_keys):
+                # keys installed since (meter-provision keys install)
                 running.next_keys = {e: MeterKey(k) for e, k in s.next_keys.items()}
+                rekeyed += 1
+        if rekeyed:
+            log.info(
+                "reload: keys of later epochs for %d meters (a key change may move them there)",
+                rekeyed,
+            )
         return self._start_meters(s for s in stored if s.record.meter_id not in self.meters)
 
     def _start_meters(self, meters: Iterable[StoredMeter]) -> list[str]:
