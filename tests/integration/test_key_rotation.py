@@ -131,6 +131,10 @@ async def test_rotating_a_sites_keys(site: Site) -> None:
             changed = await eventually(site.events(u, "key_changed"), 20, f"key change {u}")
             assert _details(changed[0])["to_epoch"] == 1
         assert {gw.meters[meter_id(u)].window.epoch for u in SITE} == {1}
+        results = [m for t, m in site.log.pull() if t.endswith("cmd/result")]
+        assert [(r["id"], r["ok"], r["details"]["class"]) for r in results] == [
+            ("kc-3", True, "key-change")
+        ]
 
         # The store holds the new key and epoch, committed with the token.
         with Store.open(site.world.store_path) as store:
