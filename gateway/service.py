@@ -173,9 +173,14 @@ class Gateway:
         rekeyed = 0
         for s in stored:
             running = self.meters.get(s.record.meter_id)
-            if running is not None and set(s.next_keys) != set(running.next_keys):
-                # keys installed since (meter-provision keys install)
-                running.next_keys = {e: MeterKey(k) for e, k in s.next_keys.items()}
+            if running is None:
+                continue
+            # Keys installed since (meter-provision keys install). Added or replaced, never
+            # taken away here: a key change being committed now still finds its key, and
+            # adopting it drops the keys of the epochs passed.
+            installed = {e: MeterKey(k) for e, k in s.next_keys.items()}
+            if any(running.next_keys.get(e) != k for e, k in installed.items()):
+                running.next_keys |= installed
                 rekeyed += 1
         if rekeyed:
             log.info(
