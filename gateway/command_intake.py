@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import JsonValue, ValidationError
 
-from gateway.core.events import RemoteCommand, RemoteKind, TariffChanged
+from gateway.core.events import ManagementTokenAccepted, RemoteCommand, RemoteKind, TariffChanged
 from gateway.core.token_intake import OnlineTopUp
 from gateway.forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
@@ -227,6 +227,9 @@ class CommandIntake:
                 outcome = result.outcome
                 assert outcome is not None
                 details: dict[str, JsonValue] = {"credited": outcome.credited}
+                if outcome.accepted and isinstance(outcome.event, ManagementTokenAccepted):
+                    details["class"] = outcome.event.token_class
+                    return Answer(True, None, "carried out", details)
                 if outcome.accepted:
                     return Answer(True, None, "credited", details)
                 return Answer(False, outcome.verdict, outcome.detail, details)

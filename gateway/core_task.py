@@ -27,7 +27,13 @@ from gateway.core.commands import Command, TopUpDecision
 from gateway.core.events import Event
 from gateway.core.reports import event_report
 from gateway.core.step import step
-from gateway.core.token_intake import KeypadEntry, OnlineTopUp, TokenOutcome, intake_keypad
+from gateway.core.token_intake import (
+    KeypadEntry,
+    MeterAbilities,
+    OnlineTopUp,
+    TokenOutcome,
+    intake_keypad,
+)
 from gateway.runtime import (
     Action,
     CoreItem,
@@ -108,8 +114,10 @@ class CoreTask:
         self, rt: MeterRuntime, work: KeypadEntry | OnlineTopUp, pending: Pending, now: datetime
     ) -> TokenOutcome:
         currency = pending.state.settings.tariffs.at(now).currency
+        abilities = MeterAbilities(frozenset(rt.next_keys), rt.target.io.regmap.has("load_limit"))
         if isinstance(work, KeypadEntry):
-            return intake_keypad(work, rt.key, pending.window, pending.lockout, currency)
+            key = rt.key_for(pending.window.epoch)
+            return intake_keypad(work, key, pending.window, pending.lockout, currency, abilities)
         return intake_online(
             work,
             self.tokens,
@@ -117,6 +125,7 @@ class CoreTask:
             currency=currency,
             now=now,
             lockout=pending.lockout,
+            abilities=abilities,
         )
 
     def _step_one(
@@ -135,6 +144,7 @@ class CoreTask:
         if event is not None:  # None: a keypad entry already consumed, only to acknowledge
             state, commands = step(state, event, now)
         window = pending.window
+        key_epoch = None
         if (
             outcome is not None
             and outcome.window is not None
@@ -143,6 +153,8 @@ class CoreTask:
             # The counter is used only when the money was credited: a top-up refused
             # over the maximum balance can be entered again later.
             window = outcome.window
+            # A key change: the meter's key moves to the new epoch in this transaction.
+            key_epoch = outcome.key_epoch
         lockout = pending.lockout
         if outcome is not None and outcome.lockout is not None:
             lockout = outcome.lockout
@@ -152,6 +164,7 @@ class CoreTask:
             now,
             token_window=window if window is not pending.window else None,
             lockout=lockout.to_dict() if lockout is not pending.lockout else None,
+            key_epoch=key_epoch,
         )
         return Pending(state, window, lockout), update, commands, outcome
 
@@ -205,6 +218,8 @@ class CoreTask:
         self.counters.batches += 1
         for meter_id, pending in tentative.items():
             rt = self.meters[meter_id]
+            if pending.window.epoch != rt.window.epoch:
+                rt.adopt_key(pending.window.epoch)
             rt.state, rt.window, rt.lockout = pending.state, pending.window, pending.lockout
         self.on_commit()
         for rt, commands, item, outcome in actions:

@@ -22,6 +22,7 @@ from gateway.core.commands import (
     Command,
     Publish,
     SetAlarm,
+    SetLoadLimit,
     SetRelay,
     TopUpDecision,
     WriteDisplay,
@@ -29,6 +30,7 @@ from gateway.core.commands import (
 from gateway.core.events import RelayObserved
 from gateway.core.lease import lease_allowance_wh, lease_register_value
 from gateway.core.token_intake import TokenOutcome
+from gateway.load_limit import write_load_limit
 from gateway.modbus_port import MeterIOError
 from gateway.runtime import CoreItem, Counters, MeterRuntime, utc_now
 
@@ -96,6 +98,8 @@ class MeterActions:
                 case SetAlarm(on=on):
                     if rt.target.io.regmap.has("alarm"):
                         writes["alarm"] = int(on)
+                case SetLoadLimit(watts=watts):
+                    self._spawn(self._set_load_limit(rt, watts), f"load-limit:{rt.meter_id}")
                 case Publish() | TopUpDecision():
                     pass
         lease = self._lease_due(rt)
@@ -185,6 +189,11 @@ class MeterActions:
             except Exception:
                 rt.lease_granted = None
                 log.exception("write to %s failed", rt.meter_id)
+
+    async def _set_load_limit(self, rt: MeterRuntime, watts: int) -> None:
+        """Write the load limit, read it back, tell the core what the meter holds."""
+        observed = await write_load_limit(rt.target, watts, self.clock())
+        await self.enqueue(CoreItem(observed))
 
     async def _drive_relay(self, rt: MeterRuntime, closed: bool) -> None:
         try:

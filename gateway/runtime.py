@@ -35,6 +35,8 @@ class MeterRuntime:
     polled: PolledMeter
     poller: BusPoller
     key: MeterKey
+    #: keys of later epochs, installed ahead of a key change (``meter-provision keys install``)
+    next_keys: dict[int, MeterKey] = field(default_factory=dict)
     relay_task: asyncio.Task[None] | None = None
     #: the one task writing display/alarm/keypad ack to this meter, and what it writes next
     write_task: asyncio.Task[None] | None = None
@@ -56,6 +58,17 @@ class MeterRuntime:
     @property
     def meter_id(self) -> str:
         return self.state.meter_id
+
+    def key_for(self, epoch: int) -> MeterKey:
+        """The key tokens of ``epoch`` are checked with: the current one, or a later one
+        a key change in the batch being stepped moved to."""
+        return self.next_keys.get(epoch, self.key)
+
+    def adopt_key(self, epoch: int) -> None:
+        """A committed key change: the key of ``epoch`` is the meter's key from now on,
+        and the keys of the epochs it passed are dropped."""
+        self.key = self.next_keys[epoch]
+        self.next_keys = {e: k for e, k in self.next_keys.items() if e > epoch}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from gateway.core.events import (
     CommunicationLost,
     CommunicationRestored,
     Event,
+    ManagementTokenAccepted,
     PollFailed,
     ReadingReceived,
 )
@@ -118,7 +119,15 @@ class Gateway:
         if outcome is not None and outcome.verdict != "already_consumed":
             # A purchase is worth a line in the log (an operator's first question).
             decision = next((c for c in commands if isinstance(c, TopUpDecision)), None)
-            if decision is not None and decision.accepted:
+            management = (
+                outcome.event if isinstance(outcome.event, ManagementTokenAccepted) else None
+            )
+            if management is not None and (outcome.accepted or (decision and decision.accepted)):
+                log.info(
+                    "meter %s: %s token %s carried out (value %d)", rt.meter_id,
+                    management.token_class, management.token_id, management.value,
+                )  # fmt: skip
+            elif decision is not None and decision.accepted:
                 log.info(
                     "meter %s: token %s credited %d", rt.meter_id, decision.token_id,
                     decision.credited,
@@ -167,6 +176,23 @@ class Gateway:
         ``meter-provision enrol``); meters already running are left as they are. The ids
         of the meters started."""
         stored = await asyncio.to_thread(self.store.load_meters)
+        rekeyed = 0
+        for s in stored:
+            running = self.meters.get(s.record.meter_id)
+            if running is None:
+                continue
+            # Keys installed since (meter-provision keys install). Added or replaced, never
+            # taken away here: a key change being committed now still finds its key, and
+            # adopting it drops the keys of the epochs passed.
+            installed = {e: MeterKey(k) for e, k in s.next_keys.items()}
+            if any(running.next_keys.get(e) != k for e, k in installed.items()):
+                running.next_keys |= installed
+                rekeyed += 1
+        if rekeyed:
+            log.info(
+                "reload: keys of later epochs for %d meters (a key change may move them there)",
+                rekeyed,
+            )
         return self._start_meters(s for s in stored if s.record.meter_id not in self.meters)
 
     def _start_meters(self, meters: Iterable[StoredMeter]) -> list[str]:
@@ -207,6 +233,7 @@ class Gateway:
                 polled=polled,
                 poller=poller,
                 key=MeterKey(rec.meter_key),
+                next_keys={e: MeterKey(k) for e, k in stored.next_keys.items()},
             )
             self.meters[rec.meter_id] = runtime
             poller.add(polled)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.config import TokenSettings
 from gateway.core import token_intake
-from gateway.core.token_intake import KeypadGuard, OnlineTopUp, TokenOutcome
+from gateway.core.token_intake import KeypadGuard, MeterAbilities, OnlineTopUp, TokenOutcome
 from protocol.command_auth import load_public_keys
 from protocol.tokens.replay import ReplayWindow
 
@@ -35,6 +35,7 @@ def intake_online(
     currency: str,
     now: datetime,
     lockout: KeypadGuard | None = None,
+    abilities: MeterAbilities | None = None,
 ) -> TokenOutcome:
     """``gateway.core.token_intake.intake_online`` with the keys of ``tokens``."""
     return token_intake.intake_online(
@@ -44,4 +45,5 @@ def intake_online(
         currency=currency,
         now=now,
         lockout=lockout,
+        abilities=abilities,
     )

@@ -36,6 +36,13 @@ class EventKind(StrEnum):
     REMOTE_COMMAND_IGNORED = "remote_command_ignored"
     METER_QUARANTINED = "meter_quarantined"
     WINDOW_DEBT_CAP = "window_debt_cap"
+    KEY_CHANGED = "key_changed"
+    MAX_POWER_SET = "max_power_set"
+    LOAD_LIMIT_CONFIRMED = "load_limit_confirmed"
+    LOAD_LIMIT_MISMATCH = "load_limit_mismatch"
+    TAMPER_CLEARED = "tamper_cleared"
+    EMERGENCY_CREDIT_SET = "emergency_credit_set"
+    TEST_TOKEN = "test_token"  # noqa: S105 (an event name)
     COMMISSIONED = "commissioned"
     ENROLMENT_UPDATED = "enrolment_updated"
     ENROLMENT_REMOVED = "enrolment_removed"
@@ -90,6 +97,19 @@ MEANINGS: Final[dict[EventKind, str]] = {
     "window's debt cap, `-(overdraft_limit + window_debt_cap)`: the meter is disconnected all "
     "the same (`details.window`, `cap`, `floor`, `balance`; the `relay_opened` that follows "
     "has rule `window_debt_cap`)",
+    EventKind.KEY_CHANGED: "a key-change token moved the meter to a new key epoch "
+    "(`details.from_epoch`, `to_epoch`: tokens of older epochs are refused from now on; "
+    "management tokens' `details` carry `token_id`, `channel` and `counter`)",
+    EventKind.MAX_POWER_SET: "a set-maximum-power token: `details.watts` written to the "
+    "meter's load limit",
+    EventKind.LOAD_LIMIT_CONFIRMED: "the load limit read back as written",
+    EventKind.LOAD_LIMIT_MISMATCH: "the load limit read back otherwise (`details.requested_w`, "
+    "`observed_w`: null when the write or read failed)",
+    EventKind.TAMPER_CLEARED: "a clear-tamper token (`details.mask`, `cleared`: the flags "
+    "cleared; a tamper still present is reported again at the next reading)",
+    EventKind.EMERGENCY_CREDIT_SET: "a set-emergency-credit token (`details.emergency_credit`, "
+    "`previous`, minor units)",
+    EventKind.TEST_TOKEN: "a test token typed or sent (`details.code`; no counter used)",
     EventKind.COMMISSIONED: "queued by `meter-provision commission`: `reason` pass or "
     "fail, `details.checks`",
     EventKind.ENROLMENT_UPDATED: "queued by `meter-provision enrol --update`: "

@@ -344,7 +344,9 @@ COMMAND_MODELS: tuple[type[_Command], ...] = (
 #: What each ``cmd`` does, one line each (docs/mqtt.md renders them).
 COMMAND_MEANINGS: dict[str, str] = {
     "topup": "credits the meter once, whichever channel delivers the purchase first "
-    "(the vending service's signed online token is its own proof)",
+    "(the vending service's signed online token is its own proof); a management token (key "
+    "change, maximum power, clear tamper, emergency credit, test) is carried out as its "
+    "keypad twin would be",
     "disconnect": "opens the meter's relay (remote disconnection)",
     "reconnect": "lifts a remote disconnection (the meter's own rules still apply: no "
     "credit, no supply)",

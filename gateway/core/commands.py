@@ -43,6 +43,8 @@ class DisplayCode(IntEnum):
     PRESS_BUTTON = 9
     PROTECTED = 10
     REMOTE_DISCONNECTED = 11
+    #: a test token was typed or sent: the display works and the meter is reached
+    TEST_TOKEN = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,15 @@ class WriteDisplay:
     meter_id: str
     code: DisplayCode
     credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetLoadLimit:
+    """Write the meter's load limit (PE-1 holding register 4, W, 0 = none) and read it
+    back: a set-maximum-power token."""
+
+    meter_id: str
+    watts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +97,10 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class TopUpDecision:
-    """Whether a verified token's money was credited. Only an accepted token's counter is
-    recorded as used (in the same transaction as the credit), so a refused one (over the
-    maximum balance) can be entered again later."""
+    """Whether a verified token was applied: its money credited, or its management
+    command carried out (``credited`` 0). Only an accepted token's counter is recorded as
+    used (in the same transaction as the credit), so a refused one (over the maximum
+    balance) can be entered again later."""
 
     meter_id: str
     token_id: str
@@ -98,4 +110,4 @@ class TopUpDecision:
     debt_recovered: int = 0
 
 
-Command = SetRelay | WriteDisplay | SetAlarm | Publish | TopUpDecision
+Command = SetRelay | WriteDisplay | SetAlarm | Publish | TopUpDecision | SetLoadLimit

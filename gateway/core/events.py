@@ -65,6 +65,35 @@ class TopUpAccepted:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagementTokenAccepted:
+    """A verified management token (``protocol.tokens``: set maximum power, clear tamper,
+    set emergency credit, key change, test). ``token_class`` is its CLI name
+    (``set-max-power``...), ``value`` its typed value (W, tamper mask, minor units, new
+    key epoch, test code); ``epoch`` the key epoch it was verified in."""
+
+    meter_id: str
+    token_class: str
+    value: int
+    counter: int
+    token_id: str
+    channel: Channel
+    at: datetime
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadLimitObserved:
+    """The load limit read back from the meter after a set-maximum-power token wrote it
+    (``observed_w`` None: the write or the read failed, with ``error``)."""
+
+    meter_id: str
+    requested_w: int
+    observed_w: int | None
+    at: datetime
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRejected:
     """A token refused before the core saw its money; the core only reports it."""
 
@@ -152,6 +181,8 @@ Event = (
     ReadingReceived
     | PollFailed
     | TopUpAccepted
+    | ManagementTokenAccepted
+    | LoadLimitObserved
     | TokenRejected
     | ButtonPressed
     | ClockTick

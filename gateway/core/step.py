@@ -26,6 +26,8 @@ from gateway.core.events import (
     CommunicationLost,
     CommunicationRestored,
     Event,
+    LoadLimitObserved,
+    ManagementTokenAccepted,
     PollFailed,
     ReadingReceived,
     RelayObserved,
@@ -34,6 +36,7 @@ from gateway.core.events import (
     TokenRejected,
     TopUpAccepted,
 )
+from gateway.core.management import apply_management_token, load_limit_observed
 from gateway.core.meter_state import MeterState, forecast
 from gateway.core.readings import apply_reading, reading_invalid
 from gateway.core.reports import ALARM_STATES, DISPLAY_FOR_STATE, balance_report
@@ -105,6 +108,10 @@ def apply_event(run: StepRun, event: Event) -> None:
             credit_top_up(run, event)
         case TokenRejected():
             report_token_rejected(run, event)
+        case ManagementTokenAccepted():
+            apply_management_token(run, event)
+        case LoadLimitObserved():
+            load_limit_observed(run, event)
         case ButtonPressed():
             run.fire(Trigger.BUTTON_PRESSED, Reason("button_pressed", balance))
         case ClockTick():

@@ -11,14 +11,14 @@ refused a second time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core.commands import TopUpDecision
-from gateway.core.events import Event, TokenRejected, TopUpAccepted
+from gateway.core.events import Event, ManagementTokenAccepted, TokenRejected, TopUpAccepted
 from protocol.messages import JsonValue
 from protocol.tokens.errors import RejectReason
 from protocol.tokens.keypad import verify_keypad
@@ -84,6 +84,16 @@ class KeypadGuard:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterAbilities:
+    """What a meter can take of the management tokens: the key epochs the gateway holds
+    a key for (a key change moves only to one of them, as a 20-digit token cannot carry
+    a key), and whether its map has the load-limit register."""
+
+    held_epochs: frozenset[int] = field(default_factory=frozenset)
+    load_limit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TokenOutcome:
     """What a token led to, before the core decides on its money."""
 
@@ -96,6 +106,8 @@ class TokenOutcome:
     credited: int = 0
     accepted: bool = False
     detail: str = ""
+    #: a key change: the key epoch the meter moves to once this is committed
+    key_epoch: int | None = None
 
     def with_decision(self, decision: TopUpDecision | None) -> TokenOutcome:
         """The outcome after the core's decision on the money (max balance...)."""
@@ -134,12 +146,13 @@ def _credit_event(accepted: Accepted, at: datetime) -> TopUpAccepted:
     )
 
 
-def intake_keypad(
+def intake_keypad(  # noqa: PLR0917  (the core task's one call)
     entry: KeypadEntry,
     key: MeterKey,
     window: ReplayWindow,
     lockout: KeypadGuard,
     currency: str,
+    abilities: MeterAbilities | None = None,
 ) -> TokenOutcome:
     """Verify a keypad entry under the lockout; the window to record if it is credited."""
     del currency  # keypad tokens carry no currency: they are bound to the meter's own
@@ -165,6 +178,70 @@ def intake_keypad(
         lockout=consumed,
         at=entry.at,
         seq=entry.seq,
+        abilities=abilities or MeterAbilities(),
+    )
+
+
+def _unable(verdict: Accepted, abilities: MeterAbilities) -> tuple[str, str] | None:
+    """Why this meter cannot carry out a genuine management token (reason, detail), or
+    None. The counter stays unused, so the token works once the meter can."""
+    if verdict.token_class is TokenClass.KEY_CHANGE and verdict.amount not in abilities.held_epochs:
+        return "key_not_held", (
+            f"no key of epoch {verdict.amount} for this meter: install it first "
+            "(meter-provision keys install)"
+        )
+    if verdict.token_class is TokenClass.SET_MAX_POWER and not abilities.load_limit:
+        return "no_load_limit", "this meter's register map has no load_limit register"
+    return None
+
+
+def _management_outcome(
+    verdict: Accepted,
+    *,
+    channel: Channel,
+    window: ReplayWindow,
+    lockout: KeypadGuard,
+    at: datetime,
+    seq: int | None,
+    abilities: MeterAbilities,
+) -> TokenOutcome:
+    meter_id = verdict.meter_id
+    unable = _unable(verdict, abilities)
+    if unable is not None:
+        reason, detail = unable
+        return TokenOutcome(
+            _rejected_event(meter_id, reason, channel, at, detail=detail),
+            reason,
+            lockout=lockout,
+            ack_keypad_seq=seq,
+            detail=detail,
+        )
+    event = ManagementTokenAccepted(
+        meter_id,
+        verdict.token_class.cli_name,
+        verdict.amount,
+        verdict.counter,
+        verdict.token_id,
+        channel.value,
+        at,
+        verdict.epoch,
+    )
+    if verdict.token_class is TokenClass.TEST:
+        # No counter used, and no lockout forgiven: a test token can be typed again and
+        # again, so it must not clear an attacker's failures.
+        return TokenOutcome(event, "accepted", lockout=lockout, ack_keypad_seq=seq, accepted=True)
+    keypad = lockout.keypad
+    if channel is Channel.KEYPAD:
+        keypad = lockout_after_success(keypad, at, POLICY)
+    key_change = verdict.token_class is TokenClass.KEY_CHANGE
+    return TokenOutcome(
+        event,
+        "accepted",
+        # A key change starts the new epoch's counters afresh: every older token fails.
+        window=ReplayWindow.fresh(verdict.amount) if key_change else window.record(verdict.counter),
+        lockout=replace(lockout, keypad=keypad),
+        ack_keypad_seq=seq,
+        key_epoch=verdict.amount if key_change else None,
     )
 
 
@@ -177,6 +254,7 @@ def _outcome(
     lockout: KeypadGuard,
     at: datetime,
     seq: int | None,
+    abilities: MeterAbilities,
 ) -> TokenOutcome:
     if isinstance(verdict, Rejected):
         alarm = False
@@ -193,18 +271,20 @@ def _outcome(
             detail=verdict.detail,
         )
     if verdict.token_class is not TokenClass.CREDIT:
-        # Management tokens are verified but not yet carried out by this gateway: say so
-        # and keep the counter unused, so the token still works once they are.
-        return TokenOutcome(
-            _rejected_event(
-                meter_id, "unsupported_class", channel, at, detail=verdict.token_class.name.lower()
-            ),
-            "unsupported_class",
+        return _management_outcome(
+            verdict,
+            channel=channel,
+            window=window,
             lockout=lockout,
-            ack_keypad_seq=seq,
-            detail=verdict.token_class.name.lower(),
+            at=at,
+            seq=seq,
+            abilities=abilities,
         )
-    keypad = lockout_after_success(lockout.keypad) if channel is Channel.KEYPAD else lockout.keypad
+    keypad = (
+        lockout_after_success(lockout.keypad, at, POLICY)
+        if channel is Channel.KEYPAD
+        else lockout.keypad
+    )
     return TokenOutcome(
         _credit_event(verdict, at),
         "accepted",
@@ -222,9 +302,11 @@ def intake_online(
     currency: str,
     now: datetime,
     lockout: KeypadGuard | None = None,
+    abilities: MeterAbilities | None = None,
 ) -> TokenOutcome:
     """Verify an online token for this meter (signature by one of the vending service's
-    ``public_keys``, expiry, window, currency)."""
+    ``public_keys``, expiry, window, currency). A management token online is the signed
+    twin of its keypad token: the same counter, the same effect."""
     state = lockout or KeypadGuard(KeypadLockout())
     verdict = verify_online(top_up.token, top_up.meter_id, public_keys, window, now)
     if isinstance(verdict, Accepted) and verdict.currency not in (None, currency):
@@ -239,4 +321,5 @@ def intake_online(
         lockout=state,
         at=top_up.at,
         seq=None,
+        abilities=abilities or MeterAbilities(),
     )

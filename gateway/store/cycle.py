@@ -68,6 +68,8 @@ class Batch:
     tokens: list[tuple[str, str, str]] = field(default_factory=list)
     windows: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
     lockouts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: (epoch, meter) of each key change
+    key_changes: list[tuple[int, str]] = field(default_factory=list)
     #: (meter, seq, kind, now, body) of each outbox row, for the returned OutboxRows
     rows: list[tuple[str, int, str, datetime, dict[str, JsonValue]]] = field(default_factory=list)
 
@@ -127,6 +129,8 @@ def prepare(
             batch.windows[meter] = (meter, w.epoch, w.highest, to_signed64(w.bitmap))
         if update.lockout is not None:
             batch.lockouts[meter] = (meter, json.dumps(update.lockout))
+        if update.key_epoch is not None:
+            batch.key_changes.append((update.key_epoch, meter))
     for meter, (state, ts) in last.items():
         batch.ledgers.append(ledger_row(state_rows, state, ts))
         settings = state.settings
@@ -151,6 +155,8 @@ def write_batch(db: sqlite3.Connection, batch: Batch, known: dict[str, int]) -> 
             " bitmap = excluded.bitmap",
             list(batch.windows.values()),
         )
+    for epoch, meter in batch.key_changes:
+        change_key(db, meter, epoch)
     if batch.lockouts:
         db.executemany(
             "INSERT INTO keypad_lockout VALUES (?, ?) ON CONFLICT (meter_id) DO UPDATE"
@@ -176,6 +182,20 @@ def write_batch(db: sqlite3.Connection, batch: Batch, known: dict[str, int]) -> 
         " ON CONFLICT (meter_id) DO UPDATE SET last_seq = excluded.last_seq",
     )
     return first_id
+
+
+def change_key(db: sqlite3.Connection, meter: str, epoch: int) -> None:
+    """Inside the cycle's transaction: the meter's key becomes the one installed for
+    ``epoch``, and the installed keys of the epochs it passed are dropped."""
+    row = db.execute(
+        "SELECT meter_key FROM meter_keys WHERE meter_id = ? AND epoch = ?", (meter, epoch)
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"meter {meter}: no key installed for epoch {epoch}")
+    db.execute(
+        "UPDATE meters SET meter_key = ?, key_epoch = ? WHERE meter_id = ?", (row[0], epoch, meter)
+    )
+    db.execute("DELETE FROM meter_keys WHERE meter_id = ? AND epoch <= ?", (meter, epoch))
 
 
 _VALUES_SQL: dict[tuple[str, int, int, str], str] = {}

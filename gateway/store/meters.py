@@ -15,7 +15,12 @@ from gateway.core.meter_state import MeterState
 from gateway.forms import SettingsError, settings_from_json, settings_to_json
 from gateway.store.base import StoreBase
 from gateway.store.cycle import ledger_row, prepare, upsert_ledgers, write_batch
-from gateway.store.errors import CorruptStoreError, DuplicateMeterError
+from gateway.store.errors import (
+    CorruptStoreError,
+    DuplicateMeterError,
+    StoreError,
+    UnknownMeterError,
+)
 from gateway.store.records import (
     MeterRecord,
     MeterUpdate,
@@ -28,6 +33,7 @@ from gateway.store.state_row import state_from_row
 
 #: A meter's rows that go with it when it is removed, children before ``meters``.
 _METER_TABLES = (
+    "meter_keys",
     "token_window",
     "keypad_lockout",
     "applied_tokens",
@@ -151,6 +157,9 @@ class MetersRoom(StoreBase):
                 "SELECT meter_id, epoch, highest, bitmap FROM token_window"
             )
         }
+        next_keys: dict[str, dict[int, bytes]] = {}
+        for m, epoch, key in db.execute("SELECT meter_id, epoch, meter_key FROM meter_keys"):
+            next_keys.setdefault(m, {})[epoch] = bytes(key)
         lockouts: dict[str, dict[str, JsonValue]] = {
             m: json.loads(s)
             for m, s in db.execute("SELECT meter_id, state_json FROM keypad_lockout")
@@ -177,8 +186,45 @@ class MetersRoom(StoreBase):
                 ).fetchone()
                 self._seq[meter_id] = int(last)
             record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch, relay)
-            out.append(StoredMeter(record, state, windows.get(meter_id), lockouts.get(meter_id)))
+            out.append(
+                StoredMeter(
+                    record,
+                    state,
+                    windows.get(meter_id),
+                    lockouts.get(meter_id),
+                    next_keys.get(meter_id, {}),
+                )
+            )
         return out
+
+    def install_meter_keys(self, keys: Sequence[tuple[str, int, bytes]]) -> None:
+        """Install keys of later epochs ((meter, epoch, key) each) ahead of key-change
+        tokens, in ONE transaction. Raises UnknownMeterError for a meter not enrolled and
+        StoreError for an epoch not above the meter's current one."""
+        self._writer.run(self._install_meter_keys, list(keys))
+
+    def _install_meter_keys(self, keys: Sequence[tuple[str, int, bytes]]) -> None:
+        with self._writer.transaction() as db:
+            for meter, epoch, key in keys:
+                row = db.execute(
+                    "SELECT m.key_epoch, w.epoch FROM meters m LEFT JOIN token_window w"
+                    " USING (meter_id) WHERE meter_id = ?",
+                    (meter,),
+                ).fetchone()
+                if row is None:
+                    raise UnknownMeterError(f"meter {meter} is not enrolled")
+                current = max(e for e in row if e is not None)
+                if epoch <= current:
+                    raise StoreError(
+                        f"meter {meter} is at key epoch {current}: a key change moves it"
+                        f" above, not to {epoch}"
+                    )
+                db.execute(
+                    "INSERT INTO meter_keys VALUES (?, ?, ?) ON CONFLICT (meter_id, epoch)"
+                    " DO UPDATE SET meter_key = excluded.meter_key",
+                    (meter, epoch, key),
+                )
+        self._writer.wrote(len(keys))
 
     def token_applied(self, meter_id: str, token_id: str) -> bool:
         rows = self._reader.rows(

@@ -53,6 +53,8 @@ class StoredMeter:
     state: MeterState
     token_window: TokenWindow | None
     lockout: dict[str, JsonValue] | None
+    #: keys of later epochs installed ahead of a key change, by epoch
+    next_keys: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ class MeterUpdate:
     now: datetime
     token_window: WindowLike | None = None
     lockout: dict[str, JsonValue] | None = None
+    #: a key change: the meter's key becomes the one installed for this epoch
+    key_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

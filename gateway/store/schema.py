@@ -98,6 +98,16 @@ UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', e
     6: """
 CREATE INDEX IF NOT EXISTS outbox_balances ON outbox(meter_id, seq) WHERE kind = 'balance';
 """,
+    # Keys of later key epochs, installed ahead of a key-change token: the token moves
+    # the meter's key (meters.meter_key, key_epoch) to one of them in its own transaction.
+    7: """
+CREATE TABLE IF NOT EXISTS meter_keys (
+    meter_id TEXT NOT NULL REFERENCES meters(meter_id),
+    epoch INTEGER NOT NULL,
+    meter_key BLOB NOT NULL,
+    PRIMARY KEY (meter_id, epoch)
+) STRICT, WITHOUT ROWID;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -45,7 +45,12 @@ REASON_MEANINGS: dict[str, str] = {
     "locked_out": "the keypad is locked after too many wrong tokens (keypad only; "
     "`details.detail` says until when)",
     "over_max_balance": "crediting it would take the balance over the meter's maximum",
-    "unsupported_class": "a management token this gateway verifies but does not carry out",
+    "key_not_held": "a key change to an epoch whose key is not installed on the gateway "
+    "(`meter-provision keys install`); the token's counter stays unused",
+    "no_load_limit": "set maximum power on a meter whose map has no load limit register; the "
+    "token's counter stays unused",
+    "invalid_emergency_credit": "an emergency credit the meter's settings cannot take; the "
+    "token's counter stays unused",
 }
 
 

@@ -28,6 +28,17 @@ class TokenClass(IntEnum):
         return self.name.lower().replace("_", "-")
 
 
+#: The flags a clear-tamper token's mask names, bit 0 first (a mask of 0 clears them all).
+TAMPER_MASK_FLAGS = ("cover_open", "magnetic_tamper", "load_limit_tripped", "reverse_energy")
+
+
+def tamper_flags_of_mask(mask: int) -> tuple[str, ...]:
+    """The flags a clear-tamper mask names: bit ``i`` is ``TAMPER_MASK_FLAGS[i]``, 0 all."""
+    if mask == 0:
+        return TAMPER_MASK_FLAGS
+    return tuple(name for i, name in enumerate(TAMPER_MASK_FLAGS) if mask >> i & 1)
+
+
 #: Inclusive range of the typed value of each class: minor units for credit and emergency
 #: credit, W for maximum power (0 = no limit), a tamper-flag mask (0 = all), the new key
 #: epoch for a key change (it must also be above the current epoch), a test code.

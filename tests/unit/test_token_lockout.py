@@ -1,4 +1,4 @@
-"""Keypad lockout: free failures, doubling delay to a cap, cleared only by a valid token, typos never count, the alarm fires on repeated failures in a day, and the state round-trips through storage."""
+"""Keypad lockout: free failures, doubling delay to a cap, forgiven by a valid token at most once a day (so cheap purchases buy no guesses: the guesses a year in docs/tokens.md are computed here), typos never count, the alarm fires on repeated failures in a day, and the state round-trips through storage."""
 
 from __future__ import annotations
 
@@ -56,6 +56,30 @@ def test_only_a_valid_token_clears_the_lock() -> None:
     assert state.failures == 0
     assert lockout_allows(state, T0) is True
     assert state.day_failures == 6  # the day's tally stays for the alarm
+    assert state.forgiven_at == T0.isoformat()
+
+
+def test_a_second_valid_token_within_a_day_forgives_nothing() -> None:
+    """Issue 18 item 10: each cheap purchase used to restore three free guesses."""
+    state = KeypadLockout()
+    for _ in range(4):
+        state, _ = lockout_after_failure(state, T0, POLICY)
+    state = lockout_after_success(state, T0, POLICY)
+    assert state.failures == 0
+    later = T0 + timedelta(minutes=15)
+    for _ in range(4):
+        state, _ = lockout_after_failure(state, later, POLICY)
+    again = lockout_after_success(state, later + timedelta(seconds=10), POLICY)
+    assert again == state  # still 4 failures, still locked
+    assert lockout_allows(again, later + timedelta(seconds=10)) is not True
+    next_day = T0 + POLICY.forgive_every
+    forgiven = lockout_after_success(state, next_day, POLICY)
+    assert (forgiven.failures, forgiven.locked_until) == (0, None)
+
+
+def test_a_valid_token_on_a_clean_keypad_spends_no_forgiveness() -> None:
+    state = lockout_after_success(KeypadLockout(), T0, POLICY)
+    assert state == KeypadLockout()
 
 
 def test_typos_never_count() -> None:
@@ -77,7 +101,7 @@ def test_alarm_on_every_tenth_failure_in_a_day_and_the_day_rolls() -> None:
     alarms = []
     for i in range(25):
         state, alarm = lockout_after_failure(state, T0 + timedelta(minutes=i), POLICY)
-        state = lockout_after_success(state)
+        state = lockout_after_success(state, T0 + timedelta(days=i), POLICY)
         alarms.append(alarm)
     assert [i + 1 for i, a in enumerate(alarms) if a] == [10, 20]
     state, alarm = lockout_after_failure(state, T0 + timedelta(days=1, minutes=1), POLICY)
@@ -107,6 +131,13 @@ def test_state_survives_storage() -> None:
             "day_failures": 0,
         },
         {"failures": -1, "locked_until": None, "day_started": None, "day_failures": 0},
+        {
+            "failures": 0,
+            "locked_until": None,
+            "day_started": None,
+            "day_failures": 0,
+            "forgiven_at": None,
+        },
     ],
 )
 def test_bad_stored_state_is_refused(data: dict[str, int | str | None]) -> None:
@@ -136,7 +167,9 @@ json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=40)
 
 @given(
     st.dictionaries(
-        st.sampled_from(["failures", "locked_until", "day_started", "day_failures", "x"]),
+        st.sampled_from(
+            ["failures", "locked_until", "day_started", "day_failures", "forgiven_at", "x"]
+        ),
         json_values,
     )
     | st.fixed_dictionaries(

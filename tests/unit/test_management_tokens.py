@@ -1,0 +1,210 @@
+"""Management tokens carried out (issue 18 item 1), keypad and online, through the pure token intake and the core step: key change to an installed epoch (old-epoch tokens refused after it, counters afresh past 65,535), set maximum power (a load-limit write, refused on a map without one), clear tamper, set emergency credit and the test token (no counter used, nothing forgiven, shown on the display)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from gateway.core.commands import (
+    Command,
+    DisplayCode,
+    Publish,
+    SetLoadLimit,
+    TopUpDecision,
+    WriteDisplay,
+)
+from gateway.core.events import ManagementTokenAccepted, ReadingReceived, TopUpAccepted
+from gateway.core.meter_state import MeterState, enrol
+from gateway.core.settings import MeterSettings
+from gateway.core.states import CreditState
+from gateway.core.step import step
+from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
+from gateway.core.token_intake import (
+    POLICY,
+    KeypadEntry,
+    KeypadGuard,
+    MeterAbilities,
+    OnlineTopUp,
+    TokenOutcome,
+    intake_keypad,
+    intake_online,
+)
+from protocol.tokens.keypad import issue_keypad
+from protocol.tokens.keys import derive_meter_key
+from protocol.tokens.lockout import KeypadLockout, lockout_after_failure
+from protocol.tokens.online import issue_online
+from protocol.tokens.replay import ReplayWindow
+from protocol.tokens.token_class import TAMPER_MASK_FLAGS, TokenClass
+from tests.support.gateway_env import ONLINE_KEY, VENDING_KEY, b64
+
+METER = "PE1-000007"
+T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
+PE1 = MeterAbilities(frozenset({1}), load_limit=True)
+GUARD = KeypadGuard(KeypadLockout())
+
+
+def keypad(
+    token_class: TokenClass,
+    value: int,
+    counter: int,
+    *,
+    window: ReplayWindow | None = None,
+    abilities: MeterAbilities = PE1,
+    guard: KeypadGuard = GUARD,
+    token_epoch: int | None = None,
+) -> TokenOutcome:
+    window = window or ReplayWindow(0)
+    epoch = window.epoch if token_epoch is None else token_epoch
+    digits = issue_keypad(VENDING_KEY, METER, epoch, token_class, counter, value)
+    key = derive_meter_key(VENDING_KEY, METER, window.epoch)
+    entry = KeypadEntry(METER, counter + 1000, digits, T0)
+    return intake_keypad(entry, key, window, guard, "KES", abilities)
+
+
+def meter(balance: int = 1000) -> MeterState:
+    tariff = Tariff("KES", FlatPricing(Decimal(100)))
+    settings = MeterSettings(TariffSchedule.single(tariff), overdraft_limit=0)
+    state = enrol(METER, settings, T0 - timedelta(hours=1), opening_balance=balance)
+    state, _ = step(state, ReadingReceived(METER, 10_000, T0 - timedelta(hours=1)), T0)
+    return state
+
+
+def events(commands: list[Command]) -> dict[str, dict[str, Any]]:
+    return {
+        str(c.body["event"]): c.body
+        for c in commands
+        if isinstance(c, Publish) and c.kind == "event"
+    }
+
+
+def carried_out(outcome: TokenOutcome, state: MeterState) -> tuple[MeterState, list[Command]]:
+    assert isinstance(outcome.event, ManagementTokenAccepted), outcome
+    return step(state, outcome.event, T0)
+
+
+def test_key_change_moves_the_window_to_the_new_epoch_and_old_tokens_fail() -> None:
+    outcome = keypad(TokenClass.KEY_CHANGE, 1, 5)
+    assert outcome.verdict == "accepted"
+    assert outcome.key_epoch == 1
+    assert outcome.window == ReplayWindow.fresh(1)
+    _, commands = carried_out(outcome, meter())
+    assert events(commands)["key_changed"]["details"] == {
+        "from_epoch": 0,
+        "to_epoch": 1,
+        "token_id": f"{METER}:0:5",
+        "channel": "keypad",
+        "counter": 5,
+    }
+    assert any(isinstance(c, TopUpDecision) and c.accepted for c in commands)
+    after = ReplayWindow.fresh(1)
+    # An epoch-0 token vended before the change (fresh counter 6) fails on the new key.
+    old = keypad(TokenClass.CREDIT, 500, 6, window=after, token_epoch=0)
+    assert old.verdict == "wrong_meter_or_forged"
+    new = keypad(TokenClass.CREDIT, 500, 1, window=after)
+    assert new.verdict == "accepted"
+    assert isinstance(new.event, TopUpAccepted)
+    assert new.event.token_id == f"{METER}:1:1"
+
+
+def test_a_meter_moves_past_counter_65535_by_a_key_change() -> None:
+    near_end = ReplayWindow(0, 65_534, 0)
+    assert keypad(TokenClass.CREDIT, 100, 65_535, window=near_end).verdict == "accepted"
+    change = keypad(TokenClass.KEY_CHANGE, 1, 65_535, window=near_end)
+    assert change.window == ReplayWindow.fresh(1)
+    assert keypad(TokenClass.CREDIT, 100, 1, window=change.window).verdict == "accepted"
+
+
+def test_key_change_to_an_epoch_not_installed_is_refused_and_keeps_its_counter() -> None:
+    outcome = keypad(TokenClass.KEY_CHANGE, 2, 5)
+    assert outcome.verdict == "key_not_held"
+    assert outcome.window is None
+    assert outcome.lockout is not None
+    assert outcome.lockout.keypad == GUARD.keypad  # the token is genuine: no failure counted
+    assert outcome.key_epoch is None
+
+
+def test_key_change_online_twin_and_old_epoch_online_tokens_too_old() -> None:
+    keys = {"v1": ONLINE_KEY.public_key()}
+    token = issue_online(
+        ONLINE_KEY, "v1", METER, 3, TokenClass.KEY_CHANGE, 1, "KES", bytes(16),
+        T0, T0 + timedelta(days=1),
+    )  # fmt: skip
+    top_up = OnlineTopUp(METER, token, T0)
+    outcome = intake_online(
+        top_up, keys, window=ReplayWindow(0), currency="KES", now=T0, abilities=PE1
+    )
+    assert (outcome.verdict, outcome.key_epoch) == ("accepted", 1)
+    stale = issue_online(
+        ONLINE_KEY, "v1", METER, 4, TokenClass.CREDIT, 100, "KES", bytes(16),
+        T0, T0 + timedelta(days=1),
+    )  # fmt: skip
+    again = intake_online(
+        OnlineTopUp(METER, stale, T0), keys, window=ReplayWindow.fresh(1), currency="KES", now=T0
+    )
+    assert again.verdict == "too_old"
+    assert b64(b"x")  # the helper module's encoder is the one the gateway's config uses
+
+
+def test_set_max_power_writes_the_load_limit() -> None:
+    outcome = keypad(TokenClass.SET_MAX_POWER, 2500, 1)
+    assert outcome.window == ReplayWindow(0).record(1)
+    _, commands = carried_out(outcome, meter())
+    assert SetLoadLimit(METER, 2500) in commands
+    assert events(commands)["max_power_set"]["details"]["watts"] == 2500
+
+
+def test_set_max_power_on_a_map_without_a_load_limit_is_refused_with_a_reason() -> None:
+    no_register = MeterAbilities(frozenset({1}), load_limit=False)
+    outcome = keypad(TokenClass.SET_MAX_POWER, 2500, 1, abilities=no_register)
+    assert outcome.verdict == "no_load_limit"
+    assert "load_limit register" in outcome.detail
+    assert outcome.window is None
+
+
+def test_clear_tamper_clears_the_named_flags_so_a_lasting_tamper_is_reported_again() -> None:
+    state = meter()
+    state, commands = step(
+        state, ReadingReceived(METER, 10_001, T0, cover_open=True, magnetic_tamper=True), T0
+    )
+    assert "tamper" in events(commands)
+    mask = 1 << TAMPER_MASK_FLAGS.index("cover_open")
+    state, commands = carried_out(keypad(TokenClass.CLEAR_TAMPER, mask, 1), state)
+    body = events(commands)["tamper_cleared"]
+    assert body["details"]["cleared"] == ["cover_open"]
+    assert state.flags == {"magnetic_tamper"}
+    later = T0 + timedelta(minutes=1)
+    _, commands = step(
+        state, ReadingReceived(METER, 10_002, later, cover_open=True, magnetic_tamper=True), later
+    )
+    assert events(commands)["tamper"]["reason"] == "cover_open"
+
+
+def test_set_emergency_credit_changes_the_overdraft_and_the_credit_state() -> None:
+    state = meter(balance=150)
+    state, commands = carried_out(keypad(TokenClass.SET_EMERGENCY_CREDIT, 500, 1), state)
+    assert state.settings.overdraft_limit == 500
+    assert events(commands)["emergency_credit_set"]["details"]["previous"] == 0
+    later = T0 + timedelta(hours=1)
+    state, _ = step(state, ReadingReceived(METER, 12_500, later), later)  # 2.5 kWh: 250
+    assert state.ledger.balance == -100
+    assert state.credit is CreditState.EMERGENCY  # with no emergency credit: exhausted
+
+
+def test_test_token_uses_no_counter_forgives_nothing_and_shows_on_the_display() -> None:
+    locked = KeypadLockout()
+    for _ in range(5):
+        locked, _ = lockout_after_failure(locked, T0 - timedelta(hours=2), POLICY)
+    guard = KeypadGuard(locked)
+    outcome = keypad(TokenClass.TEST, 42, 3, guard=guard)
+    assert outcome.verdict == "accepted"
+    assert outcome.window is None
+    assert outcome.lockout is not None
+    assert outcome.lockout.keypad == guard.keypad
+    _, commands = carried_out(outcome, meter())
+    assert not any(isinstance(c, TopUpDecision) for c in commands)
+    assert events(commands)["test_token"]["details"]["code"] == 42
+    displays = [c for c in commands if isinstance(c, WriteDisplay)]
+    assert displays[-1].code is DisplayCode.TEST_TOKEN
+    # The same digits again: still accepted (no counter consumed).
+    assert keypad(TokenClass.TEST, 42, 3, guard=guard).verdict == "accepted"
