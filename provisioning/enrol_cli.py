@@ -78,6 +78,9 @@ _FLAG_FIELDS = {
     "max_balance": "max_balance",
     "expected_serial": "expected_serial",
     "relay_output": "relay_output",
+    "address": "address",
+    "password": "password",
+    "operator_code": "operator_code",
 }
 
 
@@ -127,6 +130,13 @@ def add_enrol_command(sub: Subcommands) -> None:
         metavar="BUS:UNIT:COIL",
         help="the relay module coil that switches a relay-less meter's supply",
     )
+    p.add_argument("--address", help="DL/T 645: the meter's 12-digit address (nameplate)")
+    p.add_argument(
+        "--password",
+        help="DL/T 645: remote-control password, 8 hex digits, level first (02000000); "
+        "'esam' for a meter this gateway reads and bills but cannot switch",
+    )
+    p.add_argument("--operator-code", help="DL/T 645: operator code, 8 hex digits")
     p.set_defaults(func=run_enrol)
 
 

@@ -26,6 +26,7 @@ from gateway.core.events import (
     CommunicationLost,
     CommunicationRestored,
     Event,
+    MeterNotice,
     PollFailed,
     ReadingReceived,
     RelayObserved,
@@ -129,6 +130,8 @@ def apply_event(run: StepRun, event: Event) -> None:
             schedule = run.settings.tariffs.with_change(tariff, when)
             run.state = replace(run.state, settings=replace(run.settings, tariffs=schedule))
             run.publish_event("tariff_scheduled", "tariff update", activates_at=when.isoformat())
+        case MeterNotice(name=name, reason=why, details=details):
+            run.publish_event(name, why, **dict(details))
 
 
 def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:

@@ -93,6 +93,11 @@ SELECT 1;
 UPDATE executed_commands SET expires_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', expires_at);
 UPDATE executed_commands SET executed_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', executed_at);
 """,
+    # A DL/T 645 meter's remote-control secret (password and operator code, or "esam"),
+    # entered at enrolment; the file is owner-only like the meter keys beside it.
+    6: """
+ALTER TABLE meters ADD COLUMN control_secret TEXT;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
