@@ -16,13 +16,14 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import JsonValue
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, RtuBus
 from gateway.core.commands import Publish
 from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
@@ -294,7 +295,7 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
     extras = load_extras(config).get(args.meter, {})
     with open_store(config) as store:
         meter = _find(store.load_meters(), args.meter)
-    port = port_for(bus_of(config, meter.record.bus))
+    bus = bus_of(config, meter.record.bus)
 
     async def switch_relay() -> bool:
         return bool(args.yes) or await _ask(
@@ -303,6 +304,26 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     def say(line: str) -> None:
         print(line, flush=True)
+
+    if isinstance(bus, RtuBus) and bus.protocol == "dlt645":
+        # Imported here: provisioning.dlt645_site takes Check from this module.
+        from provisioning.dlt645_site import commission_dlt645, port_of  # noqa: PLC0415
+
+        dlt645_port = port_of(bus)
+
+        async def run_dlt645() -> list[Check]:
+            try:
+                return await commission_dlt645(
+                    meter,
+                    dlt645_port,
+                    expected_serial=extras.get("expected_serial"),
+                    switch_relay=switch_relay,
+                )
+            finally:
+                await dlt645_port.close()
+
+        return _report(args, config, run_dlt645)
+    port = port_for(bus)
 
     async def run() -> list[Check]:
         try:
@@ -317,6 +338,15 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
         finally:
             await port.close()
 
+    return _report(args, config, run)
+
+
+def _report(
+    args: argparse.Namespace,
+    config: GatewayConfig,
+    run: Callable[[], Coroutine[Any, Any, list[Check]]],
+) -> int:
+    """Run the checks, store the report and print it; the exit code."""
     try:
         checks = run_async(run)
     except Interrupted as exc:
