@@ -108,6 +108,9 @@ class Dlt645Link:
     runtime: MeterRuntime | None = None
     #: the relay position the last ``relay_not_switched`` event was about
     refused_for: bool | None = None
+    #: how far its clock is ahead of ours (s), as last measured: commands' deadlines are
+    #: on its clock
+    clock_offset_s: float = 0.0
     sync_task: asyncio.Task[None] | None = None
 
     def can(self, capability: Dlt645Capability) -> bool:
@@ -245,13 +248,16 @@ class Dlt645BusRuntime:
 
     # ------------------------------------------------------------------ commands
 
-    def deadline(self) -> MeterTime:
-        return command_deadline(self.clock().astimezone(self.zone))
+    def deadline(self, link: Dlt645Link) -> MeterTime:
+        """Five minutes on, on the meter's clock."""
+        now = self.clock().astimezone(self.zone) + timedelta(seconds=link.clock_offset_s)
+        return command_deadline(now)
 
     async def command(self, link: Dlt645Link, command: ControlCommand) -> None:
         """One remote-control command to a meter we can switch."""
         assert link.credentials is not None
-        await link.io.control(self.port, link.address, link.credentials, command, self.deadline())
+        deadline = self.deadline(link)
+        await link.io.control(self.port, link.address, link.credentials, command, deadline)
         log.info("meter %s: %s sent", link.meter_id, command.name.lower())
 
     async def switch(self, link: Dlt645Link, closed: bool) -> None:
@@ -334,9 +340,26 @@ class Dlt645BusRuntime:
             await asyncio.sleep(period)
 
     async def sync_time(self) -> None:
+        """Read each clock (a ``clock_drift`` event beyond the bound), broadcast the time,
+        then read again the clocks that were off, in case a meter refused the broadcast
+        (real meters refuse one that moves their clock too far): commands' deadlines
+        follow each meter's own clock."""
+        bound = self.settings.clock_drift_max_s
+        drifting: list[Dlt645Link] = []
         for link in list(self.meters.values()):
-            if link.can(Dlt645Capability.CLOCK):
-                await self._check_clock(link)
+            drift = await self._clock_offset(link)
+            if drift is None:
+                continue
+            link.clock_offset_s = drift
+            if abs(drift) > bound:
+                drifting.append(link)
+                await self._notice(
+                    link,
+                    "clock_drift",
+                    f"the meter's clock is {abs(drift):.0f} s {'ahead' if drift > 0 else 'behind'}",
+                    drift_s=round(drift),
+                    bound_s=bound,
+                )
         now = self.clock().astimezone(self.zone)
         try:
             await self.port.broadcast_time(MeterTime.from_datetime(now))
@@ -344,26 +367,29 @@ class Dlt645BusRuntime:
             log.warning("bus %s: broadcast time failed: %s", self.bus.name, exc)
             return
         log.info("bus %s: time broadcast (%s)", self.bus.name, now.isoformat(timespec="seconds"))
+        for link in self.meters.values():
+            if link not in drifting:
+                link.clock_offset_s = 0.0  # close enough, and set again now
+        for link in drifting:
+            drift = await self._clock_offset(link)
+            if drift is not None:
+                link.clock_offset_s = drift
 
-    async def _check_clock(self, link: Dlt645Link) -> None:
+    async def _clock_offset(self, link: Dlt645Link) -> float | None:
+        """How far the meter's clock is ahead of ours (s); None when it has none or did
+        not answer."""
+        if not link.can(Dlt645Capability.CLOCK):
+            return None
         try:
             started = time.monotonic()
             clock = await link.io.read_clock(self.port, link.address)
             took = time.monotonic() - started
         except MeterIOError as exc:
             log.info("meter %s: clock not read: %s", link.meter_id, exc)
-            return
+            return None
         # The meter's time was read during the exchanges: compare with the middle of them.
         now = self.clock() - timedelta(seconds=took * self.speed / 2)
-        drift = (clock.to_datetime(self.zone) - now).total_seconds()
-        if abs(drift) > self.settings.clock_drift_max_s:
-            await self._notice(
-                link,
-                "clock_drift",
-                f"the meter's clock is {abs(drift):.0f} s {'ahead' if drift > 0 else 'behind'}",
-                drift_s=round(drift),
-                bound_s=self.settings.clock_drift_max_s,
-            )
+        return (clock.to_datetime(self.zone) - now).total_seconds()
 
     # ------------------------------------------------------------------ the rest
 

@@ -88,3 +88,10 @@ def plan_dlt645_record(
     if Dlt645Capability.RELAY not in model.capabilities:
         raise Dlt645FieldError("map", f"map {map_name} has no relay: refused as prepaid")
     return MeterRecord(meter_id, bus, number, map_name, key, epoch, None, secret)
+
+
+def where_on_bus(config: GatewayConfig, record: MeterRecord) -> str:
+    """``unit 7`` for a Modbus meter, ``address 201512340001`` for a DL/T 645 one."""
+    if is_dlt645_bus(config, record.bus):
+        return f"address {Address.of_number(record.unit_id).digits}"
+    return f"unit {record.unit_id}"

@@ -177,13 +177,18 @@ async def _check_relay(
     io: Dlt645MeterIO, port: Dlt645Port, address: Address, creds: Dlt645Credentials
 ) -> Check:
     """Trip and close (or close and trip), reading the status word back each time; ends
-    as it began, also when interrupted half way."""
+    as it began, also when interrupted half way. Commands are valid for five minutes on
+    the meter's own clock (whatever this laptop's says)."""
     start = await io.read_relay(port, address)
     seen: list[str] = []
+    if Dlt645Capability.CLOCK in io.model_map.capabilities:
+        deadline = command_deadline((await io.read_clock(port, address)).to_datetime(UTC))
+    else:
+        deadline = command_deadline(datetime.now().astimezone())
 
     async def command(closed: bool) -> None:
         which = ControlCommand.CLOSE if closed else ControlCommand.TRIP
-        await io.control(port, address, creds, which, command_deadline(datetime.now(UTC)))
+        await io.control(port, address, creds, which, deadline)
 
     try:
         for want in (not start, start):

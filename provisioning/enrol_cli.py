@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.store import StoredMeter, StoreError
 from protocol.cli import Subcommands, add_config_option
+from provisioning.dlt645_fields import where_on_bus
 from provisioning.enrol import (
     PlannedMeter,
     check_meter_id,
@@ -183,7 +184,7 @@ def run_enrol(args: argparse.Namespace) -> int:
     for _, p in planned:
         r = p.record
         print(
-            f"enrolled {r.meter_id} on {r.bus} unit {r.unit_id} ({r.map_name}), "
+            f"enrolled {r.meter_id} on {r.bus} {where_on_bus(config, r)} ({r.map_name}), "
             f"credit {money_text(p.state.ledger.balance, p.state.settings)}, "
             f"state {p.state.credit}"
         )
