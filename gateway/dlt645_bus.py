@@ -93,6 +93,19 @@ def control_secret(password: str, operator: str) -> str:
     return f"{creds.password} {creds.operator}"
 
 
+def dlt645_port_for(bus: RtuBus, timeout: float | None = None) -> Dlt645Port:
+    """The port of a DL/T 645 bus; ``timeout`` shortens its reply timeout (a scan's probes)."""
+    return Dlt645Port(
+        bus.name,
+        bus.device,
+        baud=bus.baud,
+        parity=bus.parity,
+        stopbits=bus.stopbits,
+        timeout=timeout or bus.timeout_s,
+        guard=bus.guard_s,
+    )
+
+
 @dataclass
 class Dlt645Link:
     """One DL/T 645 meter on this bus: where it is, how to command it, what it last showed."""
@@ -192,15 +205,7 @@ class Dlt645BusRuntime:
 
     def __post_init__(self) -> None:
         bus = self.bus
-        self.port = Dlt645Port(
-            bus.name,
-            bus.device,
-            baud=bus.baud,
-            parity=bus.parity,
-            stopbits=bus.stopbits,
-            timeout=bus.timeout_s,
-            guard=bus.guard_s,
-        )
+        self.port = dlt645_port_for(bus)
         self.line = Dlt645Line(bus.name, self.port)
         self.settings = bus.dlt645_settings
         self.zone = ZoneInfo(self.settings.time_zone)

@@ -25,6 +25,7 @@ from pydantic import JsonValue
 
 from gateway.config import GatewayConfig, RtuBus
 from gateway.core.commands import Publish
+from gateway.dlt645_bus import dlt645_port_for
 from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from gateway.store import StoredMeter
@@ -307,9 +308,9 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     if isinstance(bus, RtuBus) and bus.protocol == "dlt645":
         # Imported here: provisioning.dlt645_site takes Check from this module.
-        from provisioning.dlt645_site import commission_dlt645, port_of  # noqa: PLC0415
+        from provisioning.dlt645_site import commission_dlt645  # noqa: PLC0415
 
-        dlt645_port = port_of(bus)
+        dlt645_port = dlt645_port_for(bus)
 
         async def run_dlt645() -> list[Check]:
             try:

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.config import RtuBus
-from gateway.dlt645_bus import ESAM_REASON, NO_CONTROL_REASON, parse_control_secret
+from gateway.dlt645_bus import (
+    ESAM_REASON,
+    NO_CONTROL_REASON,
+    dlt645_port_for,
+    parse_control_secret,
+)
 from gateway.dlt645_io import Dlt645Credentials, Dlt645MeterIO, command_deadline
 from gateway.dlt645_port import Dlt645Port
 from gateway.modbus_port import IOFailure, MeterIOError
@@ -63,18 +68,6 @@ def parse_addresses(text: str) -> list[Address]:
     if not out:
         raise ProvisionError("--addresses: give addresses, e.g. 000000000001-000000000032")
     return out
-
-
-def port_of(bus: RtuBus, timeout: float | None = None) -> Dlt645Port:
-    return Dlt645Port(
-        bus.name,
-        bus.device,
-        baud=bus.baud,
-        parity=bus.parity,
-        stopbits=bus.stopbits,
-        timeout=timeout or bus.timeout_s,
-        guard=bus.guard_s,
-    )
 
 
 async def identify(port: Dlt645Port, address: Address) -> Found | None:
@@ -140,7 +133,7 @@ def print_found(bus: str, found: Sequence[Found]) -> None:
 def run_dlt645_scan(bus: RtuBus, addresses_text: str | None, timeout: float) -> int:
     """The scan command on a DL/T 645 bus (run from ``scan``'s own entry)."""
     addresses = parse_addresses(addresses_text) if addresses_text else None
-    port = port_of(bus, timeout)
+    port = dlt645_port_for(bus, timeout)
     found: list[Found] = []
     started = time.monotonic()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +21,20 @@ from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.simulator import Simulator
 from protocol.tokens.keys import derive_meter_key
-from protocol.tokens.online import issue_online
-from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
-from tests.support.gateway_env import ONLINE_KEY, VENDING_KEY, GatewayWorld, fast_settings
+from tests.support.dlt645_env import OPERATOR, PASSWORD, dlt645_bus
+from tests.support.gateway_env import VENDING_KEY, GatewayWorld, fast_settings, online_token
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
 SPEED = 60.0
-SECRET = control_secret("02000000", "00000001")  # the simulator's default password
+SECRET = control_secret(PASSWORD, OPERATOR)  # the simulator's default password
 
 
 def dlt_id(n: int) -> str:
     return f"DLT-{n:06d}"
-
-
-def online_token(n: int, counter: int, amount: int) -> str:
-    """The vending service's online credit token for meter ``DLT-n``."""
-    now = datetime.now(UTC)
-    return issue_online(
-        ONLINE_KEY,
-        "vend-1",
-        dlt_id(n),
-        counter,
-        TokenClass.CREDIT,
-        amount,
-        "KES",
-        counter.to_bytes(16, "big"),
-        now - timedelta(minutes=1),
-        now + timedelta(days=2),
-    )
 
 
 @dataclass
@@ -98,20 +80,7 @@ class Site:
             start=start,
             **kw,
         )
-        host, port = self.sim.rtu_tcp_address or ("", 0)
-        data["buses"].append(
-            {
-                "name": "dlt-1",
-                "kind": "rtu",
-                "protocol": "dlt645",
-                "device": f"socket://{host}:{port}",
-                "baud": 9600,
-                "parity": "E",
-                "timeout_s": 0.5,
-                "retries": 0,
-                "dlt645": {"clock_drift_max_s": 120},
-            }
-        )
+        data["buses"].append(dlt645_bus(self.sim, dlt645={"clock_drift_max_s": 120}))
         return GatewayConfig.model_validate(data)
 
 
@@ -175,7 +144,7 @@ async def test_dlt645_meters_are_billed_cut_off_and_reconnected_beside_modbus(si
                 "v": 1,
                 "id": f"topup-{n}",
                 "cmd": "topup",
-                "token": online_token(n, counter, 8000),
+                "token": online_token(n, counter, 8000, meter=dlt_id(n)),
             }
             site.headend.publish(
                 f"prepaid/v1/gw-test/meters/{dlt_id(n)}/cmd", json.dumps(cmd).encode()

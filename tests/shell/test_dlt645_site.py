@@ -3,55 +3,22 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
-from protocol.tokens.online import issue_online
-from protocol.tokens.token_class import TokenClass
 from tests.integration.helpers import MessageLog, eventually, sim_start
 from tests.shell.test_provision_cli import GW, acli, cli
-from tests.support.gateway_env import ONLINE_KEY, GatewayWorld, to_toml
+from tests.support.dlt645_env import dlt645_bus
+from tests.support.gateway_env import GatewayWorld, online_token, to_toml
 from tests.support.gateway_process import GatewayProcess
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
 SPEED = 60.0
 M1, M2 = "DLT-000001", "DLT-000002"
-
-
-def _dlt645_bus(sim: Dlt645Simulator) -> dict[str, Any]:
-    host, port = sim.rtu_tcp_address or ("", 0)
-    return {
-        "name": "dlt-1",
-        "kind": "rtu",
-        "protocol": "dlt645",
-        "device": f"socket://{host}:{port}",
-        "baud": 9600,
-        "parity": "E",
-        "timeout_s": 0.5,
-        "retries": 0,
-    }
-
-
-def _online_token(meter: str, counter: int, amount: int) -> str:
-    now = datetime.now(UTC)
-    return issue_online(
-        ONLINE_KEY,
-        "vend-1",
-        meter,
-        counter,
-        TokenClass.CREDIT,
-        amount,
-        "KES",
-        counter.to_bytes(16, "big"),
-        now - timedelta(minutes=1),
-        now + timedelta(days=2),
-    )
 
 
 @pytest.mark.asyncio
@@ -66,7 +33,7 @@ async def test_a_dlt645_site_is_enrolled_commissioned_billed_cut_off_and_reconne
         assert cli("init", "--dir", folder, "--gateway-id", GW).rc == 0
         world = GatewayWorld(folder, folder / "gateway.db", gateway_id=GW)
         data = world.config_data(broker=(mosquitto.host, mosquitto.port), speed=SPEED, start=start)
-        data["buses"] = [_dlt645_bus(sim)]
+        data["buses"] = [dlt645_bus(sim)]
         config_path = folder / "gateway.toml"
         config_path.write_text(to_toml(data))
         config_path.chmod(0o600)
@@ -154,7 +121,7 @@ async def test_a_dlt645_site_is_enrolled_commissioned_billed_cut_off_and_reconne
                 assert billed
                 assert min(billed) <= 0
 
-                token = _online_token(M1, 1, 5000)
+                token = online_token(0, 1, 5000, meter=M1)
                 cmd = {"v": 1, "id": "topup-1", "cmd": "topup", "token": token}
                 headend.publish(f"prepaid/v1/{GW}/meters/{M1}/cmd", json.dumps(cmd).encode())
                 await eventually(lambda: sim.state(1)["relay_closed"] is True, 30, "reconnect")
@@ -170,7 +137,7 @@ async def test_a_dlt645_site_is_enrolled_commissioned_billed_cut_off_and_reconne
 
     # Read address (13H) finds the one meter on a point-to-point link.
     async with Dlt645Simulator.start(meters=1, first_address=201512340001, baud=9600) as one:
-        data["buses"] = [_dlt645_bus(one)]
+        data["buses"] = [dlt645_bus(one)]
         config_path.write_text(to_toml(data))
         found = await acli("scan", "--config", config_path, "--bus", "dlt-1")
         assert found.rc == 0, found.err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import eventually
-from tests.shell.test_docs_simulator_page import ROOT, _env, _free_port, served, sh
+from tests.shell.test_docs_simulator_page import ROOT, _free_port, _spawn, served, sh
 from tests.support.mosquitto import Mosquitto
 from tests.unit.test_docs_commands import _commands, _expand
 
@@ -74,15 +74,7 @@ async def test_the_worked_example_runs_as_written(tmp_path: Path, mosquitto: Mos
             ran += 1
         assert ran == len(steps) - 1
 
-        gateway = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            f"exec {steps[-1][0]}",
-            cwd=tmp_path,
-            env=_env(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        gateway = await _spawn(f"exec {steps[-1][0]} 2>&1", tmp_path)  # its log on stdout
         assert gateway.stdout is not None
         logged: list[str] = []
         wanted = [_same(line) for line in log_lines]
