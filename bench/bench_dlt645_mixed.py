@@ -1,6 +1,7 @@
 """A mixed gateway (issue 21): 500 PE-1 meters over Modbus TCP beside 2 DL/T 645 buses of
 32 meters each (RTU over TCP at 9,600 baud, the simulator emulating wire time), against
-the same 500 Modbus meters alone, in the same run, runs alternating (A B A B ...).
+the same 500 Modbus meters alone and the DL/T 645 buses alone, in the same run, runs
+alternating (A B C A B C ...).
 
 Every party runs in its own process (the simulators, Mosquitto, the gateway), as in
 bench/bench_gateway.py, whose helpers this reuses. The Modbus figures are counted from the
@@ -174,10 +175,13 @@ def main() -> None:
                     settings=_settings(),
                 )  # fmt: skip
             enrol_dlt645(mixed, DLT645_BUSES, DLT645_METERS)
+            alone = work / "dlt645.db"
+            enrol_dlt645(alone, DLT645_BUSES, DLT645_METERS)
             dlt = [dlt645_bus(f"dlt-{b}", s.rtu_tcp or ("", 0)) for b, s in enumerate(sims)]
             configs = {
                 "modbus only": config_data(only, tcp, mosq.port, interval=0.01),
                 "mixed": config_data(mixed, tcp + dlt, mosq.port, interval=0.01),
+                "dlt645 only": config_data(alone, dlt, mosq.port, interval=0.01),
             }
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
             for pair in range(a.pairs):
@@ -195,17 +199,26 @@ def main() -> None:
         modbus.stop()
         for s in sims:
             s.stop()
-    rate = {n: statistics.median(r["modbus"] / r["seconds"] for r in rs) for n, rs in runs.items()}
+    with_modbus = {n: rs for n, rs in runs.items() if n != "dlt645 only"}
+    rate = {
+        n: statistics.median(r["modbus"] / r["seconds"] for r in rs)
+        for n, rs in with_modbus.items()
+    }
     cpu = {
-        n: statistics.median(per_1000(r["cpu"], r["modbus"]) for r in rs) for n, rs in runs.items()
+        n: statistics.median(per_1000(r["cpu"], r["modbus"]) for r in rs)
+        for n, rs in with_modbus.items()
     }
     dlt_rate = statistics.median(r["dlt645"] / r["seconds"] for r in runs["mixed"])
+    dlt_alone = statistics.median(r["dlt645"] / r["seconds"] for r in runs["dlt645 only"])
     print(f"medians of {a.pairs} pairs ({a.window:g} s windows):")
     print(f"  Modbus readings/s: only {rate['modbus only']:,.0f}, mixed {rate['mixed']:,.0f} "
           f"({rate['mixed'] / rate['modbus only'] - 1:+.1%})")  # fmt: skip
     print(f"  CPU-s per 1000 Modbus readings: only {cpu['modbus only']:.3f}, mixed "
           f"{cpu['mixed']:.3f} ({cpu['mixed'] / cpu['modbus only'] - 1:+.1%})")  # fmt: skip
-    print(f"  DL/T 645 readings/s (2 buses x 32 at {BAUD} baud): {dlt_rate:.1f}")
+    print(
+        f"  DL/T 645 readings/s (2 buses x 32 at {BAUD} baud): mixed {dlt_rate:.1f}, "
+        f"alone {dlt_alone:.1f}"
+    )
     print(f"load average after: {os.getloadavg()}")
     sys.stdout.flush()
 
