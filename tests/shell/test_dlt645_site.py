@@ -1,4 +1,4 @@
-"""A DL/T 645 site through the CLI and a real gateway process: init, scan (probing addresses, and read address on a point-to-point link), enrol by 12-digit address with password and operator code, commission (relay switched and read back by remote control), then `meter-gateway run` bills the meters, trips one at exhaustion and closes it again after an online top-up, while the commissioning report reaches the headend; bad DL/T 645 enrolments are refused by field."""
+"""A DL/T 645 site through the CLI and a real gateway process: init, scan (probing addresses, and read address on a point-to-point link), enrol by 12-digit address with password and operator code, commission (relay switched and read back by remote control), then `meter-gateway run` bills the meters, trips one at exhaustion and closes it again after an online top-up, while the commissioning report reaches the headend; bad DL/T 645 enrolments are refused by field; the passwords move to a replacement box only sealed with the meter keys, an ESAM mark in the clear."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import Store
 from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from tests.integration.helpers import MessageLog, eventually, sim_start
@@ -142,3 +143,52 @@ async def test_a_dlt645_site_is_enrolled_commissioned_billed_cut_off_and_reconne
         found = await acli("scan", "--config", config_path, "--bus", "dlt-1")
         assert found.rc == 0, found.err
         assert "201512340001  dlt645_single_phase" in found.out
+
+
+def _dlt645_site(folder: Path) -> Path:
+    """An initialised site with a DL/T 645 bus (nothing listens: enrolment needs none)."""
+    assert cli("init", "--dir", folder, "--gateway-id", GW).rc == 0
+    world = GatewayWorld(folder, folder / "gateway.db", gateway_id=GW)
+    data = world.config_data()
+    data["buses"] = [{"name": "dlt-1", "kind": "rtu", "protocol": "dlt645", "device": "/dev/null"}]
+    config = folder / "gateway.toml"
+    config.write_text(to_toml(data))
+    config.chmod(0o600)
+    return config
+
+
+def test_dlt645_passwords_move_with_an_export_only_sealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _dlt645_site(tmp_path / "old")
+    vending = tmp_path / "vending.key"
+    assert cli("keys", "new-vending-key", "--out", vending).rc == 0
+    for meter, password in ((M1, "02123456"), (M2, "esam")):
+        key = tmp_path / f"{meter}.key"
+        assert (
+            cli("keys", "meter-key", "--vending-key", vending, "--meter", meter, "--out", key).rc
+            == 0
+        )
+        ran = cli(
+            "enrol", "--config", config, "--meter", meter, "--bus", "dlt-1",
+            "--address", meter[-6:].rjust(12, "0"), "--password", password,
+            "--operator-code", "0000ABCD" if password != "esam" else "",
+            "--key-file", key, "--price-per-kwh", "1",
+        )  # fmt: skip
+        assert ran.rc == 0, ran.err
+    plain = tmp_path / "plain.json"
+    assert cli("export", "--config", config, "--out", plain).rc == 0
+    assert "02123456" not in plain.read_text()
+    monkeypatch.setenv("PREPAID_EDGE_PASSPHRASE", "correct horse battery")
+    sealed = tmp_path / "sealed.json"
+    assert cli("export", "--config", config, "--out", sealed, "--with-keys").rc == 0
+    assert "02123456" not in sealed.read_text()
+
+    new = _dlt645_site(tmp_path / "new")
+    ran = cli("import", sealed, "--config", new)
+    assert ran.rc == 0, ran.err
+    with Store.open(tmp_path / "new" / "gateway.db") as store:
+        moved = {m.record.meter_id: m.record for m in store.load_meters()}
+    assert moved[M1].control_secret == "02123456 0000ABCD"
+    assert moved[M1].unit_id == 1
+    assert moved[M2].control_secret == "esam"
