@@ -43,7 +43,7 @@ from bench.bench_gateway import (
 from gateway.clock import GatewayClock
 from gateway.config import GatewayConfig
 from gateway.core.meter_state import enrol
-from gateway.dlt645_bus import control_secret
+from gateway.dlt645_io import control_secret
 from gateway.runner import Runner
 from gateway.store import MeterRecord, Store
 from protocol.tokens.keys import derive_meter_key

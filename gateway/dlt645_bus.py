@@ -41,7 +41,14 @@ from gateway.config import Dlt645Settings, RtuBus
 from gateway.core.events import MeterNotice
 from gateway.core.reports import ALARM_STATES
 from gateway.core.states import CreditState
-from gateway.dlt645_io import Dlt645Credentials, Dlt645MeterIO, command_deadline
+from gateway.dlt645_io import (
+    ESAM_REASON,
+    NO_CONTROL_REASON,
+    Dlt645Credentials,
+    Dlt645MeterIO,
+    command_deadline,
+    parse_control_secret,
+)
 from gateway.dlt645_port import Dlt645Port
 from gateway.meter_driver import PointNames
 from gateway.meter_io import MeterSnapshot
@@ -51,7 +58,7 @@ from gateway.store import MeterRecord
 from protocol.codec import Value
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.frame import Address
-from protocol.dlt645.messages import ControlCommand, OperatorCode, Password
+from protocol.dlt645.messages import ControlCommand
 from protocol.dlt645.meter_map import (
     ALARM_BIT,
     PROTECTED_BIT,
@@ -64,33 +71,9 @@ from protocol.modbus.pdu import Request
 
 log = logging.getLogger(__name__)
 
-#: ``control_secret`` of a meter whose remote control only the utility's ESAM can make.
-ESAM = "esam"
 #: The flag a reading carries when the customer closed an allowed relay (the core's
 #: button press; the Modbus poll path sets it from PE-1 status bit 4).
 BUTTON_FLAG = "reconnect_button"
-ESAM_REASON = (
-    "ESAM meter (State Grid 2013): remote control is encrypted with the utility's "
-    "security module, which this gateway does not hold; read and billed, not switched"
-)
-NO_CONTROL_REASON = "no password enrolled for remote control: read and billed, not switched"
-
-
-def parse_control_secret(text: str) -> Dlt645Credentials | None:
-    """``"PASSWORD OPERATOR"`` (8 hex digits each) as credentials, ``"esam"`` as None;
-    ValueError says what is wrong."""
-    if text.strip().lower() == ESAM:
-        return None
-    parts = text.split()
-    if len(parts) != 2:
-        raise ValueError("a control secret is 'PASSWORD OPERATOR' (8 hex digits each) or 'esam'")
-    return Dlt645Credentials(Password.parse(parts[0]), OperatorCode.parse(parts[1]))
-
-
-def control_secret(password: str, operator: str) -> str:
-    """The stored form of a password and operator code (each checked: ValueError)."""
-    creds = Dlt645Credentials(Password.parse(password), OperatorCode.parse(operator))
-    return f"{creds.password} {creds.operator}"
 
 
 def dlt645_port_for(bus: RtuBus, timeout: float | None = None) -> Dlt645Port:

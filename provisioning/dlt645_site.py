@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.config import RtuBus
-from gateway.dlt645_bus import (
+from gateway.dlt645_bus import dlt645_port_for
+from gateway.dlt645_io import (
     ESAM_REASON,
     NO_CONTROL_REASON,
-    dlt645_port_for,
+    Dlt645Credentials,
+    Dlt645MeterIO,
+    command_deadline,
     parse_control_secret,
 )
-from gateway.dlt645_io import Dlt645Credentials, Dlt645MeterIO, command_deadline
 from gateway.dlt645_port import Dlt645Port
 from gateway.modbus_port import IOFailure, MeterIOError
 from gateway.store import StoredMeter

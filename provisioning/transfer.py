@@ -30,7 +30,7 @@ from pydantic import JsonValue
 from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
 from gateway.core.meter_state import MeterState, enrol
-from gateway.dlt645_bus import ESAM, parse_control_secret
+from gateway.dlt645_io import ESAM, parse_control_secret
 from gateway.forms import (
     SettingsError,
     settings_from_json,

@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.config import GatewayConfig
 from gateway.core.meter_state import enrol
 from gateway.core.states import CreditState
-from gateway.dlt645_bus import ESAM, control_secret
+from gateway.dlt645_io import ESAM, control_secret
 from gateway.store import MeterRecord, Store
 from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator

@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, RtuBus, parse_config
-from gateway.dlt645_bus import ESAM, control_secret, parse_control_secret
-from gateway.dlt645_io import Dlt645Credentials
+from gateway.dlt645_io import ESAM, Dlt645Credentials, control_secret, parse_control_secret
 from gateway.store import MeterRecord
 from protocol.dlt645.frame import Address
 from provisioning.dlt645_fields import Dlt645FieldError, plan_dlt645_record
