@@ -1,4 +1,4 @@
-"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply and the alarm sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why."""
+"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply and the alarm sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why; a relay that disobeys a trip is a relay mismatch, and a silent meter is reported, never charged nor cut off."""
 
 from __future__ import annotations
 
@@ -165,3 +165,32 @@ async def test_dlt645_meters_are_billed_cut_off_and_reconnected_beside_modbus(si
         assert not site.log.events(dlt_id(2), "relay_mismatch")
         # The Modbus meter beside them was polled throughout.
         assert gw.meters["PE1-000001"].state.ledger.register_wh is not None
+
+
+async def test_a_dlt645_relay_that_disobeys_or_a_silent_meter_is_reported_never_charged(
+    site: Site,
+) -> None:
+    site.enrol(1, 150)  # its relay acknowledges the trip but stays closed
+    site.enrol(2, 150)  # never answers
+    site.sim.set_load(1, 6000)
+    site.sim.set_load(2, 6000)
+    site.sim.inject_fault(1, "relay_stuck")
+    site.sim.inject_fault(2, "timeout")
+    async with running_gateway(site.config()) as runner:
+        gw = runner.gateway
+        mismatch = await eventually(
+            lambda: site.log.events(dlt_id(1), "relay_mismatch"), 40, "relay mismatch"
+        )
+        assert mismatch
+        assert gw.meters[dlt_id(1)].state.credit is CreditState.DISCONNECTED
+        assert _dlt(site, 1)["relay_command_open"] is True  # told to open...
+        assert site.sim.state(1)["relay_closed"] is True  # ...and did not
+        lost = await eventually(
+            lambda: site.log.events(dlt_id(2), "communication_lost"), 40, "communication lost"
+        )
+        assert lost
+        silent = gw.meters[dlt_id(2)].state
+        assert silent.ledger.charged == 0
+        assert silent.ledger.balance == 150
+        assert silent.relay_closed
+        assert _dlt(site, 2)["commands"] == []

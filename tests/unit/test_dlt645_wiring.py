@@ -134,3 +134,16 @@ def test_bad_dlt645_enrolments_are_refused_by_field(fields: dict[str, str], fiel
     with pytest.raises(Dlt645FieldError) as caught:
         _plan(**fields)
     assert caught.value.field == field
+
+
+@given(st.text(max_size=20), st.text(max_size=12), st.text(max_size=12))
+def test_any_dlt645_enrolment_text_is_a_record_or_a_field_error(
+    address: str, password: str, operator: str
+) -> None:
+    try:
+        record = _plan(address=address, password=password, operator_code=operator)
+    except Dlt645FieldError as exc:
+        assert exc.field in {"address", "password", "operator_code"}
+    else:
+        assert 0 <= record.unit_id <= 999_999_999_999
+        assert record.control_secret is not None
