@@ -49,7 +49,7 @@ from gateway.dlt645_io import (
     command_deadline,
     parse_control_secret,
 )
-from gateway.dlt645_port import Dlt645Port
+from gateway.dlt645_port import Dlt645IOError, Dlt645Port
 from gateway.meter_driver import PointNames
 from gateway.meter_io import MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
@@ -259,7 +259,7 @@ class Dlt645BusRuntime:
                     link.unswitched,
                     wanted="closed" if closed else "open",
                 )
-            raise MeterIOError(0, IOFailure.EXCEPTION, link.unswitched)
+            raise Dlt645IOError(link.address, IOFailure.EXCEPTION, link.unswitched)
         await self.command(link, ControlCommand.CLOSE if closed else ControlCommand.TRIP)
 
     def after_step(self, rt: MeterRuntime) -> None:
