@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.meter_io import MeterIO
+from gateway.meter_driver import MeterDriver, Relay
 from gateway.modbus_port import MeterIOError, ModbusPort
 from protocol import modbus
 
@@ -77,8 +77,8 @@ class MeterTarget:
     meter_id: str
     port: ModbusPort
     unit: int
-    io: MeterIO
-    relay: RelayTarget | None = None
+    io: MeterDriver
+    relay: Relay | None = None
 
 
 async def drive_relay(

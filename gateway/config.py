@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -48,6 +49,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Dlt645Settings(_Strict):
+    """How the gateway drives the DL/T 645 meters of one bus."""
+
+    time_zone: str = Field(
+        default="UTC", description="the meters' clocks (IANA name): broadcast time, deadlines"
+    )
+    time_sync_h: float = Field(
+        default=24.0, gt=0, description="broadcast time (08H) at start and every this many hours"
+    )
+    clock_drift_max_s: float = Field(
+        default=60.0, gt=0, description="a meter's clock further off than this is an event"
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
 class RtuBus(_Strict):
     """An RS-485 line: one master, one request on the wire at a time."""
 
@@ -66,6 +90,23 @@ class RtuBus(_Strict):
     guard_s: float | None = Field(
         default=None, ge=0, description="bus silence after a failure; default from the baud"
     )
+    protocol: Literal["modbus", "dlt645"] = Field(
+        default="modbus", description="what the meters on this line speak: one bus, one protocol"
+    )
+    dlt645: Dlt645Settings | None = Field(
+        default=None, description="DL/T 645 only: the meters' time zone, time sync (dlt645.md)"
+    )
+
+    @model_validator(mode="after")
+    def _dlt645_settings_need_dlt645(self) -> RtuBus:
+        if self.dlt645 is not None and self.protocol != "dlt645":
+            raise ValueError('dlt645 settings on a bus whose protocol is not "dlt645"')
+        return self
+
+    @property
+    def dlt645_settings(self) -> Dlt645Settings:
+        """This DL/T 645 bus's settings (the defaults unless the file gives them)."""
+        return self.dlt645 if self.dlt645 is not None else Dlt645Settings()
 
 
 class TcpBus(_Strict):
@@ -73,6 +114,10 @@ class TcpBus(_Strict):
 
     name: str = Field(pattern=_ID_PATTERN, description="bus name, used by meter enrolment")
     kind: Literal["tcp"] = Field(description="Modbus TCP (a meter or a serial device server)")
+    protocol: Literal["modbus"] = Field(
+        default="modbus",
+        description="Modbus TCP only (DL/T 645 through a device server: kind rtu, socket://)",
+    )
     host: str = Field(description="address of the endpoint")
     port: int = Field(default=502, gt=0, lt=65536, description="Modbus TCP port")
     concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")

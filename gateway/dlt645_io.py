@@ -7,7 +7,8 @@ word (``relay_open`` inverted), and every named status bit set as a flag
 is one exchange on the bus, so a poll reads only ``polled`` points: by default energy
 and the status word, what billing and enforcement need (at 2400 baud about 0.4 s a
 meter). Remote control (1CH) needs the meter's password and operator code, per-meter
-secrets the caller holds.
+secrets the caller holds (the store keeps them as a ``control_secret``, parsed here, or
+``esam`` for a meter whose commands only the utility's security module can make).
 """
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ class Dlt645Credentials:
 
     def __repr__(self) -> str:
         return f"Dlt645Credentials(password=***, operator={self.operator})"
+
+
+#: ``control_secret`` of a meter whose remote control only the utility's ESAM can make.
+ESAM = "esam"
+ESAM_REASON = (
+    "ESAM meter (State Grid 2013): remote control is encrypted with the utility's "
+    "security module, which this gateway does not hold; read and billed, not switched"
+)
+NO_CONTROL_REASON = "no password enrolled for remote control: read and billed, not switched"
+
+
+def parse_control_secret(text: str) -> Dlt645Credentials | None:
+    """``"PASSWORD OPERATOR"`` (8 hex digits each) as credentials, ``"esam"`` as None;
+    ValueError says what is wrong."""
+    if text.strip().lower() == ESAM:
+        return None
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError("a control secret is 'PASSWORD OPERATOR' (8 hex digits each) or 'esam'")
+    return Dlt645Credentials(Password.parse(parts[0]), OperatorCode.parse(parts[1]))
+
+
+def control_secret(password: str, operator: str) -> str:
+    """The stored form of a password and operator code (each checked: ValueError)."""
+    creds = Dlt645Credentials(Password.parse(password), OperatorCode.parse(operator))
+    return f"{creds.password} {creds.operator}"
 
 
 def command_deadline(now: datetime, validity: timedelta = COMMAND_VALIDITY) -> MeterTime:

@@ -15,7 +15,8 @@ not do, see that package's opening comment), with the discipline of the Modbus
   with the error word, no guard.
 
 Every failure is one :class:`Dlt645IOError` (a :class:`~gateway.modbus_port.MeterIOError`,
-so pollers handle both protocols alike).
+so pollers handle both protocols alike), but a line that cannot be opened, which is a
+:class:`~gateway.modbus_port.BusUnreachableError` as for Modbus.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import time
 
 from gateway.fine_sleep import sleep_until
-from gateway.modbus_port import IOFailure, MeterIOError
+from gateway.modbus_port import BusUnreachableError, IOFailure, MeterIOError, os_reason
 from gateway.serial_line import SerialLine
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.frame import BROADCAST, MAX_DATA, OVERHEAD, PREAMBLE, Address, Deframer, Frame
@@ -151,9 +152,10 @@ class Dlt645Port:
         try:
             await line.open()
         except (OSError, ValueError, TimeoutError) as exc:
-            raise Dlt645IOError(
-                address, IOFailure.CONNECTION, f"cannot open {self.device}: {exc}"
-            ) from exc
+            # As the Modbus ports: the bus itself is down (the poller reports it once, as a
+            # bus fault, not as every meter's failure).
+            unit = address.number if address.is_bcd else 0
+            raise BusUnreachableError(unit, f"cannot open {self.device}: {os_reason(exc)}") from exc
         self._line = line
 
     def _write(self, data: bytes) -> None:

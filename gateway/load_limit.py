@@ -11,6 +11,7 @@ from gateway.core.events import LoadLimitObserved
 from gateway.modbus_port import MeterIOError
 from protocol import modbus
 from protocol.codec import decode
+from protocol.regmap import RegisterMap
 
 #: The map point a load limit is written to (PE-1 holding register 4, W, 0 = none).
 LOAD_LIMIT_POINT = "load_limit"
@@ -18,7 +19,10 @@ LOAD_LIMIT_POINT = "load_limit"
 
 async def write_load_limit(target: MeterTarget, watts: int, now: datetime) -> LoadLimitObserved:
     """Write ``watts`` to the meter's load limit and read it back."""
-    point = target.io.regmap.point(LOAD_LIMIT_POINT)
+    regmap = target.io.regmap
+    if not isinstance(regmap, RegisterMap):  # the token was refused before: not a Modbus map
+        return LoadLimitObserved(target.meter_id, watts, None, now, error="no load limit")
+    point = regmap.point(LOAD_LIMIT_POINT)
     try:
         await target.io.write_points(target.port, target.unit, {LOAD_LIMIT_POINT: watts})
         regs = await target.port.request(

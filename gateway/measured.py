@@ -131,8 +131,11 @@ def published(regmap: RegisterMap) -> list[Point]:
     return sorted((p for p in regmap.points if p.publish), key=lambda p: order.index(p.name))
 
 
-def reading_fields(regmap: RegisterMap) -> list[str]:
-    """The reading fields a meter of ``regmap`` fills beyond energy, power and the relay."""
+def reading_fields(regmap: object) -> list[str]:
+    """The reading fields a meter of ``regmap`` fills beyond energy, power and the relay
+    (none for a model that is not a Modbus register map, such as a DL/T 645 one)."""
+    if not isinstance(regmap, RegisterMap):
+        return []
     voltage = ["voltage_v"] if regmap.has("voltage") else []
     return voltage + [FIELD_OF_POINT[p.name] for p in published(regmap)]
 

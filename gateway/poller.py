@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.bus_faults import BusFaults
-from gateway.meter_io import MeterIO, MeterSnapshot
+from gateway.meter_driver import MeterDriver
+from gateway.meter_io import MeterSnapshot
 from gateway.modbus_port import BusUnreachableError, MeterIOError, ModbusPort
 from gateway.poll_schedule import backoff_for
 
@@ -31,7 +32,7 @@ class PolledMeter:
 
     meter_id: str
     unit: int
-    io: MeterIO
+    io: MeterDriver
     interval: float
     next_due: float = 0.0
     consecutive_failures: int = 0

@@ -33,13 +33,16 @@ from gateway.core.meter_state import forecast, next_deadline
 from gateway.core.states import CreditState
 from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.core_task import CoreTask
+from gateway.dlt645_bus import Dlt645BusRuntime
 from gateway.meter_actions import LEASE_POINT, MeterActions
+from gateway.meter_driver import MeterDriver, Relay
 from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import MeterIOError, ModbusPort, RtuPort, TcpPort
 from gateway.poll_schedule import interval_for
 from gateway.poller import BusPoller, PolledMeter
 from gateway.runtime import CoreItem, Counters, MeterRuntime, StepResult, utc_now
 from gateway.store import MeterRecord, Store, StoredMeter
+from protocol.errors import MapError
 from protocol.regmap import load_map
 from protocol.tokens.keys import MeterKey
 from protocol.tokens.replay import ReplayWindow
@@ -65,6 +68,8 @@ class Gateway:
     pollers: dict[str, BusPoller] = field(default_factory=dict)
     ports: dict[str, ModbusPort] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    #: the buses whose protocol is DL/T 645, by name (their ports are in ``ports`` too)
+    dlt645: dict[str, Dlt645BusRuntime] = field(default_factory=dict)
     #: gateway seconds per real second (an accelerated clock for demos and tests)
     speed: float = 1.0
     core: CoreTask = field(init=False)
@@ -112,6 +117,9 @@ class Gateway:
         now: datetime,
     ) -> None:
         self.actions.carry_out(rt, commands, outcome)
+        dlt645 = self.dlt645.get(rt.stored.record.bus)
+        if dlt645 is not None:
+            dlt645.after_step(rt)
         self._adapt_interval(rt, now)
         if outcome is not None and rt.meter_id in rt.poller.meters:
             # A top-up: read the meter at once (a cut-off one is read only now and then).
@@ -157,7 +165,12 @@ class Gateway:
         """Build pollers, ports and runtimes from the config and the store."""
         polling = self.config.polling
         for bus in self.config.buses:
-            port = self._port_for(bus)
+            if isinstance(bus, RtuBus) and bus.protocol == "dlt645":
+                dlt645 = Dlt645BusRuntime(bus, self.clock, self.queue.put, self.speed)
+                self.dlt645[bus.name] = dlt645
+                port: ModbusPort = dlt645.line
+            else:
+                port = self._port_for(bus)
             self.ports[bus.name] = port
             self.pollers[bus.name] = BusPoller(
                 bus.name,
@@ -201,6 +214,8 @@ class Gateway:
         polling = self.config.polling
         started: list[str] = []
         maps: dict[str, MeterIO] = {}
+        io: MeterDriver
+        relay: Relay | None
         for stored in meters:
             rec = stored.record
             poller = self.pollers.get(rec.bus)
@@ -209,9 +224,18 @@ class Gateway:
                     "meter %s is on bus %s, which the config does not name", rec.meter_id, rec.bus
                 )
                 continue
-            io = maps.get(rec.map_name)
-            if io is None:
-                io = maps[rec.map_name] = MeterIO(load_map(rec.map_name))
+            dlt645 = self.dlt645.get(rec.bus)
+            if dlt645 is not None:
+                try:
+                    io, relay = dlt645.add(rec)
+                except (ValueError, MapError) as exc:
+                    log.error("meter %s: not polled: %s", rec.meter_id, exc)
+                    continue
+            else:
+                modbus_io = maps.get(rec.map_name)
+                if modbus_io is None:
+                    modbus_io = maps[rec.map_name] = MeterIO(load_map(rec.map_name))
+                io, relay = modbus_io, self._relay_of(rec, poller.port, modbus_io)
             polled = PolledMeter(rec.meter_id, rec.unit_id, io, polling.interval_s)
             window = (
                 ReplayWindow(
@@ -227,15 +251,15 @@ class Gateway:
                 state=stored.state,
                 window=window,
                 lockout=KeypadGuard.from_stored(stored.lockout),
-                target=MeterTarget(
-                    rec.meter_id, poller.port, rec.unit_id, io, self._relay_of(rec, poller.port, io)
-                ),
+                target=MeterTarget(rec.meter_id, poller.port, rec.unit_id, io, relay),
                 polled=polled,
                 poller=poller,
                 key=MeterKey(rec.meter_key),
                 next_keys={e: MeterKey(k) for e, k in stored.next_keys.items()},
             )
             self.meters[rec.meter_id] = runtime
+            if dlt645 is not None:
+                dlt645.attach(runtime)
             poller.add(polled)
             self._adapt_interval(runtime, self.clock())
             started.append(rec.meter_id)
@@ -267,7 +291,7 @@ class Gateway:
         relay = snap.relay_closed
         module = rt.target.relay
         unreadable = False
-        if module is not None and module.external:
+        if isinstance(module, RelayTarget) and module.external:
             relay = await self._read_relay_module(rt, module)
             unreadable = relay is None
         if rt.relay_task is not None and not rt.relay_task.done():
@@ -374,9 +398,13 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             for name, poller in self.pollers.items():
                 tg.create_task(poller.run(), name=f"poll:{name}")
+            for name, dlt645 in self.dlt645.items():
+                tg.create_task(dlt645.run_time_sync(), name=f"timesync:{name}")
 
     async def close(self) -> None:
         await self.actions.close()
+        for dlt645 in self.dlt645.values():
+            await dlt645.close()
         for port in self.ports.values():
             with contextlib.suppress(Exception):
                 await port.close()

@@ -36,6 +36,8 @@ class EventKind(StrEnum):
     REMOTE_COMMAND_IGNORED = "remote_command_ignored"
     METER_QUARANTINED = "meter_quarantined"
     WINDOW_DEBT_CAP = "window_debt_cap"
+    CLOCK_DRIFT = "clock_drift"
+    RELAY_NOT_SWITCHED = "relay_not_switched"
     KEY_CHANGED = "key_changed"
     MAX_POWER_SET = "max_power_set"
     LOAD_LIMIT_CONFIRMED = "load_limit_confirmed"
@@ -97,6 +99,13 @@ MEANINGS: Final[dict[EventKind, str]] = {
     "window's debt cap, `-(overdraft_limit + window_debt_cap)`: the meter is disconnected all "
     "the same (`details.window`, `cap`, `floor`, `balance`; the `relay_opened` that follows "
     "has rule `window_debt_cap`)",
+    EventKind.CLOCK_DRIFT: "a DL/T 645 meter's clock was further off than its bus's "
+    "`clock_drift_max_s` before the time broadcast (`details.drift_s`, positive ahead, "
+    "`details.bound_s`)",
+    EventKind.RELAY_NOT_SWITCHED: "the gateway would switch this meter but cannot: an ESAM "
+    "meter, whose remote control needs the utility's security module, or one enrolled "
+    "without a password (`reason` says which, `details.wanted` is `open` or `closed`); read "
+    "and billed all the same, see [dlt645.md](dlt645.md)",
     EventKind.KEY_CHANGED: "a key-change token moved the meter to a new key epoch "
     "(`details.from_epoch`, `to_epoch`: tokens of older epochs are refused from now on; "
     "management tokens' `details` carry `token_id`, `channel` and `counter`)",

@@ -16,15 +16,17 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import JsonValue
 
 from gateway.actuator import RelayTarget, parse_relay_output
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, RtuBus
 from gateway.core.commands import Publish
+from gateway.dlt645_bus import dlt645_port_for
 from gateway.meter_io import MeterIO, MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
 from gateway.store import StoredMeter
@@ -305,20 +307,7 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
     extras = load_extras(config).get(args.meter, {})
     with open_store(config) as store:
         meter = _find(store.load_meters(), args.meter)
-    port = port_for(bus_of(config, meter.record.bus))
-    ports = [port]
-    relay_module: RelayTarget | None = None
-    if meter.record.relay_output is not None:
-        try:
-            bus, unit, coil = parse_relay_output(meter.record.relay_output)
-        except ValueError as exc:
-            raise ProvisionError(f"{args.meter}: {exc}") from None
-        if bus == meter.record.bus:
-            module_port = port  # one master per line: the same port
-        else:
-            module_port = port_for(bus_of(config, bus))
-            ports.append(module_port)
-        relay_module = RelayTarget(module_port, unit, coil, external=True)
+    bus = bus_of(config, meter.record.bus)
 
     async def switch_relay() -> bool:
         return bool(args.yes) or await _ask(
@@ -327,6 +316,39 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     def say(line: str) -> None:
         print(line, flush=True)
+
+    if isinstance(bus, RtuBus) and bus.protocol == "dlt645":
+        # Imported here: provisioning.dlt645_site takes Check from this module.
+        from provisioning.dlt645_site import commission_dlt645  # noqa: PLC0415
+
+        dlt645_port = dlt645_port_for(bus)
+
+        async def run_dlt645() -> list[Check]:
+            try:
+                return await commission_dlt645(
+                    meter,
+                    dlt645_port,
+                    expected_serial=extras.get("expected_serial"),
+                    switch_relay=switch_relay,
+                )
+            finally:
+                await dlt645_port.close()
+
+        return _report(args, config, run_dlt645)
+    port = port_for(bus)
+    ports = [port]
+    relay_module: RelayTarget | None = None
+    if meter.record.relay_output is not None:
+        try:
+            module_bus, unit, coil = parse_relay_output(meter.record.relay_output)
+        except ValueError as exc:
+            raise ProvisionError(f"{args.meter}: {exc}") from None
+        if module_bus == meter.record.bus:
+            module_port = port  # one master per line: the same port
+        else:
+            module_port = port_for(bus_of(config, module_bus))
+            ports.append(module_port)
+        relay_module = RelayTarget(module_port, unit, coil, external=True)
 
     async def run() -> list[Check]:
         try:
@@ -343,6 +365,15 @@ def _commission(args: argparse.Namespace, config: GatewayConfig) -> int:
             for each in ports:
                 await each.close()
 
+    return _report(args, config, run)
+
+
+def _report(
+    args: argparse.Namespace,
+    config: GatewayConfig,
+    run: Callable[[], Coroutine[Any, Any, list[Check]]],
+) -> int:
+    """Run the checks, store the report and print it; the exit code."""
     try:
         checks = run_async(run)
     except Interrupted as exc:

@@ -37,6 +37,7 @@ from protocol.currency import (
 from protocol.errors import MapError
 from protocol.regmap import Capability, RegisterMap, load_map
 from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
+from provisioning.dlt645_fields import Dlt645FieldError, is_dlt645_bus, plan_dlt645_record
 from provisioning.errors import ProvisionError
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import Extras
@@ -66,6 +67,9 @@ COLUMNS = (
     "expected_serial",
     "relay_output",
     "window_debt_cap",
+    "address",
+    "password",
+    "operator_code",
 )
 REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
 #: Columns kept beside the store (it has no columns for them yet).
@@ -272,13 +276,24 @@ def plan_record(
     *,
     base: Path = Path(),
     key: bytes | None = None,
+    secret: str | None = None,
 ) -> MeterRecord:
     """A meter's bus, unit id, map, relay output, key epoch and key, validated; ``key``
-    stands in for a key file not given (an update keeping the enrolled key)."""
+    stands in for a key file not given (an update keeping the enrolled key), ``secret``
+    for a DL/T 645 meter's password not given."""
     bus = fields.get("bus", "").strip()
     if bus not in {b.name for b in config.buses}:
         known = ", ".join(b.name for b in config.buses) or "none in the config"
         raise FieldError("bus", f"unknown bus {bus!r} (buses: {known})")
+    if is_dlt645_bus(config, bus):
+        epoch, key = _key_and_epoch(fields, base, key)
+        try:
+            return plan_dlt645_record(fields, meter_id, bus, key, epoch, secret=secret)
+        except Dlt645FieldError as exc:
+            raise FieldError(exc.field, exc.problem) from None
+    if fields.get("address", "").strip() or fields.get("password", "").strip():
+        field = "address" if fields.get("address", "").strip() else "password"
+        raise FieldError(field, f"bus {bus} speaks Modbus: a meter on it has a unit_id")
     unit = _int(fields, "unit_id")
     if unit is None or not 1 <= unit <= 247:
         raise FieldError("unit_id", f"{fields.get('unit_id', '').strip()!r} must be 1..247")
@@ -288,6 +303,15 @@ def plan_record(
     except MapError as exc:
         raise FieldError("map", str(exc)) from None
     relay_output = _relay_output(fields, regmap, map_name, config)
+    epoch, key = _key_and_epoch(fields, base, key)
+    try:
+        return MeterRecord(meter_id, bus, unit, map_name, key, epoch, relay_output)
+    except ValueError as exc:
+        raise FieldError("meter_id", str(exc)) from None
+
+
+def _key_and_epoch(fields: Mapping[str, str], base: Path, key: bytes | None) -> tuple[int, bytes]:
+    """The key epoch and the meter key (from its file, else ``key``), validated."""
     epoch = _int(fields, "key_epoch", 0)
     assert epoch is not None
     if not 0 <= epoch <= MAX_EPOCH:
@@ -300,10 +324,7 @@ def plan_record(
             raise FieldError("key_file", str(exc)) from None
     if key is None:
         raise FieldError("key_file", "required")
-    try:
-        return MeterRecord(meter_id, bus, unit, map_name, key, epoch, relay_output)
-    except ValueError as exc:
-        raise FieldError("meter_id", str(exc)) from None
+    return epoch, key
 
 
 def check_columns(fields: Mapping[str, str]) -> None:
@@ -322,6 +343,8 @@ def plan_meter(
     """Validate one meter's fields (strings, as from a CSV row); raises :class:`FieldError`."""
     check_columns(fields)
     for name in REQUIRED:
+        if name == "unit_id" and fields.get("address", "").strip():
+            continue  # a DL/T 645 meter is found by its address
         if not fields.get(name, "").strip():
             raise FieldError(name, "required")
     meter_id = check_meter_id(fields["meter_id"].strip())
@@ -411,7 +434,11 @@ def plan_csv(
             raise RowError(
                 1, str(name), f"unknown column; columns are: {', '.join(COLUMNS)}", source
             )
-    missing = [c for c in REQUIRED if c not in header and not defaults.get(c)]
+    missing = [
+        c
+        for c in REQUIRED
+        if c not in header and not defaults.get(c) and not (c == "unit_id" and "address" in header)
+    ]
     if missing:
         raise RowError(1, missing[0], "required column missing from the header", source)
     out: list[tuple[int, PlannedMeter]] = []

@@ -40,7 +40,16 @@ NOT_BY_UPDATE = {
     "protected": "protected supply is switched by the headend's protect_on/protect_off command",
     "key_epoch": "the key epoch moves only with a key-change token (docs/tokens.md)",
 }
-_RECORD_FIELDS = ("bus", "unit_id", "map", "key_file", "relay_output")
+_RECORD_FIELDS = (
+    "bus",
+    "unit_id",
+    "map",
+    "key_file",
+    "relay_output",
+    "address",
+    "password",
+    "operator_code",
+)
 _SETTINGS_FIELDS = (
     "price_per_kwh",
     "currency",
@@ -101,11 +110,15 @@ def plan_update(
         raise ProvisionError(f"{old.meter_id}: nothing to update (give the fields to change)")
     merged = {**_current_fields(old), **given}
     own_relay = "map" in given and Capability.RELAY in _capabilities(given["map"])
+    if "address" in given:
+        merged.pop("unit_id")  # a DL/T 645 meter's new address replaces its number
     if own_relay and "relay_output" not in given:
         merged["relay_output"] = ""  # a meter with a relay of its own needs no relay module
     record = old
     if any(f in given for f in _RECORD_FIELDS):
-        record = plan_record(merged, config, old.meter_id, base=base, key=old.meter_key)
+        record = plan_record(
+            merged, config, old.meter_id, base=base, key=old.meter_key, secret=old.control_secret
+        )
     taken = {(m.record.bus, m.record.unit_id): m.record.meter_id for m in others}
     holder = taken.get((record.bus, record.unit_id))
     if holder is not None and holder != old.meter_id:
@@ -128,6 +141,8 @@ def plan_update(
             changed[name] = after
     if record.meter_key != old.meter_key:
         changed["key"] = "replaced"
+    if record.control_secret != old.control_secret:
+        changed["control_secret"] = "replaced"  # noqa: S105 - a word, never the secret
     if settings != stored.state.settings:
         before_json, after_json = (
             settings_to_json(stored.state.settings),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.store import StoredMeter, StoreError
 from protocol.cli import Subcommands, add_config_option
+from provisioning.dlt645_fields import where_on_bus
 from provisioning.enrol import (
     PlannedMeter,
     check_meter_id,
@@ -80,6 +81,9 @@ _FLAG_FIELDS = {
     "expected_serial": "expected_serial",
     "relay_output": "relay_output",
     "window_debt_cap": "window_debt_cap",
+    "address": "address",
+    "password": "password",
+    "operator_code": "operator_code",
 }
 
 
@@ -133,6 +137,13 @@ def add_enrol_command(sub: Subcommands) -> None:
         "--window-debt-cap",
         help="debt a no-disconnect window allows below the overdraft, currency units",
     )
+    p.add_argument("--address", help="DL/T 645: the meter's 12-digit address (nameplate)")
+    p.add_argument(
+        "--password",
+        help="DL/T 645: remote-control password, 8 hex digits, level first (02000000); "
+        "'esam' for a meter this gateway reads and bills but cannot switch",
+    )
+    p.add_argument("--operator-code", help="DL/T 645: operator code, 8 hex digits")
     p.set_defaults(func=run_enrol)
 
 
@@ -179,7 +190,7 @@ def run_enrol(args: argparse.Namespace) -> int:
     for _, p in planned:
         r = p.record
         print(
-            f"enrolled {r.meter_id} on {r.bus} unit {r.unit_id} ({r.map_name}), "
+            f"enrolled {r.meter_id} on {r.bus} {where_on_bus(config, r)} ({r.map_name}), "
             f"credit {money_text(p.state.ledger.balance, p.state.settings)}, "
             f"state {p.state.credit}"
         )

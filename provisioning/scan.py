@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.config import RtuBus
 from gateway.meter_io import energy_wh
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort, RtuPort, TcpPort
 from protocol import modbus
@@ -25,6 +26,7 @@ from protocol.codec import Value, decode, physical
 from protocol.errors import DecodeError
 from protocol.modbus import ExceptionReplyError
 from protocol.regmap import RegisterMap, Table, load_map, shipped_map_names
+from provisioning.dlt645_site import run_dlt645_scan
 from provisioning.errors import ProvisionError
 from provisioning.interrupt import Interrupted, run_async
 from provisioning.site import bus_of, load_site_config, port_for
@@ -242,6 +244,11 @@ def add_scan_command(sub: Subcommands) -> None:
     p.add_argument("--bus", required=True, help="bus name from the config")
     p.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 or 5-9")
     p.add_argument("--timeout", type=float, default=0.3, help="seconds per probe")
+    p.add_argument(
+        "--addresses",
+        help="DL/T 645 bus: addresses to probe, e.g. 000000000001-000000000032 (without it, "
+        "read address 13H asks the one meter on a point-to-point link)",
+    )
     p.set_defaults(func=run_scan)
 
 
@@ -259,6 +266,10 @@ def run_scan(args: argparse.Namespace) -> int:
         raise ProvisionError(f"--timeout {args.timeout}: give 0 < seconds <= 30")
     config = load_site_config(args.config)
     bus = bus_of(config, args.bus)
+    if isinstance(bus, RtuBus) and bus.protocol == "dlt645":
+        return run_dlt645_scan(bus, args.addresses, args.timeout)
+    if args.addresses:
+        raise ProvisionError(f"--addresses: bus {bus.name} speaks Modbus (give --units)")
     units = parse_units(args.units)
     names = ["pe1"] + [n for n in shipped_map_names() if n != "pe1"]
     maps = [load_map(n) for n in names]

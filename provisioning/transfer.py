@@ -3,8 +3,9 @@
 The file is JSON: each meter's address, map, settings, enrolment extras and the
 commissioning reports that still hold, with its ledger, token window and keypad lockout
 when ``--with-ledgers`` (so credit and the replay
-protection move too). Meter keys travel only with ``--with-keys``, and then only
-encrypted: scrypt (n=2^15, r=8, p=1) derives an AES-256-GCM key from a passphrase.
+protection move too). Meter keys, and DL/T 645 meters' passwords and operator codes,
+travel only with ``--with-keys``, and then only encrypted: scrypt (n=2^15, r=8, p=1)
+derives an AES-256-GCM key from a passphrase.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import JsonValue
 from gateway.config import GatewayConfig
 from gateway.core.commands import Publish
 from gateway.core.meter_state import MeterState, enrol
+from gateway.dlt645_io import ESAM, parse_control_secret
 from gateway.forms import (
     SettingsError,
     settings_from_json,
@@ -105,6 +107,17 @@ def encrypt_keys(keys: dict[str, str], passphrase: str) -> dict[str, JsonValue]:
 
 
 def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for meter, text in unseal(sealed, passphrase).items():
+        raw = bytes.fromhex(str(text))
+        if len(raw) != METER_KEY_BYTES:
+            raise ProvisionError(f"keys: {meter}: not a {METER_KEY_BYTES}-byte key")
+        out[meter] = raw
+    return out
+
+
+def unseal(sealed: dict[str, Any], passphrase: str) -> dict[str, str]:
+    """What :func:`encrypt_keys` sealed, by meter."""
     if sealed.get("kdf") != "scrypt" or sealed.get("cipher") != "aes-256-gcm":
         raise ProvisionError("keys: unknown encryption (expected scrypt + aes-256-gcm)")
     if (sealed.get("n"), sealed.get("r"), sealed.get("p")) != (_SCRYPT_N, 8, 1):
@@ -119,13 +132,7 @@ def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
         plain = AESGCM(key).decrypt(nonce, ciphertext, FORMAT.encode())
     except (InvalidTag, ValueError):
         raise ProvisionError("keys: wrong passphrase or a damaged file") from None
-    out: dict[str, bytes] = {}
-    for meter, text in json.loads(plain).items():
-        raw = bytes.fromhex(str(text))
-        if len(raw) != METER_KEY_BYTES:
-            raise ProvisionError(f"keys: {meter}: not a {METER_KEY_BYTES}-byte key")
-        out[meter] = raw
-    return out
+    return {str(meter): str(text) for meter, text in json.loads(plain).items()}
 
 
 def _passphrase(confirm: bool) -> str:
@@ -179,6 +186,8 @@ def run_export(args: argparse.Namespace) -> int:
     extras = load_extras(config)
     meters: list[JsonValue] = []
     keys: dict[str, str] = {}
+    #: DL/T 645 passwords and operator codes: secrets, sealed with the keys
+    control: dict[str, str] = {}
     with open_store(config) as store:
         stored = store.load_meters()
         executed = store.executed_commands(datetime.now(UTC))
@@ -208,6 +217,10 @@ def run_export(args: argparse.Namespace) -> int:
                 {"epoch": w.epoch, "highest": w.highest, "bitmap": w.bitmap} if w else None
             )
             item["lockout"] = m.lockout
+        if r.control_secret == ESAM:
+            item["control"] = ESAM  # no secret: this gateway cannot switch it
+        elif r.control_secret is not None:
+            control[r.meter_id] = r.control_secret
         meters.append(item)
         keys[r.meter_id] = r.meter_key.hex()
     doc: dict[str, JsonValue] = {
@@ -224,6 +237,8 @@ def run_export(args: argparse.Namespace) -> int:
     }
     if passphrase is not None:
         doc["keys"] = encrypt_keys(keys, passphrase)
+        if control:
+            doc["control_secrets"] = encrypt_keys(control, passphrase)
     write_atomic(args.out, json.dumps(doc, indent=2) + "\n", mode=0o600)
     what = "with encrypted keys" if passphrase else "without keys"
     print(f"exported {len(meters)} meters to {args.out} ({what})")
@@ -249,8 +264,13 @@ def _reports(item: dict[str, Any], source: str) -> list[dict[str, JsonValue]]:
     return out
 
 
-def _planned(
-    item: Any, keys: dict[str, bytes], key_dir: Path | None, now: datetime, source: str
+def _planned(  # noqa: PLR0917 (one call site)
+    item: Any,
+    keys: dict[str, bytes],
+    key_dir: Path | None,
+    now: datetime,
+    source: str,
+    control: dict[str, str],
 ) -> tuple[
     MeterRecord,
     MeterState,
@@ -284,6 +304,7 @@ def _planned(
             key,
             int(item.get("key_epoch", 0)),
             str(item["relay_output"]) if item.get("relay_output") else None,
+            control.get(meter, ESAM if item.get("control") == ESAM else None),
         )
         w = item.get("token_window")
         window = TokenWindow(int(w["epoch"]), int(w["highest"]), int(w["bitmap"])) if w else None
@@ -312,13 +333,20 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
         raise ProvisionError(f"{args.file} is not a {FORMAT} file")
     if doc.get("version") != VERSION:
         raise ProvisionError(f"{args.file}: version {doc.get('version')} (this tool reads 1)")
-    keys = decrypt_keys(doc["keys"], _passphrase(confirm=False)) if "keys" in doc else {}
+    passphrase = _passphrase(confirm=False) if "keys" in doc else ""
+    keys = decrypt_keys(doc["keys"], passphrase) if "keys" in doc else {}
+    control = unseal(doc["control_secrets"], passphrase) if "control_secrets" in doc else {}
+    for meter, secret in control.items():
+        try:
+            parse_control_secret(secret)
+        except ValueError as exc:
+            raise ProvisionError(f"control_secrets: {meter}: {exc}") from None
     now = datetime.now(UTC)
     items = doc.get("meters")
     if not isinstance(items, list) or not items:
         raise ProvisionError(f"{args.file}: no meters")
     source = str(doc.get("gateway_id") or args.file)
-    planned = [_planned(item, keys, args.key_dir, now, source) for item in items]
+    planned = [_planned(item, keys, args.key_dir, now, source, control) for item in items]
     executed = _executed_commands(doc.get("executed_commands", []))
     bus_names = {b.name for b in config.buses}
     for record, *_ in planned:

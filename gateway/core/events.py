@@ -10,6 +10,8 @@ from typing import Literal
 
 from gateway.core.frozen import quick_init
 from gateway.core.tariff import Tariff
+from protocol.event_kinds import EventKind
+from protocol.messages import JsonValue
 
 Channel = Literal["keypad", "online"]
 
@@ -177,6 +179,19 @@ class TariffChanged:
     activates_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MeterNotice:
+    """Something the shell found out about a meter that the headend should hear (a DL/T
+    645 meter's clock off by minutes, a meter this gateway cannot switch): published as
+    the event ``name``; nothing else about the meter changes."""
+
+    meter_id: str
+    at: datetime
+    name: EventKind
+    reason: str
+    details: tuple[tuple[str, JsonValue], ...] = ()
+
+
 Event = (
     ReadingReceived
     | PollFailed
@@ -191,4 +206,5 @@ Event = (
     | CommunicationLost
     | CommunicationRestored
     | TariffChanged
+    | MeterNotice
 )

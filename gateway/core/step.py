@@ -28,6 +28,7 @@ from gateway.core.events import (
     Event,
     LoadLimitObserved,
     ManagementTokenAccepted,
+    MeterNotice,
     PollFailed,
     ReadingReceived,
     RelayObserved,
@@ -139,6 +140,8 @@ def apply_event(run: StepRun, event: Event) -> None:
             run.publish_event(
                 EventKind.TARIFF_SCHEDULED, "tariff update", activates_at=when.isoformat()
             )
+        case MeterNotice(name=name, reason=why, details=details):
+            run.publish_event(name, why, **dict(details))
 
 
 def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:

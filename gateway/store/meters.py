@@ -67,8 +67,8 @@ class MetersRoom(StoreBase):
                     current = record.meter_id
                     db.execute(
                         "INSERT INTO meters (meter_id, bus, unit_id, map_name, meter_key,"
-                        " key_epoch, settings_json, enrolled_at, relay_output)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " key_epoch, settings_json, enrolled_at, relay_output, control_secret)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             record.meter_id,
                             record.bus,
@@ -79,6 +79,7 @@ class MetersRoom(StoreBase):
                             json.dumps(settings_to_json(state.settings)),
                             ts,
                             record.relay_output,
+                            record.control_secret,
                         ),
                     )
                     upsert_ledgers(db, [ledger_row(self._state_rows, state, ts)])
@@ -122,7 +123,7 @@ class MetersRoom(StoreBase):
             if record is not None:
                 db.execute(
                     "UPDATE meters SET bus = ?, unit_id = ?, map_name = ?, meter_key = ?,"
-                    " key_epoch = ?, relay_output = ? WHERE meter_id = ?",
+                    " key_epoch = ?, relay_output = ?, control_secret = ? WHERE meter_id = ?",
                     (
                         record.bus,
                         record.unit_id,
@@ -130,6 +131,7 @@ class MetersRoom(StoreBase):
                         record.meter_key,
                         record.key_epoch,
                         record.relay_output,
+                        record.control_secret,
                         meter,
                     ),
                 )
@@ -167,10 +169,22 @@ class MetersRoom(StoreBase):
         out = []
         rows = db.execute(
             "SELECT m.meter_id, bus, unit_id, map_name, meter_key, key_epoch, settings_json,"
-            " state_json, relay_output FROM meters m JOIN ledgers l USING (meter_id)"
+            " state_json, relay_output, control_secret FROM meters m JOIN ledgers l"
+            " USING (meter_id)"
             " ORDER BY m.meter_id"
         )
-        for meter_id, bus, unit_id, map_name, key, epoch, settings_json, state_json, relay in rows:
+        for (
+            meter_id,
+            bus,
+            unit_id,
+            map_name,
+            key,
+            epoch,
+            settings_json,
+            state_json,
+            relay,
+            secret,
+        ) in rows:
             try:
                 settings = settings_from_json(json.loads(settings_json))
                 state = state_from_row(state_json, settings)
@@ -185,7 +199,7 @@ class MetersRoom(StoreBase):
                     (meter_id,),
                 ).fetchone()
                 self._seq[meter_id] = int(last)
-            record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch, relay)
+            record = MeterRecord(meter_id, bus, unit_id, map_name, bytes(key), epoch, relay, secret)
             out.append(
                 StoredMeter(
                     record,

@@ -45,6 +45,9 @@ class MeterRecord:
     #: for a meter without a relay of its own: "BUS:UNIT:COIL" of the relay that switches
     #: its supply (a relay module on a bus the gateway polls)
     relay_output: str | None = None
+    #: a DL/T 645 meter's remote-control secret: "PASSWORD OPERATOR" (8 hex digits each),
+    #: or "esam" for a meter whose commands only its utility's security module can make
+    control_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,11 @@ CREATE TABLE IF NOT EXISTS meter_keys (
     PRIMARY KEY (meter_id, epoch)
 ) STRICT, WITHOUT ROWID;
 """,
+    # A DL/T 645 meter's remote-control secret (password and operator code, or "esam"),
+    # entered at enrolment; the file is owner-only like the meter keys beside it.
+    8: """
+ALTER TABLE meters ADD COLUMN control_secret TEXT;
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

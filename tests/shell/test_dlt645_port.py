@@ -1,8 +1,9 @@
-"""The gateway's DL/T 645 port keeps the RTU discipline against the real simulator and hostile peers on real sockets: one request on the wire, wake-up bytes first, a reply from another address (or a late one) never charged to the request, the bus kept silent after failures, follow-up frames joined, refusals typed with their error word, broadcast time and read address as the standard has them."""
+"""The gateway's DL/T 645 port keeps the RTU discipline against the real simulator and hostile peers on real sockets: one request on the wire, wake-up bytes first, a reply from another address (or a late one) never charged to the request, the bus kept silent after failures, follow-up frames joined, refusals typed with their error word, broadcast time and read address as the standard has them, and a line that cannot be opened is the bus unreachable (as a Modbus one)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.dlt645_io import Dlt645Credentials, Dlt645MeterIO, command_deadline
 from gateway.dlt645_port import Dlt645IOError, Dlt645Port
-from gateway.modbus_port import IOFailure
+from gateway.modbus_port import BusUnreachableError, IOFailure
 from meter_sim.clock import VirtualClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.physics import round_div
@@ -304,3 +305,22 @@ async def test_read_address_on_a_point_to_point_link_and_collisions_on_a_bus() -
         with pytest.raises(Dlt645IOError) as info:
             await port.read_address()
         assert info.value.kind is IOFailure.GARBLED
+
+
+async def test_a_line_that_cannot_be_opened_is_the_bus_unreachable() -> None:
+    host, number = "127.0.0.1", _closed_port()
+    port = Dlt645Port("bus", f"socket://{host}:{number}", timeout=0.2, guard=0.02)
+    try:
+        with pytest.raises(BusUnreachableError) as info:
+            await port.read(A1, ENERGY)
+        assert info.value.kind is IOFailure.CONNECTION
+        assert info.value.reason.startswith(f"cannot open socket://{host}:{number}: ")
+    finally:
+        await port.close()
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -194,14 +194,19 @@ def in_future(minutes: int = 5) -> datetime:
 
 
 def online_token(
-    unit: int, counter: int, amount: int, *, valid_for: timedelta | None = None
+    unit: int,
+    counter: int,
+    amount: int,
+    *,
+    valid_for: timedelta | None = None,
+    meter: str | None = None,
 ) -> str:
-    """A vending-service online credit token for meter ``unit``."""
+    """A vending-service online credit token for meter ``unit`` (or the meter named)."""
     now = datetime.now(UTC)
     return issue_online(
         ONLINE_KEY,
         "vend-1",
-        meter_id(unit),
+        meter or meter_id(unit),
         counter,
         TokenClass.CREDIT,
         amount,

@@ -155,6 +155,7 @@ def test_a_schema_3_store_with_meters_is_upgraded_and_reads_the_same(tmp_path: P
                 "UPDATE ledgers SET state_json = ? WHERE meter_id = ?",
                 (ledger_json(state), meter_id),
             )
+        db.execute("ALTER TABLE meters DROP COLUMN control_secret")  # schema 6's
         db.execute("PRAGMA user_version = 3")
     db.close()
     with Store.open(path) as store:
