@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.store import StoreError
+from gateway.public import StoreError
 from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help, survive_closed_stdout
 from provisioning.commission import add_commission_command
 from provisioning.enrol_cli import add_enrol_command

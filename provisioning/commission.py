@@ -23,13 +23,20 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from gateway.actuator import RelayTarget, parse_relay_output
-from gateway.config import GatewayConfig, RtuBus
-from gateway.core.commands import Publish
-from gateway.dlt645_bus import dlt645_port_for
-from gateway.meter_io import MeterIO, MeterSnapshot
-from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
-from gateway.store import StoredMeter
+from gateway.public import (
+    GatewayConfig,
+    IOFailure,
+    MeterIO,
+    MeterIOError,
+    MeterSnapshot,
+    ModbusPort,
+    Publish,
+    RelayTarget,
+    RtuBus,
+    StoredMeter,
+    dlt645_port_for,
+    parse_relay_output,
+)
 from protocol import modbus
 from protocol.cli import Subcommands, add_config_option
 from protocol.codec import decode

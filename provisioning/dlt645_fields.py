@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.config import GatewayConfig, RtuBus
-from gateway.dlt645_io import ESAM, control_secret
-from gateway.store import MeterRecord
+from gateway.public import ESAM, GatewayConfig, MeterRecord, RtuBus, control_secret
 from protocol.dlt645.frame import Address
 from protocol.dlt645.meter_map import Dlt645Capability, load_dlt645_map
 from protocol.errors import MapError

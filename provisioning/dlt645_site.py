@@ -18,19 +18,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.config import RtuBus
-from gateway.dlt645_bus import dlt645_port_for
-from gateway.dlt645_io import (
+from gateway.public import (
     ESAM_REASON,
     NO_CONTROL_REASON,
     Dlt645Credentials,
     Dlt645MeterIO,
+    Dlt645Port,
+    IOFailure,
+    MeterIOError,
+    RtuBus,
+    StoredMeter,
     command_deadline,
+    dlt645_port_for,
     parse_control_secret,
 )
-from gateway.dlt645_port import Dlt645Port
-from gateway.modbus_port import IOFailure, MeterIOError
-from gateway.store import StoredMeter
 from protocol.dlt645.bcd import DigitsFormat
 from protocol.dlt645.frame import Address
 from protocol.dlt645.messages import ControlCommand

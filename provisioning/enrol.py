@@ -20,13 +20,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.actuator import parse_relay_output
-from gateway.config import GatewayConfig
-from gateway.core.meter_state import MeterState, enrol
-from gateway.core.settings import MeterSettings
-from gateway.core.tariff import FlatPricing, Tariff, TariffSchedule
-from gateway.forms import SettingsError, settings_from_json, settings_to_json
-from gateway.store import MeterRecord, StoredMeter
+from gateway.public import (
+    FlatPricing,
+    GatewayConfig,
+    MeterRecord,
+    MeterSettings,
+    MeterState,
+    SettingsError,
+    StoredMeter,
+    Tariff,
+    TariffSchedule,
+    enrol,
+    parse_relay_output,
+    settings_from_json,
+    settings_to_json,
+)
 from protocol.currency import (
     AmountError,
     currency_decimals,

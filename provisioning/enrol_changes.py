@@ -16,10 +16,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
-from gateway.config import GatewayConfig
-from gateway.core.commands import Publish
-from gateway.forms import settings_to_json
-from gateway.store import MeterRecord, StoredMeter
+from gateway.public import GatewayConfig, MeterRecord, Publish, StoredMeter, settings_to_json
 from protocol.errors import MapError
 from protocol.regmap import Capability, load_map
 from provisioning.enrol import (

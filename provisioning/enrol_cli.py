@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.store import StoredMeter, StoreError
+from gateway.public import StoredMeter, StoreError
 from protocol.cli import Subcommands, add_config_option
 from provisioning.dlt645_fields import where_on_bus
 from provisioning.enrol import (

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.private_files import PRIVATE_FILE, make_private_dir
+from gateway.public import PRIVATE_FILE, make_private_dir
 from provisioning.broker_url import DEFAULT_BROKER, BrokerAddress
 
 KeyType = Literal["ed25519", "p256"]

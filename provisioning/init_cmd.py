@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.config import ConfigError, parse_config
-from gateway.store import Store, StoreError
+from gateway.public import ConfigError, Store, StoreError, parse_config
 from protocol.cli import Subcommands
 from provisioning.broker_url import DEFAULT_BROKER, parse_broker_url
 from provisioning.errors import ProvisionError

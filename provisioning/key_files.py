@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from gateway.private_files import PRIVATE_DIR
+from gateway.public import PRIVATE_DIR
 
 
 class KeyFileError(Exception):

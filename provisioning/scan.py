@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.config import RtuBus
-from gateway.meter_io import energy_wh
-from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort, RtuPort, TcpPort
+from gateway.public import IOFailure, MeterIOError, ModbusPort, RtuBus, RtuPort, TcpPort, energy_wh
 from protocol import modbus
 from protocol.cli import Subcommands, add_config_option
 from protocol.codec import Value, decode, physical

@@ -8,10 +8,22 @@ import os
 import signal
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, RtuBus, TcpBus, load_config
-from gateway.modbus_port import ModbusPort, RtuPort, TcpPort
-from gateway.store import Store, StoreError
-from gateway.store_lock import StoreLock, StoreLockedError, StoreLockError, holder
+from gateway.public import (
+    ConfigError,
+    GatewayConfig,
+    ModbusPort,
+    RtuBus,
+    RtuPort,
+    Store,
+    StoreError,
+    StoreLock,
+    StoreLockedError,
+    StoreLockError,
+    TcpBus,
+    TcpPort,
+    holder,
+    load_config,
+)
 from provisioning.errors import ProvisionError
 from provisioning.identity import write_atomic, write_private
 

@@ -7,7 +7,7 @@ import json
 
 from pydantic import JsonValue
 
-from gateway.store import StoredMeter
+from gateway.public import StoredMeter
 from protocol.cli import Subcommands, add_config_option
 from protocol.currency import currency_decimals, format_amount
 from provisioning.enrol import settings_currency

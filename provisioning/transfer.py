@@ -27,18 +27,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pydantic import JsonValue
 
-from gateway.config import GatewayConfig
-from gateway.core.commands import Publish
-from gateway.core.meter_state import MeterState, enrol
-from gateway.dlt645_io import ESAM, parse_control_secret
-from gateway.forms import (
+from gateway.public import (
+    ESAM,
+    GatewayConfig,
+    MeterRecord,
+    MeterState,
+    Publish,
     SettingsError,
+    StoreError,
+    TokenWindow,
+    enrol,
+    parse_control_secret,
     settings_from_json,
     settings_to_json,
     state_from_json,
     state_to_json,
 )
-from gateway.store import MeterRecord, StoreError, TokenWindow
 from protocol.cli import Subcommands, add_config_option
 from protocol.tokens.keys import METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
