@@ -67,10 +67,15 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: Request) -> tuple[int, asyncio.Future[tuple[int, ...]]]:
         """Queue ``request``; its handle and the future its outcome completes."""
-        handle = self.session.send_request(request, self._loop.time())
+        session = self.session
+        handle = session.send_request(request, self._loop.time())
         waiter: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
         self.waiters[handle] = waiter
-        if not self._flush_due:
+        if self._flush_due:
+            pass  # joins the burst going out this loop iteration
+        elif session.in_flight == 1:
+            self._flush()  # alone on the connection (the usual case): out now, no callback
+        else:
             self._flush_due = True
             self._loop.call_soon(self._flush)
         if self._timer is None:
