@@ -483,7 +483,7 @@ def _role_timed_sim(p: dict[str, Any]) -> None:
     so credit runs out when the meter's energy (with its sub-Wh remainder, under its fixed
     load) reaches that plus the credit's Wh. Relay-open commands are timed as they land."""
     import meter_sim.server as server_mod  # noqa: PLC0415
-    from meter_sim.physics import WMS_PER_WH  # noqa: PLC0415
+    from meter_sim.physics import WMS_PER_WH, MeterModel  # noqa: PLC0415
     from meter_sim.simulator import Simulator  # noqa: PLC0415
 
     loads = {int(k): v for k, v in p["loads"].items()}
@@ -501,21 +501,20 @@ def _role_timed_sim(p: dict[str, Any]) -> None:
             runs_out[unit] = model.t_ms / 1000 + left_wms / loads[unit] / 1000
         return reply
 
-    setattr(server_mod, "answer", answer)  # noqa: B010 - this bench's timing hook
+    setattr(server_mod, "answer", answer)  # noqa: B010 - this bench's timing hooks
+    real_set_relay = MeterModel.set_relay
+
+    def set_relay(model: MeterModel, closed: bool, now: float) -> None:
+        if not closed:
+            opened.setdefault(model.unit, now)
+        real_set_relay(model, closed, now)
+
+    setattr(MeterModel, "set_relay", set_relay)  # noqa: B010
 
     async def run() -> None:
         async with Simulator.start(meters=p["meters"], tcp_port=0, seed=1) as sim:
             for unit, watts in loads.items():
                 sim.set_load(unit, watts)
-                model = sim.meters[unit].model
-                real_set = model.set_relay
-
-                def set_relay(closed: bool, now: float, u: int = unit, f: Any = real_set) -> None:
-                    if not closed:
-                        opened.setdefault(u, now)
-                    f(closed, now)
-
-                model.set_relay = set_relay  # type: ignore[method-assign]
             for host, port in sim.tcp_addresses:
                 print(f"modbus-tcp {host}:{port}", flush=True)
             print("ready: timed", flush=True)
