@@ -1,14 +1,18 @@
-"""The gateway's Modbus ports read the real simulator over TCP, RTU on a pty and RTU over TCP; a dead or slow meter never stalls, closes or pollutes the reads of its healthy neighbours."""
+"""The gateway's Modbus ports read the real simulator over TCP (over several connections, within the device's connection limit), RTU on a pty and RTU over TCP; a dead or slow meter never stalls, closes or pollutes the reads of its healthy neighbours."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from gateway.config import TcpBus
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import IOFailure, MeterIOError, RtuPort, TcpPort
+from gateway.modbus_port.tcp import REGROW_AFTER
 from meter_sim.clock import VirtualClock
+from meter_sim.server import DEFAULT_MAX_CONNECTIONS
 from meter_sim.simulator import Simulator
 from protocol.modbus import read_input
 from protocol.regmap import load_map
@@ -16,6 +20,7 @@ from protocol.regmap import load_map
 pytestmark = pytest.mark.asyncio
 
 PE1 = MeterIO(load_map("pe1"))
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 async def test_tcp_reads_every_meter_concurrently_with_its_own_values() -> None:
@@ -201,3 +206,9 @@ async def test_tcp_keeps_to_the_connections_a_device_allows() -> None:
             assert tcp.open_connections == 2
         finally:
             await tcp.close()
+
+
+async def test_the_operations_page_states_how_long_a_refusal_is_heeded() -> None:
+    page = await asyncio.to_thread(OPERATIONS.read_text)
+    assert f"for {REGROW_AFTER / 60:g} minutes, then" in page
+    assert TcpBus.model_fields["connections"].default < DEFAULT_MAX_CONNECTIONS
