@@ -125,11 +125,12 @@ class Run:
 # ---------------------------------------------------------------------- servers
 
 
-def start_pymodbus_server(meters: int) -> Sim:
-    """The stock pymodbus server, 247 devices per port, PE-1 registers from our simulator."""
+def spawn_server(role: str, params: dict[str, Any], *, stdin: bool = False) -> Sim:
+    """A server role of this script in its own process; the ports it prints."""
     proc = subprocess.Popen(
-        [PY, __file__, "--role", "pymodbus-server", "--params", json.dumps({"meters": meters})],
+        [PY, __file__, "--role", role, "--params", json.dumps(params)],
         cwd=ROOT,
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -142,7 +143,12 @@ def start_pymodbus_server(meters: int) -> Sim:
             tcp.append((host, int(port)))
         elif word == "ready:":
             return Sim(proc, tcp, None, None)
-    raise RuntimeError(f"pymodbus server exited with {proc.wait()}")
+    raise RuntimeError(f"{role} exited with {proc.wait()}")
+
+
+def start_pymodbus_server(meters: int) -> Sim:
+    """The stock pymodbus server, 247 devices per port, PE-1 registers from our simulator."""
+    return spawn_server("pymodbus-server", {"meters": meters})
 
 
 def _role_pymodbus_server(p: dict[str, Any]) -> None:
@@ -458,23 +464,7 @@ def start_timed_sim(meters: int, loads: dict[int, int], credit_wh: int) -> Sim:
     """Our simulator in a process that records, per meter, the moment credit runs out and
     the moment the relay was commanded open (see :func:`_role_timed_sim`)."""
     params = {"meters": meters, "loads": loads, "credit_wh": credit_wh}
-    proc = subprocess.Popen(
-        [PY, __file__, "--role", "timed-sim", "--params", json.dumps(params)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    tcp: list[tuple[str, int]] = []
-    for text in proc.stdout:
-        word, _, rest = text.partition(" ")
-        if word == "modbus-tcp":
-            host, port = rest.split()[0].rsplit(":", 1)
-            tcp.append((host, int(port)))
-        elif word == "ready:":
-            return Sim(proc, tcp, None, None)
-    raise RuntimeError(f"timed simulator exited with {proc.wait()}")
+    return spawn_server("timed-sim", params, stdin=True)
 
 
 def _role_timed_sim(p: dict[str, Any]) -> None:
