@@ -121,6 +121,13 @@ class TcpBus(_Strict):
     host: str = Field(description="address of the endpoint")
     port: int = Field(default=502, gt=0, lt=65536, description="Modbus TCP port")
     concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
+    connections: int = Field(
+        default=3,
+        ge=1,
+        le=32,
+        description="connections to the endpoint, opened as the load needs them; the "
+        "requests in flight are spread over them (fewer if the device refuses one)",
+    )
     timeout_s: float = Field(default=1.0, gt=0, le=30, description="reply timeout per request")
     retries: int = Field(
         default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"

@@ -149,7 +149,12 @@ class Gateway:
     def _port_for(self, bus: RtuBus | TcpBus) -> ModbusPort:
         if isinstance(bus, TcpBus):
             return TcpPort(
-                bus.name, bus.host, bus.port, concurrency=bus.concurrency, timeout=bus.timeout_s
+                bus.name,
+                bus.host,
+                bus.port,
+                concurrency=bus.concurrency,
+                connections=bus.connections,
+                timeout=bus.timeout_s,
             )
         return RtuPort(
             bus.name,

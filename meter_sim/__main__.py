@@ -29,6 +29,7 @@ from meter_sim.dlt645_simulator import DEFAULT_BAUD as DLT645_BAUD
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.errors import ControlError, FaultPlanError, SetupError, SimError
 from meter_sim.faults import FaultPlan, FaultSpec, load_fault_plan
+from meter_sim.server import DEFAULT_MAX_CONNECTIONS
 from meter_sim.simulator import Simulator
 from protocol.cli import CliParser, ExitCode, error_line, exit_codes_help, survive_closed_stdout
 from protocol.dlt645.meter_map import shipped_dlt645_map_names
@@ -167,6 +168,20 @@ def build_parser() -> CliParser:
         default=1,
         metavar="N",
         help="dlt645: address of meter 1, as a number; meter n has N+n-1 (default: 1)",
+    )
+    serve.add_argument(
+        "--pipelining",
+        action="store_true",
+        help="answer pipelined Modbus TCP requests in one burst (default: one at a time "
+        "per connection, as meters and serial device servers in the field do)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections each TCP port accepts at once; more are reset "
+        f"(default: {DEFAULT_MAX_CONNECTIONS}; 0: no limit)",
     )
     serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (.json, .toml)")
     serve.add_argument(
@@ -317,6 +332,8 @@ async def _serve(args: argparse.Namespace) -> int:
         raise CliError("--baud emulates an RTU line: add --rtu-pty or --rtu-tcp HOST:PORT")
     if args.baud is not None and args.baud <= 0:
         raise CliError("--baud must be positive")
+    if args.max_connections < 0:
+        raise CliError("--max-connections must be 0 (no limit) or more")
     plan = load_fault_plan(args.faults) if args.faults else FaultPlan()
     rtu_tcp = args.rtu_tcp
     control = args.control
@@ -341,6 +358,8 @@ async def _serve(args: argparse.Namespace) -> int:
         faults=[*plan.faults, *args.fault],
         control_port=control[1] if control else None,
         control_host=control[0] if control else "127.0.0.1",
+        pipelining=args.pipelining,
+        max_connections=args.max_connections or None,
     ) as sim:
         n = len(sim.meters)
         for k, (host, port) in enumerate(sim.tcp_addresses):

@@ -4,8 +4,13 @@ One :class:`Endpoint` is one port or serial bus: the unit ids it answers for (an
 into the simulator's meter numbers), its framing and, for RTU, its emulated baud rate.
 A :class:`Session` is one connection (or the pty): it feeds bytes to the pure reader,
 asks the pure core for replies, lets the fault table damage or withhold them, and
-writes them back strictly in request order, so pipelined TCP requests are answered as
-the transaction ids allow.
+writes them back strictly in request order.
+
+By default an endpoint behaves like meters and serial device servers in the field: one
+request at a time per connection (a pipelined request waits until the previous reply is
+written, each reply its own write), and at most ``max_connections`` connections (one
+more is reset at once). ``pipelining=True`` answers a burst of pipelined requests in one
+write, as few real devices do.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 Framing = Literal["tcp", "rtu"]
 #: A partial RTU request older than this (or 3.5 characters, if longer) is noise.
 RTU_STALE_PARTIAL = 0.1
+#: Connections an endpoint accepts at once unless told otherwise (Modbus TCP meters and
+#: serial device servers commonly take 4; one more is reset).
+DEFAULT_MAX_CONNECTIONS = 4
 
 
 @dataclass(slots=True)
@@ -56,6 +64,12 @@ class Endpoint:
     rng: random.Random = field(default_factory=random.Random)
     busy_until: float = 0.0  # monotonic time the (RTU) wire is free again
     requests: int = 0
+    #: answer a burst of pipelined MBAP requests in one write (few real devices do)
+    pipelining: bool = False
+    #: connections accepted at once (None: no limit)
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS
+    connections: int = 0  # open now
+    refused: int = 0  # connections reset for being over the limit
 
     def wire_time(self, request_len: int, reply_len: int) -> tuple[float, float]:
         """(seconds until the reply is fully on the wire, seconds the wire stays busy)."""
@@ -112,6 +126,9 @@ class Session:
         self._last_rx = 0.0
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
+        #: MBAP requests received and not yet answered (one at a time, unless pipelining)
+        self._backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._next: asyncio.Handle | None = None
         self._closed = False
         self._stale = RTU_STALE_PARTIAL
         if endpoint.baud is not None:
@@ -126,6 +143,11 @@ class Session:
             except DecodeError as exc:
                 log.warning("%s: closing connection: %s", self.endpoint.name, exc)
                 self.close()
+                return
+            if not self.endpoint.pipelining:
+                self._backlog.extend(frames)
+                if self._next is None:
+                    self._serve_next()
                 return
             out: list[bytes] = []
             for tid, unit, pdu in frames:
@@ -157,6 +179,22 @@ class Session:
             start = max(mono, self.endpoint.busy_until) + outcome.delay
             self.endpoint.busy_until = start + busy
             self._schedule(outcome, framed, start + done)
+
+    def _serve_next(self) -> None:
+        """Answer the oldest waiting MBAP request, unless a reply is still to be written;
+        the next one gets its turn on a later loop iteration (other connections first)."""
+        self._next = None
+        if self._closed or self._queue or not self._backlog:
+            return
+        tid, unit, pdu = self._backlog.popleft()
+        outcome, reply = self.endpoint.respond(unit, pdu)
+        framed = None if reply is None else mbap_frame(tid, unit, reply)
+        if outcome is NORMAL and framed is not None:
+            self._write(framed)
+        else:
+            self._schedule(outcome, framed, time.monotonic() + outcome.delay)
+        if self._backlog and not self._queue:
+            self._next = asyncio.get_running_loop().call_soon(self._serve_next)
 
     def _schedule(self, outcome: Outcome, frame: bytes | None, due: float) -> None:
         """Queue a reply (or a reset) to go out at ``due`` (monotonic), behind earlier
@@ -194,15 +232,21 @@ class Session:
                 self.close()
                 return
             self._write(frame)
+        if self._backlog and self._next is None and not self._closed:
+            self._serve_next()  # one at a time: the next request's turn
 
     def close(self) -> None:
         """Drop the connection at once (TCP: with an RST)."""
         self._closed = True
         self._queue.clear()
+        self._backlog.clear()
         self._abort()
         self._stop_flusher()
 
     def _stop_flusher(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             try:
@@ -221,6 +265,7 @@ class Session:
     def connection_lost(self) -> None:
         self._closed = True
         self._queue.clear()
+        self._backlog.clear()
         self._stop_flusher()
 
 
@@ -244,15 +289,26 @@ class _StreamProtocol(asyncio.Protocol):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
 
-        self._session = Session(self._endpoint, transport.write, abort)
+        endpoint = self._endpoint
+        limit = endpoint.max_connections
+        if limit is not None and endpoint.connections >= limit:
+            # A device at its connection limit: accepted by the kernel, reset at once.
+            endpoint.refused += 1
+            log.info("%s: connection %d over the limit of %d: reset", endpoint.name,
+                     endpoint.connections + 1, limit)  # fmt: skip
+            abort()
+            return
+        endpoint.connections += 1
+        self._session = Session(endpoint, transport.write, abort)
         self._sessions.add(self._session)
 
     def data_received(self, data: bytes) -> None:
-        assert self._session is not None
-        self._session.feed(data)
+        if self._session is not None:  # None: refused, being reset
+            self._session.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._session is not None:
+            self._endpoint.connections -= 1
             self._session.connection_lost()
             self._sessions.discard(self._session)
 

@@ -22,7 +22,7 @@ from meter_sim.faults import ALL, FaultKind, FaultSpec, FaultTable
 from meter_sim.pdu import SimMeter
 from meter_sim.physics import CustomerClass, MeterModel, Tamper
 from meter_sim.registers import MapLayout
-from meter_sim.server import Endpoint, PtyBus, Session, serve_tcp
+from meter_sim.server import DEFAULT_MAX_CONNECTIONS, Endpoint, PtyBus, Session, serve_tcp
 from protocol.errors import MapError
 from protocol.regmap import RegisterMap, load_map
 
@@ -43,6 +43,8 @@ class Simulator:
         seed: int,
         classes: Mapping[int, CustomerClass] | None = None,
         baud: int | None = None,
+        pipelining: bool = False,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if meters < 1:
             raise SetupError("at least one meter")
@@ -50,6 +52,8 @@ class Simulator:
         self.clock = clock
         self.seed = seed
         self.baud = baud
+        self.pipelining = pipelining
+        self.max_connections = max_connections
         self.layout = MapLayout(regmap, seed)
         now = clock.now()
         classes = classes or {}
@@ -86,11 +90,15 @@ class Simulator:
         control_port: int | None = None,
         control_host: str = "127.0.0.1",
         classes: Mapping[int, CustomerClass] | None = None,
+        pipelining: bool = False,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     ) -> AsyncIterator[Simulator]:
         """Run a simulator in this event loop until the block exits.
 
         ``tcp_port=0`` (and ``rtu_tcp_port=0``, ``control_port=0``) take free ports; a
         fixed ``tcp_port`` with more than 247 meters takes consecutive ports from it.
+        Each TCP endpoint answers one request at a time per connection unless
+        ``pipelining``, and takes at most ``max_connections`` connections (None: any).
         """
         try:
             regmap = load_map(map_name)
@@ -100,6 +108,8 @@ class Simulator:
             raise SetupError(f"{meters} meters: an RTU bus holds at most {UNITS_PER_PORT}")
         if baud is not None and baud <= 0:
             raise SetupError(f"baud {baud} must be positive")
+        if max_connections is not None and max_connections < 1:
+            raise SetupError(f"max_connections {max_connections} must be at least 1")
         sim = cls(
             meters=meters,
             regmap=regmap,
@@ -107,6 +117,8 @@ class Simulator:
             seed=seed,
             classes=classes,
             baud=baud,
+            pipelining=pipelining,
+            max_connections=max_connections,
         )
         for spec in faults:
             sim.faults.set(spec)
@@ -135,6 +147,8 @@ class Simulator:
             faults=self.faults,
             baud=self.baud if framing == "rtu" else None,
             rng=random.Random(f"corrupt:{self.seed}:{name}"),
+            pipelining=self.pipelining,
+            max_connections=self.max_connections,
         )
         self.endpoints.append(ep)
         return ep

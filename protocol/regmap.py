@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from importlib import resources
@@ -141,15 +141,20 @@ class RegisterMap:
     document: str
     capabilities: frozenset[Capability]
     points: tuple[Point, ...]
+    #: points by name: the gateway asks has()/point() for every reading
+    _by_name: dict[str, Point] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {p.name: p for p in reversed(self.points)})
 
     def point(self, name: str) -> Point:
-        for p in self.points:
-            if p.name == name:
-                return p
-        raise KeyError(f"map {self.name!r} has no point {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"map {self.name!r} has no point {name!r}") from None
 
     def has(self, name: str) -> bool:
-        return any(p.name == name for p in self.points)
+        return name in self._by_name
 
     def points_in(self, table: Table) -> tuple[Point, ...]:
         return tuple(sorted((p for p in self.points if p.table is table), key=lambda p: p.address))

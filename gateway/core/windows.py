@@ -58,7 +58,7 @@ class NoDisconnectWindows:
         tz = ZoneInfo(self.timezone)
         today = now.astimezone(tz).date()
         spans = [(w.name, b, e) for w in self.weekly for b, e in w.spans(tz, today)]
-        for offset in range(-1, 8):
+        for offset in range(-1, 8) if self.holidays else ():  # asked at every reading
             day = today + timedelta(days=offset)
             if day in self.holidays:
                 begin = datetime.combine(day, time(0), tzinfo=tz)

@@ -6,10 +6,12 @@ Our own transports, thin asyncio shells around the pure master sessions of
 tested without sockets), because the gateway must never attribute a value to the wrong
 meter and no client library we know keeps these rules:
 
-- TCP: requests are pipelined on one connection up to a bound, matched to replies by
-  transaction id and unit id; a timeout fails that request only (its late reply is
-  dropped), so one dead unit behind a serial device server never closes the connection
-  the healthy ones use. pymodbus's client keeps one request in flight per connection.
+- TCP: up to a bound of requests in flight, spread over a few connections (meters and
+  serial device servers answer one request at a time per connection), pipelined only
+  beyond that, matched to replies by transaction id and unit id per connection; a
+  timeout fails that request only (its late reply is dropped), so one dead unit behind a
+  serial device server never closes the connection the healthy ones use. pymodbus's
+  client keeps one request in flight per connection.
 - RTU: one request on the wire at a time, after the 3.5-character silence; after any
   failure the bus stays silent for a guard time and stray bytes are discarded before
   the next request, so a late reply is never taken as the answer to the next one (RTU

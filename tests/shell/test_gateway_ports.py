@@ -1,14 +1,18 @@
-"""The gateway's Modbus ports read the real simulator over TCP, RTU on a pty and RTU over TCP; a dead or slow meter never stalls, closes or pollutes the reads of its healthy neighbours."""
+"""The gateway's Modbus ports read the real simulator over TCP (over several connections, within the device's connection limit), RTU on a pty and RTU over TCP; a dead or slow meter never stalls, closes or pollutes the reads of its healthy neighbours."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from gateway.config import TcpBus
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import IOFailure, MeterIOError, RtuPort, TcpPort
+from gateway.modbus_port.tcp import REGROW_AFTER
 from meter_sim.clock import VirtualClock
+from meter_sim.server import DEFAULT_MAX_CONNECTIONS
 from meter_sim.simulator import Simulator
 from protocol.modbus import read_input
 from protocol.regmap import load_map
@@ -16,6 +20,7 @@ from protocol.regmap import load_map
 pytestmark = pytest.mark.asyncio
 
 PE1 = MeterIO(load_map("pe1"))
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 async def test_tcp_reads_every_meter_concurrently_with_its_own_values() -> None:
@@ -142,3 +147,68 @@ async def test_rtu_reads_and_stale_replies_are_discarded(transport: str) -> None
             assert info.value.kind is IOFailure.GARBLED
         finally:
             await rtu.close()
+
+
+async def test_tcp_spreads_meters_over_connections_and_never_mixes_them_up() -> None:
+    # A device answering one request at a time per connection (the simulator's default),
+    # four connections of one in flight each, a slow meter whose replies come late: every
+    # value read is its own meter's, whichever connection carried it.
+    clock = VirtualClock()
+    async with Simulator.start(meters=40, seed=5, clock=clock) as sim:
+        clock.advance(7200)
+        sim.inject_fault(7, "slow", 0.5, delay=0.4)
+        (endpoint,) = sim.endpoints
+        tcp = TcpPort("tcp", *sim.tcp_address, concurrency=4, connections=4, timeout=0.3)
+        try:
+            for _round in range(3):
+                results = await asyncio.gather(
+                    *(PE1.read(tcp, u) for u in range(1, 41)), return_exceptions=True
+                )
+                for unit, result in enumerate(results, start=1):
+                    if isinstance(result, MeterIOError):
+                        assert unit == 7
+                        assert result.kind is IOFailure.TIMEOUT
+                        continue
+                    assert not isinstance(result, BaseException), result
+                    state = sim.state(unit)
+                    assert result.energy_import_wh == state["energy_import_wh"]
+                    assert result.power_w == state["power_w"]
+            assert tcp.open_connections == 4
+            assert endpoint.connections == 4
+            assert tcp.refusals == 0
+        finally:
+            await tcp.close()
+        energies = {sim.state(u)["energy_import_wh"] for u in range(1, 41)}
+        assert len(energies) > 30  # different meters, different values: a mix-up would show
+
+
+async def test_tcp_keeps_to_the_connections_a_device_allows() -> None:
+    clock = VirtualClock()
+    async with Simulator.start(meters=10, seed=2, clock=clock, max_connections=2) as sim:
+        clock.advance(600)
+        (endpoint,) = sim.endpoints
+        tcp = TcpPort("tcp", *sim.tcp_address, concurrency=4, connections=4, timeout=1.0)
+        try:
+            first = await asyncio.gather(
+                *(PE1.read(tcp, u) for u in range(1, 11)), return_exceptions=True
+            )
+            refused = [r for r in first if isinstance(r, MeterIOError)]
+            assert all(r.kind is IOFailure.CONNECTION for r in refused)
+            assert tcp.refusals >= 1
+            assert endpoint.refused == tcp.refusals
+            assert tcp.open_connections == 2
+            # From now on the port keeps to the two connections the device takes.
+            for _round in range(3):
+                snaps = await asyncio.gather(*(PE1.read(tcp, u) for u in range(1, 11)))
+                for unit, snap in enumerate(snaps, start=1):
+                    assert snap.energy_import_wh == sim.state(unit)["energy_import_wh"]
+            assert endpoint.refused == tcp.refusals
+            assert tcp.open_connections == 2
+        finally:
+            await tcp.close()
+
+
+async def test_the_operations_page_states_how_long_a_refusal_is_heeded() -> None:
+    page = await asyncio.to_thread(OPERATIONS.read_text)
+    assert f"for {REGROW_AFTER / 60:g} minutes, then" in page
+    assert TcpBus.model_fields["connections"].default < DEFAULT_MAX_CONNECTIONS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -140,6 +141,7 @@ async def test_serve_refuses_bad_input_with_one_line_and_a_non_zero_exit(tmp_pat
             (["--no-tcp", "--baud", "9600"], "--no-tcp leaves nothing to serve"),
             (["--baud", "9600", "--tcp", "127.0.0.1:0"], "--baud emulates an RTU line"),
             (["--baud", "0", "--rtu-pty", "--tcp", "127.0.0.1:0"], "--baud must be positive"),
+            (["--max-connections", "-1", "--tcp", "127.0.0.1:0"], "--max-connections must be"),
         ]
         for args, problem in cases:
             code, out, err = await run("serve", *args)
@@ -150,6 +152,24 @@ async def test_serve_refuses_bad_input_with_one_line_and_a_non_zero_exit(tmp_pat
             assert "Traceback" not in err
     finally:
         busy.close()
+
+
+async def test_serve_takes_the_connection_limit_and_pipelining_flags(
+    modbus_tcp: TcpConnect,
+) -> None:
+    async with serving(
+        "--meters", "2", "--tcp", "127.0.0.1:0", "--max-connections", "1", "--pipelining"
+    ) as printed:  # fmt: skip
+        client = await modbus_tcp(address(printed["modbus-tcp"]))
+        assert not (await client.read_input_registers(0, count=1, device_id=1)).isError()
+        reader, writer = await asyncio.open_connection(*address(printed["modbus-tcp"]))
+        writer.write(bytes.fromhex("000100000006010400000001"))
+        with contextlib.suppress(ConnectionResetError):  # reset, or at least closed
+            assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+        with contextlib.suppress(ConnectionResetError):
+            await writer.wait_closed()
+        assert not (await client.read_input_registers(0, count=1, device_id=2)).isError()
 
 
 async def test_ctl_without_a_simulator_says_so() -> None:
