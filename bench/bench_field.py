@@ -180,6 +180,7 @@ def _role_pymodbus_server(p: dict[str, Any]) -> None:
     async def run() -> None:
         servers = []
         ports = []
+        tasks: list[asyncio.Future[None]] = []
         for k in range(ports_for(meters)):
             devices = {
                 u: ModbusDeviceContext(
@@ -191,12 +192,23 @@ def _role_pymodbus_server(p: dict[str, Any]) -> None:
                 for u in range(1, units_on(k, meters) + 1)
             }
             context = ModbusServerContext(devices=devices, single=False)  # type: ignore[arg-type]
-            with socket.socket() as probe:  # a free port (the server does not report its own)
-                probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
-            servers.append(ModbusTcpServer(context, address=("127.0.0.1", ports[-1])))
-        tasks = [asyncio.ensure_future(s.serve_forever()) for s in servers]
-        await asyncio.sleep(1.0)
+            for _attempt in range(20):
+                # A free port (the server does not report its own); another process may
+                # take it before the server listens, so a failed start tries another.
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    port = probe.getsockname()[1]
+                server = ModbusTcpServer(context, address=("127.0.0.1", port))
+                task = asyncio.ensure_future(server.serve_forever())
+                await asyncio.sleep(0.3)
+                if not task.done():
+                    break
+                task.exception()  # retrieved: a port taken meanwhile
+            else:
+                raise RuntimeError("the pymodbus server found no free port in 20 tries")
+            ports.append(port)
+            servers.append(server)
+            tasks.append(task)
         for port in ports:
             print(f"modbus-tcp 127.0.0.1:{port}", flush=True)
         print("ready: pymodbus", flush=True)

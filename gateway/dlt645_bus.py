@@ -58,7 +58,6 @@ from gateway.store import MeterRecord
 from protocol.codec import Value
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.frame import Address
-from protocol.dlt645.messages import ControlCommand
 from protocol.dlt645.meter_map import (
     ALARM_BIT,
     PROTECTED_BIT,
@@ -67,6 +66,7 @@ from protocol.dlt645.meter_map import (
     Dlt645Capability,
     load_dlt645_map,
 )
+from protocol.dlt645.terms import ControlCommand
 from protocol.event_kinds import EventKind
 from protocol.modbus.pdu import Request
 

@@ -24,8 +24,8 @@ from gateway.meter_io import MeterSnapshot, whole_wh_step
 from gateway.modbus_port import IOFailure
 from protocol.dlt645.bcd import NumberFormat
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import Address
-from protocol.dlt645.messages import ControlCommand, OperatorCode, Password
 from protocol.dlt645.meter_map import (
     RELAY_OPEN_BIT,
     UNITS,
@@ -33,6 +33,7 @@ from protocol.dlt645.meter_map import (
     Dlt645Map,
     Dlt645Point,
 )
+from protocol.dlt645.terms import ControlCommand
 from protocol.errors import DecodeError
 
 #: What a poll reads unless told otherwise: billing and enforcement need nothing more.

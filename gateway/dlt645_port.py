@@ -29,16 +29,13 @@ from gateway.fine_sleep import sleep_until
 from gateway.modbus_port import BusUnreachableError, IOFailure, MeterIOError, os_reason
 from gateway.serial_line import SerialLine
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import BROADCAST, MAX_DATA, OVERHEAD, PREAMBLE, Address, Deframer, Frame
 from protocol.dlt645.messages import (
     BroadcastTime,
-    ControlCommand,
     ControlReply,
     ControlRequest,
     ErrorReply,
-    ErrorWord,
-    OperatorCode,
-    Password,
     PayloadError,
     ReadAddressReply,
     ReadAddressRequest,
@@ -50,8 +47,8 @@ from protocol.dlt645.messages import (
     WriteReply,
     WriteRequest,
     decode_reply,
-    di_text,
 )
+from protocol.dlt645.terms import ControlCommand, ErrorWord, di_text
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,13 @@ from meter_sim.physics import MeterModel, round_div
 from meter_sim.registers import measurement, quantities
 from protocol.dlt645.bcd import BitsFormat, DigitsFormat, NumberFormat
 from protocol.dlt645.clock import DateFormat, MeterTime, TimeFormat
+from protocol.dlt645.credentials import Password
 from protocol.dlt645.frame import BROADCAST, MAX_DATA, Address, Frame, Function
 from protocol.dlt645.messages import (
     BroadcastTime,
-    ControlCommand,
     ControlReply,
     ControlRequest,
     ErrorReply,
-    ErrorWord,
-    Password,
     PayloadError,
     ReadAddressReply,
     ReadAddressRequest,
@@ -51,6 +49,7 @@ from protocol.dlt645.messages import (
     decode_request,
 )
 from protocol.dlt645.meter_map import Dlt645Map, Dlt645Point
+from protocol.dlt645.terms import ControlCommand, ErrorWord
 from protocol.errors import DecodeError
 
 DEFAULT_PASSWORD = Password(0x02, b"\x00\x00\x00")

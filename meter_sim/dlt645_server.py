@@ -27,8 +27,9 @@ from meter_sim.clock import Clock
 from meter_sim.dlt645_meter import Dlt645Meter, answer, is_write, matches
 from meter_sim.faults import NORMAL, FaultTable, Outcome, corrupt
 from protocol.dlt645.frame import MAX_DATA, PREAMBLE, Deframer, Frame
-from protocol.dlt645.messages import ErrorReply, ErrorWord
+from protocol.dlt645.messages import ErrorReply
 from protocol.dlt645.meter_map import Dlt645Map
+from protocol.dlt645.terms import ErrorWord
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from meter_sim.dlt645_server import REPLY_DELAY, Dlt645Bus, Dlt645Session, PtyBu
 from meter_sim.errors import ControlError, SetupError
 from meter_sim.faults import ALL, FaultKind, FaultSpec, FaultTable
 from meter_sim.physics import CustomerClass, MeterModel, Tamper
+from protocol.dlt645.credentials import Password
 from protocol.dlt645.frame import MAX_DATA, PREAMBLE, Address
-from protocol.dlt645.messages import Password
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
 from protocol.errors import MapError
 

@@ -34,8 +34,8 @@ from gateway.public import (
 )
 from protocol.dlt645.bcd import DigitsFormat
 from protocol.dlt645.frame import Address
-from protocol.dlt645.messages import ControlCommand
 from protocol.dlt645.meter_map import Dlt645Capability, load_dlt645_map
+from protocol.dlt645.terms import ControlCommand
 from protocol.errors import MapError
 from provisioning.commission import Check
 from provisioning.errors import ProvisionError

@@ -11,46 +11,43 @@ currency (its tariff's) into the minor units the store keeps.
 from __future__ import annotations
 
 import csv
-import json
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from gateway.public import (
-    FlatPricing,
     GatewayConfig,
     MeterRecord,
-    MeterSettings,
     MeterState,
-    SettingsError,
     StoredMeter,
-    Tariff,
-    TariffSchedule,
     enrol,
     parse_relay_output,
-    settings_from_json,
-    settings_to_json,
 )
 from protocol.currency import (
-    AmountError,
     currency_decimals,
     format_amount,
-    parse_amount,
-    parse_price,
 )
 from protocol.errors import MapError
 from protocol.regmap import Capability, RegisterMap, load_map
 from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
 from provisioning.dlt645_fields import Dlt645FieldError, is_dlt645_bus, plan_dlt645_record
+
+#: Columns a CSV file may have; meter_id, bus, unit_id and key_file are required.
+from provisioning.enrol_settings import (
+    FieldError,
+    build_settings,
+    field_bool,
+    field_int,
+    field_path,
+    money_field,
+    settings_currency,
+)
 from provisioning.errors import ProvisionError
 from provisioning.key_files import KeyFileError, read_secret_file
 from provisioning.site import Extras
 
-#: Columns a CSV file may have; meter_id, bus, unit_id and key_file are required.
 COLUMNS = (
     "meter_id",
     "bus",
@@ -83,28 +80,8 @@ REQUIRED = ("meter_id", "bus", "unit_id", "key_file")
 #: Columns kept beside the store (it has no columns for them yet).
 EXTRAS = ("customer_account", "expected_serial")
 #: Money settings, typed in currency units; only the reconnect threshold may be below zero.
-MONEY_SETTINGS = (
-    "alarm1",
-    "alarm2",
-    "overdraft_limit",
-    "reconnect_threshold",
-    "max_balance",
-    "window_debt_cap",
-)
-_SIGNED_MONEY = frozenset({"reconnect_threshold"})
 _METER_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _EXTRA = "\x00extra"
-_TRUE = {"true", "yes", "1", "y"}
-_FALSE = {"false", "no", "0", "n", ""}
-
-
-class FieldError(ProvisionError):
-    """One field of one meter is wrong."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,135 +91,6 @@ class PlannedMeter:
     record: MeterRecord
     state: MeterState
     extras: dict[str, str]
-
-
-def _int(fields: Mapping[str, str], name: str, default: int | None = None) -> int | None:
-    text = fields.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise FieldError(name, f"{text!r} is not a whole number") from None
-
-
-def money_field(fields: Mapping[str, str], name: str, decimals: int) -> int | None:
-    """A money field typed in currency units (``50.00``) as minor units; None when empty."""
-    text = fields.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_amount(text, decimals, signed=name in _SIGNED_MONEY)
-    except AmountError as exc:
-        raise FieldError(name, str(exc)) from None
-
-
-def _bool(fields: Mapping[str, str], name: str) -> bool:
-    text = fields.get(name, "").strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise FieldError(name, f"{text!r} is not true or false")
-
-
-def read_document(path: Path, field: str) -> Any:
-    """A JSON or TOML file (by its suffix) as plain data."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FieldError(field, f"cannot read {path}: {exc}") from None
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise FieldError(field, f"{path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
-
-
-def _path(fields: Mapping[str, str], name: str, base: Path) -> Path | None:
-    text = fields.get(name, "").strip()
-    if not text:
-        return None
-    if "\x00" in text:
-        raise FieldError(name, "a path cannot hold a NUL character")
-    path = Path(text)
-    return path if path.is_absolute() else base / path
-
-
-def _schedule_currency(doc: Mapping[str, Any], field: str) -> str:
-    """The currency of the tariff in force first in a settings document's schedule."""
-    try:
-        schedule = settings_from_json({"tariffs": doc["tariffs"]}).tariffs
-    except SettingsError as exc:
-        problem = exc.problem.splitlines()
-        raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
-    return schedule.entries[0].tariff.currency
-
-
-def build_settings(
-    fields: Mapping[str, str],
-    base: Path,
-    currency: str,
-    start: Mapping[str, Any] | None = None,
-) -> MeterSettings:
-    """Settings from ``start`` (an enrolled meter's, for an update), else a settings file
-    or the defaults, then the tariff, windows and thresholds the fields name; the core's
-    own checks run on the result. Money is in units of the tariff's currency (``currency``
-    for a flat price without one of its own)."""
-    settings_file = _path(fields, "settings_file", base)
-    doc: dict[str, Any]
-    if settings_file is not None:
-        loaded = read_document(settings_file, "settings_file")
-        if not isinstance(loaded, dict):
-            raise FieldError("settings_file", "must hold a table of settings")
-        doc = dict(loaded)
-    else:
-        doc = dict(start or {})
-    tariff_file = _path(fields, "tariff_file", base)
-    price = fields.get("price_per_kwh", "").strip()
-    if tariff_file is not None and price:
-        raise FieldError("price_per_kwh", "give a tariff_file or a price_per_kwh, not both")
-    if tariff_file is not None:
-        tariff = read_document(tariff_file, "tariff_file")
-        doc["tariffs"] = {"entries": [{"activates_at": None, "tariff": tariff}]}
-    elif price:
-        cur = fields.get("currency", "").strip() or currency
-        try:
-            per_kwh = parse_price(price, currency_decimals(cur))
-            flat = TariffSchedule.single(Tariff(currency=cur, energy=FlatPricing(per_kwh)))
-        except AmountError as exc:
-            field = "currency" if "ISO 4217" in str(exc) else "price_per_kwh"
-            raise FieldError(field, str(exc)) from None
-        except (ValueError, TypeError) as exc:
-            raise FieldError("price_per_kwh", str(exc)) from None
-        doc["tariffs"] = settings_to_json(MeterSettings(tariffs=flat))["tariffs"]
-    if "tariffs" not in doc:
-        raise FieldError("tariff_file", "a tariff is required: tariff_file or price_per_kwh")
-    windows_file = _path(fields, "windows_file", base)
-    if windows_file is not None:
-        doc["windows"] = read_document(windows_file, "windows_file")
-    field = "settings_file" if settings_file else "tariff_file" if tariff_file else "settings"
-    decimals = currency_decimals(_schedule_currency(doc, field))
-    for name in MONEY_SETTINGS:
-        value = money_field(fields, name, decimals)
-        if value is not None:
-            doc[name] = value
-    if fields.get("reconnect_needs_button", "").strip():
-        doc["reconnect_needs_button"] = _bool(fields, "reconnect_needs_button")
-    try:
-        return settings_from_json(doc)
-    except SettingsError as exc:
-        problem = exc.problem.splitlines()
-        raise FieldError(field, " ".join(p.strip() for p in problem[:3])) from None
-
-
-def settings_currency(settings: MeterSettings) -> str:
-    """The currency money of a meter is typed and shown in: its first tariff's."""
-    return settings.tariffs.entries[0].tariff.currency
-
-
-def money_text(minor: int, settings: MeterSettings) -> str:
-    """``49.87 KES``: an amount of a meter's money as a person reads it."""
-    currency = settings_currency(settings)
-    return f"{format_amount(minor, currency_decimals(currency))} {currency}"
 
 
 def check_meter_id(meter_id: str) -> str:
@@ -302,7 +150,7 @@ def plan_record(
     if fields.get("address", "").strip() or fields.get("password", "").strip():
         field = "address" if fields.get("address", "").strip() else "password"
         raise FieldError(field, f"bus {bus} speaks Modbus: a meter on it has a unit_id")
-    unit = _int(fields, "unit_id")
+    unit = field_int(fields, "unit_id")
     if unit is None or not 1 <= unit <= 247:
         raise FieldError("unit_id", f"{fields.get('unit_id', '').strip()!r} must be 1..247")
     map_name = fields.get("map", "").strip() or "pe1"
@@ -320,11 +168,11 @@ def plan_record(
 
 def _key_and_epoch(fields: Mapping[str, str], base: Path, key: bytes | None) -> tuple[int, bytes]:
     """The key epoch and the meter key (from its file, else ``key``), validated."""
-    epoch = _int(fields, "key_epoch", 0)
+    epoch = field_int(fields, "key_epoch", 0)
     assert epoch is not None
     if not 0 <= epoch <= MAX_EPOCH:
         raise FieldError("key_epoch", f"{epoch} must be 0..{MAX_EPOCH}")
-    key_file = _path(fields, "key_file", base)
+    key_file = field_path(fields, "key_file", base)
     if key_file is not None:
         try:
             key = read_secret_file(key_file, METER_KEY_BYTES)
@@ -366,7 +214,7 @@ def plan_meter(
             f"{fields['credit'].strip()} is above max_balance "
             f"{format_amount(settings.max_balance, decimals)}",
         )
-    protected = _bool(fields, "protected")
+    protected = field_bool(fields, "protected")
     try:
         state = enrol(meter_id, settings, now, opening_balance=credit, protected=protected)
     except ValueError as exc:

@@ -19,13 +19,11 @@ from pydantic import JsonValue
 from gateway.public import GatewayConfig, MeterRecord, Publish, StoredMeter, settings_to_json
 from protocol.errors import MapError
 from protocol.regmap import Capability, load_map
-from provisioning.enrol import (
-    EXTRAS,
+from provisioning.enrol import EXTRAS, check_columns, plan_record
+from provisioning.enrol_settings import (
     MONEY_SETTINGS,
     FieldError,
     build_settings,
-    check_columns,
-    plan_record,
     settings_currency,
 )
 from provisioning.errors import ProvisionError

@@ -16,11 +16,11 @@ from provisioning.enrol import (
     check_meter_id,
     check_unique,
     merge_extras,
-    money_text,
     plan_csv,
     plan_meter,
 )
 from provisioning.enrol_changes import plan_update, removal_event, update_event
+from provisioning.enrol_settings import money_text
 from provisioning.errors import ProvisionError
 from provisioning.site import (
     load_extras,

@@ -10,7 +10,7 @@ from pydantic import JsonValue
 from gateway.public import StoredMeter
 from protocol.cli import Subcommands, add_config_option
 from protocol.currency import currency_decimals, format_amount
-from provisioning.enrol import settings_currency
+from provisioning.enrol_settings import settings_currency
 from provisioning.events import COMMISSIONED, ENROLMENT_REMOVED, ENROLMENT_UPDATED
 from provisioning.site import load_extras, load_site_config, open_store
 

@@ -13,10 +13,10 @@ codes ``C0..C3``, both low byte first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
 from typing import ClassVar, Self
 
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import (
     BROADCAST,
     ERROR,
@@ -28,121 +28,18 @@ from protocol.dlt645.frame import (
     Frame,
     Function,
 )
+from protocol.dlt645.terms import DI_SIZE, ControlCommand, ErrorWord, di_bytes
 from protocol.errors import DecodeError, EncodeError
-
-DI_SIZE = 4
 
 
 class PayloadError(DecodeError):
     """A valid frame whose data does not fit the message it claims (the peer's fault)."""
 
 
-class ErrorWord(IntFlag):
-    """The error word of an error reply (one byte, bits)."""
-
-    OTHER = 0x01
-    NO_DATA = 0x02  # no such data (identifier unknown to the meter)
-    PASSWORD = 0x04  # wrong password or not authorised
-    BAUD_FIXED = 0x08
-    YEAR_ZONES = 0x10
-    DAY_SLOTS = 0x20
-    TARIFFS = 0x40
-
-
-class ControlCommand(IntEnum):
-    """N1 of a remote-control (1CH) command."""
-
-    TRIP = 0x1A
-    ALLOW_CLOSE = 0x1B
-    CLOSE = 0x1C
-    ALARM = 0x2A
-    ALARM_OFF = 0x2B
-    PROTECT = 0x3A
-    PROTECT_OFF = 0x3B
-
-
-def di_text(di: int) -> str:
-    return f"{di:08X}"
-
-
-def parse_di(text: str) -> int:
-    """``"00010000"`` (DI3 first) as the identifier."""
-    if len(text) != 8:
-        raise ValueError(f"data identifier {text!r} is not 8 hex digits")
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise ValueError(f"data identifier {text!r} is not 8 hex digits") from None
-
-
-def di_bytes(di: int) -> bytes:
-    if not 0 <= di <= 0xFFFFFFFF:
-        raise EncodeError(f"data identifier {di} is not 32-bit")
-    return di.to_bytes(DI_SIZE, "little")
-
-
 def _di_of(frame: Frame, data: bytes) -> int:
     if len(data) < DI_SIZE:
         raise PayloadError("data shorter than a data identifier", frame.to_bytes())
     return int.from_bytes(data[:DI_SIZE], "little")
-
-
-@dataclass(frozen=True, slots=True)
-class Password:
-    """``PA P0 P1 P2``: a level (00 highest .. 09) and three code bytes, written as 8 hex
-    digits, level first then P2 P1 P0 (``02123456``: level 02, code 123456)."""
-
-    level: int
-    code: bytes
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.level <= 0xFF or len(self.code) != 3:
-            raise EncodeError("a password is a level byte and three code bytes")
-
-    @classmethod
-    def parse(cls, text: str) -> Password:
-        raw = _hex8(text, "password")
-        return cls(raw[0], raw[1:][::-1])
-
-    def to_bytes(self) -> bytes:
-        return bytes((self.level,)) + self.code
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Password:
-        return cls(data[0], data[1:4])
-
-    def __str__(self) -> str:
-        return f"{self.level:02X}{self.code[::-1].hex().upper()}"
-
-    def __repr__(self) -> str:
-        return f"Password(level={self.level:02X}, code=***)"
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorCode:
-    """``C0..C3``, the operator who sends a command, written as 8 hex digits (C3 first)."""
-
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.raw) != 4:
-            raise EncodeError("an operator code is 4 bytes")
-
-    @classmethod
-    def parse(cls, text: str) -> OperatorCode:
-        return cls(_hex8(text, "operator code")[::-1])
-
-    def __str__(self) -> str:
-        return self.raw[::-1].hex().upper()
-
-
-def _hex8(text: str, what: str) -> bytes:
-    if len(text) != 8:
-        raise ValueError(f"{what} is 8 hex digits, not {text!r}")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"{what} is 8 hex digits, not {text!r}") from None
 
 
 class _Message:

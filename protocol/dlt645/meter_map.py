@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from protocol.dlt645.bcd import BitsFormat, DigitsFormat, NumberFormat
 from protocol.dlt645.clock import DateFormat, TimeFormat
-from protocol.dlt645.messages import di_text, parse_di
+from protocol.dlt645.terms import di_text, parse_di
 from protocol.errors import DecodeError, MapError
 from protocol.regmap import load_toml, shipped_map_names, validation_error
 

@@ -33,9 +33,10 @@ from meter_sim.clock import VirtualClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.physics import round_div
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import Address
-from protocol.dlt645.messages import ControlCommand, ErrorWord, OperatorCode, Password
 from protocol.dlt645.meter_map import load_dlt645_map
+from protocol.dlt645.terms import ControlCommand, ErrorWord
 
 pytestmark = pytest.mark.asyncio
 

@@ -17,8 +17,9 @@ from meter_sim.dlt645_server import char_time
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.physics import round_div
 from protocol.dlt645.frame import Address, Deframer, Frame
-from protocol.dlt645.messages import ErrorWord, ReadRequest
+from protocol.dlt645.messages import ReadRequest
 from protocol.dlt645.meter_map import load_dlt645_map
+from protocol.dlt645.terms import ErrorWord
 from tests.shell.test_sim_cli import address, run, serving
 
 pytestmark = pytest.mark.asyncio

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.__main__ import build_parser as gateway_parser
-from meter_sim.__main__ import build_parser as sim_parser
+from meter_sim.cli_args import build_parser as sim_parser
 from protocol.cli import EXIT_CODE_MEANINGS, CliParser
 from provisioning.__main__ import build_parser as provision_parser
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from gateway.dlt645_io import COMMAND_CAPABILITY
 from protocol.dlt645.frame import Function
-from protocol.dlt645.messages import ControlCommand
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
+from protocol.dlt645.terms import ControlCommand
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "dlt645.md").read_text()
 

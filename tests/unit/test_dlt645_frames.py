@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from protocol.dlt645.bcd import BitsFormat, DigitsFormat, NumberFormat, bcd_digits, digits_of
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import (
     BROADCAST,
     MAX_DATA,
@@ -25,13 +26,9 @@ from protocol.dlt645.frame import (
 )
 from protocol.dlt645.messages import (
     BroadcastTime,
-    ControlCommand,
     ControlReply,
     ControlRequest,
     ErrorReply,
-    ErrorWord,
-    OperatorCode,
-    Password,
     PayloadError,
     ReadAddressReply,
     ReadAddressRequest,
@@ -43,8 +40,8 @@ from protocol.dlt645.messages import (
     WriteRequest,
     decode_reply,
     decode_request,
-    parse_di,
 )
+from protocol.dlt645.terms import ControlCommand, ErrorWord, parse_di
 from protocol.errors import DecodeError, EncodeError
 
 METER = Address.parse("000000000001")

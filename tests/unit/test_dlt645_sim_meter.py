@@ -12,16 +12,13 @@ from meter_sim.dlt645_meter import DEFAULT_PASSWORD, Dlt645Meter, answer, point_
 from meter_sim.physics import MeterModel, Tamper
 from protocol.dlt645.bcd import NumberFormat
 from protocol.dlt645.clock import MeterTime
+from protocol.dlt645.credentials import OperatorCode, Password
 from protocol.dlt645.frame import WILDCARD, Address, Frame
 from protocol.dlt645.messages import (
     BroadcastTime,
-    ControlCommand,
     ControlReply,
     ControlRequest,
     ErrorReply,
-    ErrorWord,
-    OperatorCode,
-    Password,
     ReadAddressReply,
     ReadAddressRequest,
     ReadFollowUpReply,
@@ -34,6 +31,7 @@ from protocol.dlt645.messages import (
     decode_reply,
 )
 from protocol.dlt645.meter_map import load_dlt645_map
+from protocol.dlt645.terms import ControlCommand, ErrorWord
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SINGLE = load_dlt645_map("dlt645_single_phase")

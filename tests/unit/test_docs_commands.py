@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.__main__ import build_parser as gateway_parser
-from meter_sim.__main__ import build_parser as sim_parser
+from meter_sim.cli_args import build_parser as sim_parser
 from prepaid_demo.arguments import build_parser as demo_parser
 from provisioning.__main__ import build_parser as provision_parser
 

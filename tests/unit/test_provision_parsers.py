@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from gateway.config import GatewayConfig, parse_config
 from gateway.store import StoredMeter
 from provisioning.broker_url import BrokerAddress, parse_broker_url
-from provisioning.enrol import COLUMNS, FieldError, plan_csv, plan_meter
+from provisioning.enrol import COLUMNS, plan_csv, plan_meter
 from provisioning.enrol_changes import plan_update
+from provisioning.enrol_settings import FieldError
 from provisioning.errors import ProvisionError
 from provisioning.scan import parse_units
 from provisioning.transfer import decrypt_keys, encrypt_keys

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meter_sim.__main__ import CliError, build_parser, ctl_payload, fault_flag, host_port
+from meter_sim.cli_args import CliError, build_parser, ctl_payload, fault_flag, host_port
 from meter_sim.faults import FaultKind, FaultSpec
 
 
