@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +53,7 @@ from gateway.dlt645_port import Dlt645IOError, Dlt645Port
 from gateway.meter_driver import PointNames
 from gateway.meter_io import MeterSnapshot
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort
+from gateway.owned_tasks import OwnedTasks
 from gateway.runtime import CoreItem, MeterRuntime
 from gateway.store import MeterRecord
 from protocol.codec import Value
@@ -185,7 +186,7 @@ class Dlt645BusRuntime:
     zone: ZoneInfo = field(init=False)
     meters: dict[int, Dlt645Link] = field(default_factory=dict)
     drivers: dict[str, Dlt645Driver] = field(default_factory=dict)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+    _tasks: OwnedTasks = field(default_factory=OwnedTasks, init=False, repr=False)
 
     def __post_init__(self) -> None:
         bus = self.bus
@@ -273,7 +274,9 @@ class Dlt645BusRuntime:
             return  # the reading after it will show what is still to do
         wanted = self._commands_due(link, rt)
         if wanted:
-            link.sync_task = self._spawn(self._send_all(link, wanted), f"dlt645:{rt.meter_id}")
+            link.sync_task = self._tasks.spawn(
+                self._send_all(link, wanted), f"dlt645:{rt.meter_id}"
+            )
 
     def _commands_due(self, link: Dlt645Link, rt: MeterRuntime) -> list[ControlCommand]:
         flags = link.flags or frozenset()
@@ -387,17 +390,8 @@ class Dlt645BusRuntime:
         notice = MeterNotice(link.meter_id, self.clock(), name, reason, tuple(details.items()))
         await self.enqueue(CoreItem(notice))
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def close(self) -> None:
         """Stop the commands in flight (the next start brings the meters in step again)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         with contextlib.suppress(Exception):
             await self.port.close()

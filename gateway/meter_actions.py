@@ -8,11 +8,10 @@ polls. Nothing here decides anything about money: the core did, and it is commit
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +31,7 @@ from gateway.core.lease import lease_allowance_wh, lease_register_value
 from gateway.core.token_intake import TokenOutcome
 from gateway.load_limit import write_load_limit
 from gateway.modbus_port import MeterIOError
+from gateway.owned_tasks import OwnedTasks
 from gateway.runtime import CoreItem, Counters, MeterRuntime, utc_now
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,13 @@ class MeterActions:
     relay_attempts: int = 4
     relay_first_delay: float = 0.2
     #: the per-meter writes and relay drives running now: this object owns them
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    _tasks: OwnedTasks = field(default_factory=OwnedTasks, init=False, repr=False)
 
     async def close(self) -> None:
         """Stop every write and relay drive and wait until they have: a commit already
         made is done again from the state at the next start (a relay read back, a
         display rewritten), so nothing is lost by stopping them halfway."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     def carry_out(
         self, rt: MeterRuntime, commands: list[Command], outcome: TokenOutcome | None
@@ -99,7 +90,7 @@ class MeterActions:
                     if rt.target.io.regmap.has("alarm"):
                         writes["alarm"] = int(on)
                 case SetLoadLimit(watts=watts):
-                    self._spawn(self._set_load_limit(rt, watts), f"load-limit:{rt.meter_id}")
+                    self._tasks.spawn(self._set_load_limit(rt, watts), f"load-limit:{rt.meter_id}")
                 case Publish() | TopUpDecision():
                     pass
         lease = self._lease_due(rt)
@@ -113,7 +104,7 @@ class MeterActions:
             if ack is not None:
                 rt.pending_ack = ack
             if rt.write_task is None or rt.write_task.done():
-                rt.write_task = self._spawn(self._write_meter(rt), f"write:{rt.meter_id}")
+                rt.write_task = self._tasks.spawn(self._write_meter(rt), f"write:{rt.meter_id}")
         if relay is not None:
             self._command_relay(rt, relay)
 
@@ -166,7 +157,9 @@ class MeterActions:
         if running and rt.relay_task is not None:
             rt.relay_task.cancel()
         rt.relay_desired = relay.closed
-        rt.relay_task = self._spawn(self._drive_relay(rt, relay.closed), f"relay:{rt.meter_id}")
+        rt.relay_task = self._tasks.spawn(
+            self._drive_relay(rt, relay.closed), f"relay:{rt.meter_id}"
+        )
 
     async def _write_meter(self, rt: MeterRuntime) -> None:
         """Write what is pending until nothing is: display first (the customer sees the
