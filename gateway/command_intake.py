@@ -50,7 +50,9 @@ from protocol.mqtt import (
 
 log = logging.getLogger(__name__)
 
-#: What a signed command carries as its proof: a command missing only these is ``unsigned``.
+#: What a signed command carries as its proof: one without ``sig`` and missing nothing but
+#: these is ``unsigned`` (any other fault, a missing ``gateway`` beside a ``sig`` among them,
+#: is ``malformed``).
 PROOF = frozenset({"sig", "key_id", "expires", "gateway"})
 
 
@@ -164,7 +166,13 @@ class CommandIntake:
         except ValidationError as exc:
             missing = {str(e["loc"][-1]) for e in exc.errors() if e["type"] == "missing"}
             only_proof = all(e["type"] == "missing" for e in exc.errors()) and missing <= PROOF
-            if isinstance(raw, dict) and raw.get("cmd") in SIGNED_COMMANDS and only_proof:
+            name = raw.get("cmd") if isinstance(raw, dict) else None
+            if (
+                isinstance(name, str)
+                and name in SIGNED_COMMANDS
+                and "sig" in missing
+                and only_proof
+            ):
                 unsigned = Answer(False, CommandError.UNSIGNED, f"{raw['cmd']} must be signed")
                 return request_id, correlation, unsigned
             err = exc.errors()[0]

@@ -39,7 +39,7 @@ def float32_text(value: float) -> float:
     """The shortest decimal that reads back as the same float32 (a float32 register's own
     digits, when the map gives no resolution)."""
     single = struct.unpack(">f", struct.pack(">f", value))[0]
-    for digits in range(6, 10):
+    for digits in range(1, 10):
         shortest = float(f"{single:.{digits}g}")
         if struct.unpack(">f", struct.pack(">f", shortest))[0] == single:
             return shortest
