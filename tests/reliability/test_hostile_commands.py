@@ -51,6 +51,8 @@ FIXED: list[bytes] = [
     b'{"v": 1, "id": "e", "cmd": "tariff_update", "meter": "PE1-000001", "tariff": []}',
     b'{"v": 1, "id": "f", "cmd": "reread", "meter": "PE1-000002"}',  # topic says meter 1
     b'{"v": 1, "id": "g", "cmd": "topup", "token": "' + b"A" * 20_000 + b'"}',
+    b'{"v": 1, "id": "h", "cmd": [], "expires": -1}',  # an unhashable cmd once raised
+    b'{"v": 1, "id": "i", "cmd": {"disconnect": 1}}',
 ]
 
 
