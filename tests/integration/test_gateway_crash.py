@@ -76,6 +76,13 @@ async def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
                 )
                 await eventually(lambda: _depth(world) == 0, 30, "outbox drained")
                 await eventually(lambda: _status(config).get("broker") == "connected", 10, "status")
+                # The status file says "connected" the moment the broker does; the
+                # meters show online at its next write, once each was read.
+                await eventually(
+                    lambda: _status(config)["health"]["meters_online"] == METERS,
+                    15,
+                    "every meter online in the status",
+                )
                 health = _status(config)["health"]
                 assert health["meters_total"] == METERS
                 assert health["meters_online"] == METERS

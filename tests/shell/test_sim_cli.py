@@ -162,13 +162,17 @@ async def test_serve_takes_the_connection_limit_and_pipelining_flags(
     ) as printed:  # fmt: skip
         client = await modbus_tcp(address(printed["modbus-tcp"]))
         assert not (await client.read_input_registers(0, count=1, device_id=1)).isError()
-        reader, writer = await asyncio.open_connection(*address(printed["modbus-tcp"]))
-        writer.write(bytes.fromhex("000100000006010400000001"))
-        with contextlib.suppress(ConnectionResetError):  # reset, or at least closed
-            assert await asyncio.wait_for(reader.read(100), 5) == b""
-        writer.close()
-        with contextlib.suppress(ConnectionResetError):
-            await writer.wait_closed()
+        try:
+            reader, writer = await asyncio.open_connection(*address(printed["modbus-tcp"]))
+        except ConnectionResetError:
+            pass  # reset before the connect call returned: refused all the same
+        else:
+            writer.write(bytes.fromhex("000100000006010400000001"))
+            with contextlib.suppress(ConnectionResetError):  # reset, or at least closed
+                assert await asyncio.wait_for(reader.read(100), 5) == b""
+            writer.close()
+            with contextlib.suppress(ConnectionResetError):
+                await writer.wait_closed()
         assert not (await client.read_input_registers(0, count=1, device_id=2)).isError()
 
 
