@@ -76,6 +76,11 @@ class Acks:
                 self._timer = None
         self._queue_flush()
 
+    def is_waiting(self, row_id: int) -> bool:
+        """Whether ``row_id``'s acknowledgement is recorded and not yet written (no copy)."""
+        with self._lock:
+            return row_id in self._waiting
+
     def waiting(self) -> dict[int, str]:
         """A copy of the acknowledgements not yet written, for reads to apply."""
         with self._lock:

@@ -99,7 +99,7 @@ class OutboxRoom(StoreBase):
             return None
         *row, acked_at = found[0]
         latest = RawOutboxRow(*row)
-        if acked_at is None and latest.id not in self._acks.waiting():
+        if acked_at is None and not self._acks.is_waiting(latest.id):
             return None
         return latest
 
