@@ -403,10 +403,12 @@ class MqttLink:
         return info.mid
 
     async def subscribe(self, *topics: str, qos: int = 1) -> None:
-        for topic in topics:
-            rc, mid = self._client.subscribe(topic, qos)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-                raise MqttError(f"subscribe to {topic} failed", paho.error_string(rc))
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._subscribes[mid] = fut
-            await fut
+        """Subscribe to every filter in ONE SUBSCRIBE packet: the broker's session then holds
+        all of them or none, so a stop between two packets can never leave a persistent
+        session that queues commands for one filter and silently drops the other's."""
+        rc, mid = self._client.subscribe([(topic, qos) for topic in topics])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe to {', '.join(topics)} failed", paho.error_string(rc))
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._subscribes[mid] = fut
+        await fut

@@ -142,8 +142,11 @@ class Runner:
     async def _session(self, link: MqttLink) -> None:
         """One MQTT session: birth (status, then each meter's latest balance: see
         ``rebirth.py``), commands, the outbox drain; offline on the way out."""
-        await link.publish(self.topics.status, self.status_message(True), retain=True)
+        # Subscribed before announcing online: a headend that sends a command when it sees
+        # `online` is never ahead of the gateway's subscription (on a first session, when
+        # the broker has nothing of ours to queue it for).
         await link.subscribe(*self.topics.command_subscriptions)
+        await link.publish(self.topics.status, self.status_message(True), retain=True)
         if self.config.home_assistant.enabled:
             await self._publish_discovery(link)
         self.mqtt_ready.set()
