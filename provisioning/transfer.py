@@ -3,9 +3,10 @@
 The file is JSON: each meter's address, map, settings, enrolment extras and the
 commissioning reports that still hold, with its ledger, token window and keypad lockout
 when ``--with-ledgers`` (so credit and the replay
-protection move too). Meter keys, and DL/T 645 meters' passwords and operator codes,
-travel only with ``--with-keys``, and then only encrypted: scrypt (n=2^15, r=8, p=1)
-derives an AES-256-GCM key from a passphrase.
+protection move too). Meter keys (with the keys of later epochs installed ahead of a key
+change), and DL/T 645 meters' passwords and operator codes, travel only with
+``--with-keys``, and then only encrypted: scrypt (n=2^15, r=8, p=1) derives an
+AES-256-GCM key from a passphrase.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from gateway.public import (
     state_to_json,
 )
 from protocol.cli import Subcommands, add_config_option
-from protocol.tokens.keys import METER_KEY_BYTES
+from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
 from provisioning.events import COMMISSIONED
@@ -110,13 +111,31 @@ def encrypt_keys(keys: dict[str, str], passphrase: str) -> dict[str, JsonValue]:
     }
 
 
-def decrypt_keys(sealed: dict[str, Any], passphrase: str) -> dict[str, bytes]:
+def decrypt_keys(sealed: dict[str, Any], passphrase: str, what: str = "keys") -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for meter, text in unseal(sealed, passphrase).items():
-        raw = bytes.fromhex(str(text))
+        try:
+            raw = bytes.fromhex(str(text))
+        except ValueError:
+            raw = b""
         if len(raw) != METER_KEY_BYTES:
-            raise ProvisionError(f"keys: {meter}: not a {METER_KEY_BYTES}-byte key")
+            raise ProvisionError(f"{what}: {meter}: not a {METER_KEY_BYTES}-byte key")
         out[meter] = raw
+    return out
+
+
+#: how a later epoch's key is named in the sealed ``next_keys``: METER@EPOCH
+_AT = "@"
+
+
+def _later_keys(by_name: dict[str, bytes]) -> list[tuple[str, int, bytes]]:
+    """The sealed ``next_keys`` as (meter, epoch, key), checked."""
+    out = []
+    for name, key in by_name.items():
+        meter, at, epoch = name.rpartition(_AT)
+        if not at or not epoch.isdigit() or not 1 <= int(epoch) <= MAX_EPOCH:
+            raise ProvisionError(f"next_keys: {name!r} is not METER{_AT}EPOCH (1..{MAX_EPOCH})")
+        out.append((meter, int(epoch), key))
     return out
 
 
@@ -190,6 +209,8 @@ def run_export(args: argparse.Namespace) -> int:
     extras = load_extras(config)
     meters: list[JsonValue] = []
     keys: dict[str, str] = {}
+    #: keys of later epochs installed ahead of a key change, as METER@EPOCH
+    later: dict[str, str] = {}
     #: DL/T 645 passwords and operator codes: secrets, sealed with the keys
     control: dict[str, str] = {}
     with open_store(config) as store:
@@ -227,6 +248,7 @@ def run_export(args: argparse.Namespace) -> int:
             control[r.meter_id] = r.control_secret
         meters.append(item)
         keys[r.meter_id] = r.meter_key.hex()
+        later.update({f"{r.meter_id}{_AT}{e}": k.hex() for e, k in sorted(m.next_keys.items())})
     doc: dict[str, JsonValue] = {
         "format": FORMAT,
         "version": VERSION,
@@ -241,6 +263,8 @@ def run_export(args: argparse.Namespace) -> int:
     }
     if passphrase is not None:
         doc["keys"] = encrypt_keys(keys, passphrase)
+        if later:
+            doc["next_keys"] = encrypt_keys(later, passphrase)
         if control:
             doc["control_secrets"] = encrypt_keys(control, passphrase)
     write_atomic(args.out, json.dumps(doc, indent=2) + "\n", mode=0o600)
@@ -339,6 +363,11 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
         raise ProvisionError(f"{args.file}: version {doc.get('version')} (this tool reads 1)")
     passphrase = _passphrase(confirm=False) if "keys" in doc else ""
     keys = decrypt_keys(doc["keys"], passphrase) if "keys" in doc else {}
+    later = (
+        _later_keys(decrypt_keys(doc["next_keys"], passphrase, "next_keys"))
+        if "next_keys" in doc and "keys" in doc
+        else []
+    )
     control = unseal(doc["control_secrets"], passphrase) if "control_secrets" in doc else {}
     for meter, secret in control.items():
         try:
@@ -353,6 +382,14 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
     planned = [_planned(item, keys, args.key_dir, now, source, control) for item in items]
     executed = _executed_commands(doc.get("executed_commands", []))
     bus_names = {b.name for b in config.buses}
+    epochs = {r.meter_id: max(r.key_epoch, w.epoch if w else 0) for r, _, w, *_ in planned}
+    for meter, epoch, _key in later:
+        if meter not in epochs:
+            raise ProvisionError(f"next_keys: meter {meter} is not among the file's meters")
+        if epoch <= epochs[meter]:
+            raise ProvisionError(
+                f"next_keys: meter {meter} is at key epoch {epochs[meter]}, not below {epoch}"
+            )
     for record, *_ in planned:
         if record.bus not in bus_names:
             raise ProvisionError(
@@ -376,9 +413,14 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
                     store.apply(state, events, now, token_window=window, lockout=lockout)
             except StoreError as exc:
                 raise ProvisionError(f"{record.meter_id}: {exc}") from None
+        try:
+            store.install_meter_keys(later)
+        except StoreError as exc:
+            raise ProvisionError(f"next_keys: {exc}") from None
         store.restore_executed_commands(executed)
     print(
         f"imported {len(planned)} meters from {args.file}"
+        + (f", {len(later)} keys of later epochs" if later else "")
         + (f" and {len(executed)} executed command ids" if executed else "")
     )
     return 0

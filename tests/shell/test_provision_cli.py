@@ -696,6 +696,40 @@ async def test_export_import_moves_meters_ledgers_and_encrypted_keys(
     assert "already in the store" in again.err
 
 
+def test_keys_of_later_epochs_move_sealed_with_the_keys(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys installed ahead of a key change move with --with-keys (never in the clear): a
+    replacement box can carry out the key-change tokens the old one was waiting for."""
+    assert site.enrol(1).rc == 0
+    assert site.enrol(2).rc == 0
+    vending = site.folder / "vending.key"
+    for epoch in (1, 2):
+        ran = cli("keys", "install", "--config", site.config, "--vending-key", vending,
+                  "--epoch", epoch, "--meter", "PE1-000001")  # fmt: skip
+        assert ran.rc == 0, ran.err
+    with Store.open(site.store) as store:
+        before = {m.record.meter_id: m.next_keys for m in store.load_meters()}
+    assert sorted(before["PE1-000001"]) == [1, 2]
+    assert before["PE1-000002"] == {}
+    monkeypatch.setenv("PREPAID_EDGE_PASSPHRASE", "correct horse battery")
+    sealed = tmp_path / "sealed.json"
+    ran = cli("export", "--config", site.config, "--out", sealed, "--with-keys", "--with-ledgers")
+    assert ran.rc == 0, ran.err
+    text = sealed.read_text()
+    assert "next_keys" in json.loads(text)
+    assert all(k.hex() not in text for k in before["PE1-000001"].values())
+    new = tmp_path / "new"
+    assert cli("init", "--dir", new, "--gateway-id", "gw-new").rc == 0
+    write_site_config(new, site.sim)
+    ran = cli("import", sealed, "--config", new / "gateway.toml")
+    assert ran.rc == 0, ran.err
+    assert "2 keys of later epochs" in ran.out
+    with Store.open(new / "gateway.db") as store:
+        after = {m.record.meter_id: m.next_keys for m in store.load_meters()}
+    assert after == before
+
+
 def test_executed_command_ids_move_with_an_export(site: Site, tmp_path: Path) -> None:
     """A signed command executed on the old box is refused as a replay on the new one."""
     assert site.enrol(1, "--credit", "5").rc == 0
