@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.mqtt_link import MqttLink, PublishRefusedError
-from gateway.store import OutboxRow
-from protocol.messages import encode_body, encode_message, utc_stamp
+from gateway.store import RawOutboxRow
+from gateway.sync import outbox_message
 from protocol.mqtt import Topics
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ RATE = 500.0
 #: Rows read from the store at a time while resending.
 CHUNK = 100
 
-#: (meter, from seq, at most n) -> rows, in seq order
-RowsSince = Callable[[str, int, int], Sequence[OutboxRow]]
+#: (meter, from seq, at most n) -> rows as stored, in seq order
+RowsSince = Callable[[str, int, int], Sequence[RawOutboxRow]]
 #: the same, only their seqs
 SeqsSince = Callable[[str, int, int], Sequence[int]]
 
@@ -110,14 +110,7 @@ class ResendQueue:
             for row in rows:
                 started = time.monotonic()
                 try:
-                    payload = encode_message(
-                        row.kind,
-                        encode_body(row.body),
-                        gateway=self.topics.gateway_id,
-                        meter=row.meter_id,
-                        seq=row.seq,
-                        ts=utc_stamp(row.ts),
-                    )
+                    payload = outbox_message(self.topics.gateway_id, row)
                     await link.publish(self.topics.meter(row.meter_id, row.kind), payload)
                 except PublishRefusedError as exc:
                     log.warning("resent message %s/%d refused: %s", row.meter_id, row.seq, exc)

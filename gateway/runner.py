@@ -260,7 +260,7 @@ class Runner:
         self.drain = OutboxDrain(store, self.topics, clock=self.clock)
         self.gateway.core.on_commit = self.drain.wake.set
         self.gateway.core.on_storage = self._on_storage
-        self.resends = ResendQueue(store.outbox_since, store.outbox_seqs_since, self.topics)
+        self.resends = ResendQueue(store.outbox_since_raw, store.outbox_seqs_since, self.topics)
         self.rebirth = Rebirth(store.latest_balance, lambda: list(self.gateway.meters), self.topics)
         self.intake = CommandIntake(
             self.gateway,

@@ -86,6 +86,18 @@ class OutboxRoom(StoreBase):
             for r in rows
         ]
 
+    def outbox_since_raw(self, meter_id: str, seq: int, limit: int = -1) -> list[RawOutboxRow]:
+        """:meth:`outbox_since` as stored (time and body as text), for resend: a resent
+        message is spliced from the stored JSON as the drain's was, so it is the same bytes."""
+        return [
+            RawOutboxRow(*r)
+            for r in self._reader.rows(
+                "SELECT id, meter_id, seq, kind, ts, body_json FROM outbox"
+                " WHERE meter_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (meter_id, min(seq, INT64_MAX), limit),
+            )
+        ]
+
     def latest_balance(self, meter_id: str) -> RawOutboxRow | None:
         """The meter's latest ``balance`` row if the broker acknowledged it (None while it
         is still the drain's to send, or when the meter has none): what a new session
