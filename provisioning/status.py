@@ -10,6 +10,7 @@ from pydantic import JsonValue
 from gateway.public import StoredMeter
 from protocol.cli import Subcommands, add_config_option
 from protocol.currency import currency_decimals, format_amount
+from protocol.dlt645.frame import Address
 from provisioning.enrol_settings import settings_currency
 from provisioning.events import COMMISSIONED, ENROLMENT_REMOVED, ENROLMENT_UPDATED
 from provisioning.site import load_extras, load_site_config, open_store
@@ -20,7 +21,8 @@ examples:
   meter-provision status --json | jq '.[] | select(.comm_ok | not)'
 
 The table shows balances in currency units; --json keeps the store's minor units (with
-the currency).
+the currency). A DL/T 645 meter's unit is shown as the 12-digit address it was enrolled
+by (--json: ``address``, beside the number in ``unit``).
 """
 
 COLUMNS = (
@@ -62,8 +64,9 @@ def communication(meter: StoredMeter) -> str:
 
 
 def meter_status(
-    meter: StoredMeter, commissioned: str | None, extras: dict[str, str]
+    meter: StoredMeter, commissioned: str | None, extras: dict[str, str], *, dlt645: bool = False
 ) -> dict[str, JsonValue]:
+    """One meter's row; ``dlt645``: its unit is a DL/T 645 address (12 digits)."""
     state, record = meter.state, meter.record
     read_at = state.ledger.read_at
     comm = communication(meter)
@@ -71,6 +74,7 @@ def meter_status(
         "meter": record.meter_id,
         "bus": record.bus,
         "unit": record.unit_id,
+        "address": str(Address.of_number(record.unit_id)) if dlt645 else None,
         "map": record.map_name,
         "customer_account": extras.get("customer_account"),
         "balance": state.ledger.balance,
@@ -90,7 +94,7 @@ def _cells(row: dict[str, JsonValue]) -> list[str]:
     return [
         str(row["meter"]),
         str(row["bus"]),
-        str(row["unit"]),
+        str(row["address"] or row["unit"]),
         str(row["map"]),
         format_amount(int(str(row["balance"])), currency_decimals(str(row["currency"]))),
         str(row["credit_state"]),
@@ -136,12 +140,14 @@ def last_commissioning(events: list[dict[str, JsonValue]]) -> str | None:
 def run_status(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     extras = load_extras(config)
+    dlt645 = {b.name for b in config.buses if getattr(b, "protocol", None) == "dlt645"}
     with open_store(config) as store:
         rows = [
             meter_status(
                 m,
                 last_commissioning(store.events(m.record.meter_id)),
                 extras.get(m.record.meter_id, {}),
+                dlt645=m.record.bus in dlt645,
             )
             for m in store.load_meters()
         ]
