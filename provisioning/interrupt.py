@@ -47,13 +47,24 @@ def _main_thread() -> bool:
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
+    _ignore_further()
     raise Interrupted(signum)
+
+
+def _ignore_further() -> None:
+    """The operator's stop is under way: a second press changes nothing. Left to the
+    default action, a second SIGTERM would kill the process before it says what it kept
+    (exit -15, not 143); turned into another Interrupted, it would cut the first one's
+    clean-up short."""
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM raise :class:`Interrupted` in synchronous code;
-    the handlers before are restored on the way out."""
+    the handlers before are restored on the way out, unless a stop is under way (then
+    they stay ignored until the process exits)."""
     if not _main_thread():
         yield
         return
@@ -64,7 +75,8 @@ def signals_interrupt() -> Iterator[None]:
         yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -94,7 +106,8 @@ def run_async(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         finally:
             for sig, handler in before.items():
                 loop.remove_signal_handler(sig)
-                signal.signal(sig, handler)  # back to the synchronous handlers
+                # back to the synchronous handlers, or ignored once a stop is under way
+                signal.signal(sig, signal.SIG_IGN if received else handler)
         if received:  # ``main`` finished its work despite the signal
             raise Interrupted(received[0])
         return result
