@@ -16,6 +16,7 @@ import base64
 import getpass
 import json
 import os
+import re
 import secrets
 import sys
 from dataclasses import replace
@@ -133,7 +134,7 @@ def _later_keys(by_name: dict[str, bytes]) -> list[tuple[str, int, bytes]]:
     out = []
     for name, key in by_name.items():
         meter, at, epoch = name.rpartition(_AT)
-        if not at or not epoch.isdigit() or not 1 <= int(epoch) <= MAX_EPOCH:
+        if not at or not re.fullmatch(r"[0-9]{1,5}", epoch) or not 1 <= int(epoch) <= MAX_EPOCH:
             raise ProvisionError(f"next_keys: {name!r} is not METER{_AT}EPOCH (1..{MAX_EPOCH})")
         out.append((meter, int(epoch), key))
     return out
