@@ -121,7 +121,8 @@ class RtuBus(_Strict):
         default="modbus", description="what the meters on this line speak: one bus, one protocol"
     )
     dlt645: Dlt645Settings | None = Field(
-        default=None, description="DL/T 645 only: the meters' time zone, time sync (dlt645.md)"
+        default=None,
+        description="DL/T 645 only: the meters' time zone, time sync, measured points (dlt645.md)",
     )
 
     @model_validator(mode="after")

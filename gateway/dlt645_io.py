@@ -29,7 +29,8 @@ from gateway.modbus_port import IOFailure
 from protocol.dlt645.bcd import NumberFormat
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.credentials import OperatorCode, Password
-from protocol.dlt645.frame import Address
+from protocol.dlt645.frame import PREAMBLE, Address
+from protocol.dlt645.messages import ReadReply, ReadRequest
 from protocol.dlt645.meter_map import (
     RELAY_OPEN_BIT,
     UNITS,
@@ -165,6 +166,15 @@ def measured_values(
         if value is not None:
             out.append((field, value))
     return tuple(out)
+
+
+def exchange_bytes(point: Dlt645Point, preamble: int = PREAMBLE) -> int:
+    """The bytes on the line to read ``point`` once (11H and its 91H, wake-up bytes
+    included): what each point costs a poll."""
+    address = Address.of_number(1)
+    request = ReadRequest(address, point.di).to_bytes(preamble)
+    reply = ReadReply(address, point.di, bytes(point.size)).to_bytes(preamble)
+    return len(request) + len(reply)
 
 
 def register_step_wh(point: Dlt645Point) -> int:
