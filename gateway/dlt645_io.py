@@ -251,12 +251,12 @@ class Dlt645MeterIO:
                 if exc.kind is IOFailure.EXCEPTION:
                     refused.add(name)
                     continue
-                log.warning("meter %s: %s not read: %s", address, name, exc)
+                log.warning("%s not read: %s", name, exc)
                 break
             try:
                 self.model_map.point(name).number(data)
             except DecodeError as exc:
-                log.warning("meter %s: %s left out: %s", address, name, exc)
+                log.warning("meter %s: %s left out: %s", address, name, exc.problem)
                 continue
             payloads[name] = data
         try:
