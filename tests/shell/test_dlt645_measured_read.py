@@ -1,11 +1,18 @@
-"""A DL/T 645 reading with measured points, on real sockets: the simulator's values come back in the reading fields rounded as the model's formats say, a point the meter answers with "no such data" is left out and named, data that is not BCD is left out, and a point that times out ends the measured points while the energy already read still makes the reading."""
+"""A DL/T 645 reading with measured points, on real sockets: the simulator's values come back in the reading fields rounded as the model's formats say, a point the meter answers with "no such data" is left out and named, data that is not BCD is left out, and a point that times out ends the measured points while the energy already read still makes the reading; the bus reads them every measured_every-th poll of a meter and never asks again for a point the meter refused."""
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
+
 import pytest
 
+from gateway.config import RtuBus
+from gateway.dlt645_bus import Dlt645BusRuntime
 from gateway.dlt645_io import Dlt645MeterIO
 from gateway.dlt645_port import Dlt645Port
+from gateway.runtime import CoreItem
+from gateway.store import MeterRecord
 from meter_sim.registers import quantities
 from protocol.dlt645.bcd import BitsFormat, NumberFormat
 from protocol.dlt645.frame import Address, Frame
@@ -74,3 +81,44 @@ async def test_a_measured_point_that_times_out_keeps_the_reading() -> None:
     assert snap.relay_closed is True
     assert snap.measured == (("current_a", 0.0),)
     assert snap.voltage_v is None
+
+
+async def test_the_bus_reads_them_every_nth_poll_and_a_refused_one_never_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "gateway.dlt645_bus")
+    async with simulated() as (sim, _):
+        assert sim.rtu_tcp_address is not None
+        bus = RtuBus.model_validate(
+            {
+                "name": "dlt-1",
+                "kind": "rtu",
+                "protocol": "dlt645",
+                "device": "socket://{}:{}".format(*sim.rtu_tcp_address),
+                "baud": 9600,
+                "parity": "E",
+                "timeout_s": 0.15,
+                "dlt645": {"measured": ["voltage", "voltage_l2"], "measured_every": 2},
+            }
+        )
+
+        async def enqueue(item: CoreItem) -> None:
+            raise AssertionError(f"no notice expected: {item}")
+
+        runtime = Dlt645BusRuntime(bus, lambda: datetime.now(UTC), enqueue)
+        try:
+            # A three-phase model on a single-phase meter: phase B's voltage is refused.
+            driver, _ = runtime.add(MeterRecord("DLT-1", "dlt-1", 1, "dlt645_three_phase", b"k"))
+            served = []
+            voltages = []
+            for _ in range(5):
+                before = sim.requests_served
+                snap = await driver.read(runtime.line, 1)
+                served.append(sim.requests_served - before)
+                voltages.append(snap.voltage_v)
+        finally:
+            await runtime.close()
+    # energy + status every poll; voltage (and once voltage_l2) every second poll
+    assert served == [4, 2, 3, 2, 3]
+    assert [v is not None for v in voltages] == [True, False, True, False, True]
+    assert caplog.text.count("no such data: voltage_l2 (not read again)") == 1
