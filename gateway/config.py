@@ -61,8 +61,8 @@ DLT645_MEASURED = (
     "energy_export",
 )
 #: Every how many polls of a meter they are read by default: each point is one exchange
-#: (about 0.19 s at 2400 baud), so six of them every 10th poll add about 0.11 s a poll
-#: on average to the 0.43 s that energy and status take.
+#: (about 0.2 s at 2400 baud), so six of them every 10th poll add about 0.12 s of bytes a
+#: poll on average to the 0.39 s of energy and status (docs/dlt645.md has the figures).
 DLT645_MEASURED_EVERY = 10
 
 

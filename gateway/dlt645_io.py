@@ -8,8 +8,9 @@ measured fields (current, power factor, frequency, ...) of the points read, by t
 every meter's values follow (:mod:`gateway.measured`). Each point is one exchange on
 the bus, so a poll reads only ``polled`` points: by default energy and the status word,
 what billing and enforcement need (at 2400 baud about 0.4 s a meter); the bus reads the
-``measured`` points beside them now and then (:meth:`Dlt645MeterIO.read_with`). Remote control (1CH) needs the meter's password and operator code, per-meter
-secrets the caller holds (the store keeps them as a ``control_secret``, parsed here, or
+``measured`` points beside them now and then (:meth:`Dlt645MeterIO.read_with`). Remote
+control (1CH) needs the meter's password and operator code, per-meter secrets the caller
+holds (the store keeps them as a ``control_secret``, parsed here, or
 ``esam`` for a meter whose commands only the utility's security module can make).
 """
 
@@ -43,6 +44,7 @@ from protocol.errors import DecodeError
 from protocol.messages import FIELD_OF_POINT
 
 log = logging.getLogger(__name__)
+
 #: What a poll reads unless told otherwise: billing and enforcement need nothing more.
 DEFAULT_POLLED = ("energy_import", "status")
 #: How long a remote-control command stays valid on the meter's clock by default.

@@ -14,8 +14,10 @@ from gateway.config import (
     parse_config,
 )
 from gateway.dlt645_io import ESAM, Dlt645Credentials, control_secret, parse_control_secret
+from gateway.measured import READING_POINTS
 from gateway.store import MeterRecord
 from protocol.dlt645.frame import Address
+from protocol.dlt645.meter_map import load_dlt645_map
 from provisioning.dlt645_fields import Dlt645FieldError, plan_dlt645_record
 from provisioning.dlt645_site import parse_addresses
 from provisioning.errors import ProvisionError
@@ -67,14 +69,9 @@ def test_measured_points_default_to_what_a_modbus_map_publishes_and_can_be_chose
     assert isinstance(bus, RtuBus)
     assert bus.dlt645_settings.measured == list(DLT645_MEASURED)
     assert bus.dlt645_settings.measured_every == DLT645_MEASURED_EVERY == 10
-    assert DLT645_MEASURED == (
-        "voltage",
-        "current",
-        "active_power",
-        "power_factor",
-        "frequency",
-        "energy_export",
-    )
+    # what a Modbus map publishes: every point of the single-phase model a reading carries
+    single = load_dlt645_map("dlt645_single_phase")
+    assert set(DLT645_MEASURED) == {p.name for p in single.points if p.name in READING_POINTS}
     chosen = '[buses.dlt645]\nmeasured = ["voltage_l2", "active_power_l3"]\nmeasured_every = 3\n'
     bus = parse_config(dlt + chosen, "g.toml").buses[0]
     assert isinstance(bus, RtuBus)
