@@ -15,9 +15,11 @@ per meter model, a relay per meter) and does the rest of the protocol's part:
   status word showed: protected supply on or off (3AH/3BH), the alarm on or off with the
   low-credit states (2AH/2BH), and close allowed while armed;
 - a poll reads energy and the status word; every ``measured_every``-th poll of a meter
-  (the first included) also reads the bus's ``measured`` points its model has, which
-  the reading then carries (a point the meter answers with "no such data" is not asked
-  again);
+  also reads the bus's ``measured`` points its model has, which the reading then carries
+  (a point the meter answers with "no such data" is not asked again). The meters take
+  turns (the k-th on the bus first at its poll k mod ``measured_every``), so a round of
+  the bus reads them for one meter in ``measured_every`` and no round is much longer
+  than another, the first after a start included;
 - broadcast time (08H) at start and every ``time_sync_h`` (gateway hours), after reading
   each meter's clock: one further off than ``clock_drift_max_s`` is a ``clock_drift``
   event;
@@ -114,9 +116,11 @@ class Dlt645Link:
     #: on its clock
     clock_offset_s: float = 0.0
     sync_task: asyncio.Task[None] | None = None
-    #: its good reads since start: the measured points are read at every
-    #: ``measured_every``-th, the first included
+    #: its good reads since start
     reads: int = 0
+    #: its turn among the bus's meters: the measured points are read when ``reads +
+    #: phase`` is a multiple of ``measured_every``
+    phase: int = 0
     #: measured points it answered with an error reply (no such data): not asked again
     refused: frozenset[str] = frozenset()
 
@@ -227,7 +231,8 @@ class Dlt645BusRuntime:
         unswitched = None
         if creds is None:
             unswitched = ESAM_REASON if rec.control_secret else NO_CONTROL_REASON
-        link = Dlt645Link(rec.meter_id, address, driver.io, creds, unswitched)
+        turn = -len(self.meters) % self.settings.measured_every
+        link = Dlt645Link(rec.meter_id, address, driver.io, creds, unswitched, phase=turn)
         self.meters[rec.unit_id] = link
         if not link.can(Dlt645Capability.RELAY):
             return driver, None
@@ -238,9 +243,10 @@ class Dlt645BusRuntime:
         self.meters[rt.polled.unit].runtime = rt
 
     def due(self, link: Dlt645Link) -> tuple[str, ...]:
-        """The measured points to read at this poll of a meter: every ``measured_every``-th
-        poll (the first included) those of its model, less the ones it refused."""
-        if link.reads % self.settings.measured_every:
+        """The measured points to read at this poll of a meter: at every
+        ``measured_every``-th poll (at its turn) those of its model, less the ones it
+        refused."""
+        if (link.reads + link.phase) % self.settings.measured_every:
             return ()
         return tuple(name for name in link.io.measured if name not in link.refused)
 

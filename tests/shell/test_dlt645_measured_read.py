@@ -1,4 +1,4 @@
-"""A DL/T 645 reading with measured points, on real sockets: the simulator's values come back in the reading fields rounded as the model's formats say, a point the meter answers with "no such data" is left out and named, data that is not BCD is left out, and a point that times out ends the measured points while the energy already read still makes the reading; the bus reads them every measured_every-th poll of a meter and never asks again for a point the meter refused."""
+"""A DL/T 645 reading with measured points, on real sockets: the simulator's values come back in the reading fields rounded as the model's formats say, a point the meter answers with "no such data" is left out and named, data that is not BCD is left out, and a point that times out ends the measured points while the energy already read still makes the reading; the bus reads them every measured_every-th poll of a meter, its meters taking turns so that every round of the bus costs the same, and never asks again for a point the meter refused."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.dlt645_io import Dlt645MeterIO
 from gateway.dlt645_port import Dlt645Port
 from gateway.runtime import CoreItem
 from gateway.store import MeterRecord
+from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.registers import quantities
 from protocol.dlt645.bcd import BitsFormat, NumberFormat
 from protocol.dlt645.frame import Address, Frame
@@ -83,29 +84,33 @@ async def test_a_measured_point_that_times_out_keeps_the_reading() -> None:
     assert snap.voltage_v is None
 
 
+def _runtime(sim: Dlt645Simulator, **dlt645: object) -> Dlt645BusRuntime:
+    assert sim.rtu_tcp_address is not None
+    bus = RtuBus.model_validate(
+        {
+            "name": "dlt-1",
+            "kind": "rtu",
+            "protocol": "dlt645",
+            "device": "socket://{}:{}".format(*sim.rtu_tcp_address),
+            "baud": 9600,
+            "parity": "E",
+            "timeout_s": 0.15,
+            "dlt645": dlt645,
+        }
+    )
+
+    async def enqueue(item: CoreItem) -> None:
+        raise AssertionError(f"no notice expected: {item}")
+
+    return Dlt645BusRuntime(bus, lambda: datetime.now(UTC), enqueue)
+
+
 async def test_the_bus_reads_them_every_nth_poll_and_a_refused_one_never_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "gateway.dlt645_bus")
     async with simulated() as (sim, _):
-        assert sim.rtu_tcp_address is not None
-        bus = RtuBus.model_validate(
-            {
-                "name": "dlt-1",
-                "kind": "rtu",
-                "protocol": "dlt645",
-                "device": "socket://{}:{}".format(*sim.rtu_tcp_address),
-                "baud": 9600,
-                "parity": "E",
-                "timeout_s": 0.15,
-                "dlt645": {"measured": ["voltage", "voltage_l2"], "measured_every": 2},
-            }
-        )
-
-        async def enqueue(item: CoreItem) -> None:
-            raise AssertionError(f"no notice expected: {item}")
-
-        runtime = Dlt645BusRuntime(bus, lambda: datetime.now(UTC), enqueue)
+        runtime = _runtime(sim, measured=["voltage", "voltage_l2"], measured_every=2)
         try:
             # A three-phase model on a single-phase meter: phase B's voltage is refused.
             driver, _ = runtime.add(MeterRecord("DLT-1", "dlt-1", 1, "dlt645_three_phase", b"k"))
@@ -122,3 +127,26 @@ async def test_the_bus_reads_them_every_nth_poll_and_a_refused_one_never_again(
     assert served == [4, 2, 3, 2, 3]
     assert [v is not None for v in voltages] == [True, False, True, False, True]
     assert caplog.text.count("no such data: voltage_l2 (not read again)") == 1
+
+
+async def test_the_meters_of_a_bus_take_turns() -> None:
+    async with simulated(meters=4) as (sim, _):
+        runtime = _runtime(sim, measured=["voltage", "frequency"], measured_every=3)
+        try:
+            drivers = [
+                runtime.add(MeterRecord(f"DLT-{n}", "dlt-1", n, "dlt645_single_phase", b"k"))[0]
+                for n in (1, 2, 3, 4)
+            ]
+            rounds = []
+            served = []
+            for _ in range(6):
+                before = sim.requests_served
+                snaps = [await d.read(runtime.line, n) for n, d in enumerate(drivers, 1)]
+                served.append(sim.requests_served - before)
+                rounds.append([n for n, s in enumerate(snaps, 1) if s.voltage_v is not None])
+        finally:
+            await runtime.close()
+    # The k-th meter of the bus (from 0) first at its poll k mod 3: no round reads them
+    # for every meter at once, the first after the start neither.
+    assert rounds == [[1, 4], [2], [3], [1, 4], [2], [3]]
+    assert served == [8 + 4, 8 + 2, 8 + 2] * 2
