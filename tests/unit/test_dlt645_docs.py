@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.config import DLT645_MEASURED, Dlt645Settings, RtuBus
 from gateway.dlt645_io import COMMAND_CAPABILITY, exchange_bytes
+from gateway.measured import READING_POINTS
 from protocol.dlt645.frame import Function
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
 from protocol.dlt645.terms import ControlCommand
@@ -89,6 +90,13 @@ def test_the_bus_time_of_each_point_is_the_frame_sizes() -> None:
         n = exchange_bytes(model.point(name))
         expected.append([name, str(n), f"{n * 11_000 / 2400:.1f}", f"{n * 11_000 / 9600:.1f}"])
     assert rows == expected
+
+
+def test_the_measured_names_listed_are_the_ones_a_reading_carries() -> None:
+    flat = " ".join(DOC.split())
+    at = flat.index("`measured` names the points by their names in the models (")
+    listed = flat[at:].split("(", 1)[1].split(")", 1)[0]
+    assert re.findall(r"`(\w+)`", listed) == list(READING_POINTS)
 
 
 def test_the_bus_settings_shown_are_the_defaults() -> None:
