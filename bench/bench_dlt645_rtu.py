@@ -11,7 +11,9 @@ reply delay Td of 20 ms (the standard's least).
   exchanges, plus 2 x Td: the best any master could do on this line;
 - efficiency = line / measured time per meter (target >= 90%); the port keeps one
   character of quiet before each request, which the line figure does not include;
-- the same reads by the ``dlt645`` package's client over the same link, as a yardstick.
+- the same reads by the ``dlt645`` package's client over the same link, as a yardstick;
+- with ``--measured``, the same with a gateway's default measured points read too (six
+  more exchanges a meter, as one poll in ``measured_every`` does), against their line.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import time
 
 from bench.bench_gateway import start_sim
+from gateway.config import DLT645_MEASURED
 from gateway.dlt645_io import Dlt645MeterIO
 from gateway.dlt645_port import Dlt645Port
 from protocol.dlt645.frame import OVERHEAD, PREAMBLE, Address
@@ -34,21 +37,23 @@ MODEL = load_dlt645_map("dlt645_single_phase")
 POINTS = ("energy_import", "status")
 
 
-def line_seconds(baud: int) -> tuple[float, float]:
-    """(bytes-only seconds, with reply delays) per meter for energy + status."""
+def line_seconds(baud: int, points: tuple[str, ...] = POINTS) -> tuple[float, float]:
+    """(bytes-only seconds, with reply delays) per meter for ``points`` (energy + status)."""
     total = 0
-    for name in POINTS:
+    for name in points:
         request = PREAMBLE + OVERHEAD + 4
         reply = PREAMBLE + OVERHEAD + 4 + MODEL.point(name).size
         total += request + reply
     wire = total * BITS_PER_BYTE / baud
-    return wire, wire + len(POINTS) * REPLY_DELAY
+    return wire, wire + len(points) * REPLY_DELAY
 
 
-async def ours(host: str, port_no: int, baud: int, seconds: float) -> list[float]:
-    """Seconds per meter read (energy + status), each measured."""
+async def ours(
+    host: str, port_no: int, baud: int, seconds: float, points: tuple[str, ...] = POINTS
+) -> list[float]:
+    """Seconds per meter read (``points``: energy + status), each measured."""
     port = Dlt645Port("bench", f"socket://{host}:{port_no}", baud=baud, timeout=1.0)
-    io = Dlt645MeterIO(MODEL, POINTS)
+    io = Dlt645MeterIO(MODEL, points)
     addresses = [Address.of_number(n) for n in range(1, METERS + 1)]
     try:
         for a in addresses[:2]:  # connect and warm up
@@ -102,7 +107,7 @@ def report(label: str, took: list[float], line: float) -> None:
     )
 
 
-async def run(baud: int, seconds: float, package: bool) -> None:
+async def run(baud: int, seconds: float, package: bool, measured: bool) -> None:
     sim = start_sim(
         "--protocol", "dlt645", "--meters", str(METERS), "--rtu-tcp", "127.0.0.1:0",
         "--baud", str(baud), "--reply-delay", str(REPLY_DELAY),
@@ -116,11 +121,24 @@ async def run(baud: int, seconds: float, package: bool) -> None:
             f"a meter ({1000 * wire:.1f} ms of bytes + {len(POINTS)} x "
             f"{1000 * REPLY_DELAY:.0f} ms reply delay), {1 / line:.2f} meters/s at best"
         )
-        report("gateway Dlt645Port", await ours(host, port_no, baud, seconds), line)
+        base = await ours(host, port_no, baud, seconds)
+        report("gateway Dlt645Port", base, line)
         quiet = len(POINTS) * BITS_PER_BYTE / baud  # the port's default: one character
         print(
             f"    (of which the port's quiet character before each request: {1000 * quiet:.1f} ms)"
         )
+        if measured:
+            points = POINTS + DLT645_MEASURED
+            more_wire, more_line = line_seconds(baud, points)
+            more = await ours(host, port_no, baud, seconds, points)
+            report(f"+ {len(DLT645_MEASURED)} measured points", more, more_line)
+            each = (statistics.mean(more) - statistics.mean(base)) / len(DLT645_MEASURED)
+            each_line = (more_line - line) / len(DLT645_MEASURED)
+            print(
+                f"    a measured point: {1000 * each:.1f} ms measured, line "
+                f"{1000 * each_line:.1f} ms ({1000 * (more_wire - wire) / len(DLT645_MEASURED):.1f}"
+                f" ms of bytes + {1000 * REPLY_DELAY:.0f} ms reply delay)"
+            )
         if package:
             report("dlt645 package client", await theirs(host, port_no, seconds / 2), line)
     finally:
@@ -132,9 +150,10 @@ def main() -> None:
     parser.add_argument("--baud", type=int, action="append", help="repeatable (2400, 9600)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per baud rate")
     parser.add_argument("--no-package", action="store_true", help="skip the dlt645 yardstick")
+    parser.add_argument("--measured", action="store_true", help="also with the measured points")
     args = parser.parse_args()
     for baud in args.baud or [2400, 9600]:
-        asyncio.run(run(baud, args.seconds, not args.no_package))
+        asyncio.run(run(baud, args.seconds, not args.no_package, args.measured))
 
 
 if __name__ == "__main__":

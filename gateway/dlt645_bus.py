@@ -14,6 +14,12 @@ per meter model, a relay per meter) and does the rest of the protocol's part:
 - after each committed step the meter is brought where the state says, from what its
   status word showed: protected supply on or off (3AH/3BH), the alarm on or off with the
   low-credit states (2AH/2BH), and close allowed while armed;
+- a poll reads energy and the status word; every ``measured_every``-th poll of a meter
+  also reads the bus's ``measured`` points its model has, which the reading then carries
+  (a point the meter answers with "no such data" is not asked again). The meters take
+  turns (the k-th on the bus first at its poll k mod ``measured_every``), so a round of
+  the bus reads them for one meter in ``measured_every`` and no round is much longer
+  than another, the first after a start included;
 - broadcast time (08H) at start and every ``time_sync_h`` (gateway hours), after reading
   each meter's clock: one further off than ``clock_drift_max_s`` is a ``clock_drift``
   event;
@@ -110,6 +116,13 @@ class Dlt645Link:
     #: on its clock
     clock_offset_s: float = 0.0
     sync_task: asyncio.Task[None] | None = None
+    #: its good reads since start
+    reads: int = 0
+    #: its turn among the bus's meters: the measured points are read when ``reads +
+    #: phase`` is a multiple of ``measured_every``
+    phase: int = 0
+    #: measured points it answered with an error reply (no such data): not asked again
+    refused: frozenset[str] = frozenset()
 
     def can(self, capability: Dlt645Capability) -> bool:
         return capability in self.io.model_map.capabilities
@@ -149,7 +162,16 @@ class Dlt645Driver:
         return any(RELAY_OPEN_BIT in p.bits for p in self.io.model_map.status_points)
 
     async def read(self, port: ModbusPort, unit: int) -> MeterSnapshot:
-        snapshot = await self.io.read(self.bus.port, Address.of_number(unit))
+        address = Address.of_number(unit)
+        link = self.bus.meters.get(unit)
+        if link is None:
+            return await self.io.read(self.bus.port, address)
+        snapshot, refused = await self.io.read_with(self.bus.port, address, self.bus.due(link))
+        link.reads += 1
+        if refused - link.refused:
+            names = ", ".join(sorted(refused - link.refused))
+            log.info("meter %s: no such data: %s (not read again)", link.meter_id, names)
+            link.refused |= refused
         return self.bus.seen(unit, snapshot)
 
     async def write_points(self, port: ModbusPort, unit: int, values: dict[str, Value]) -> None:
@@ -201,14 +223,16 @@ class Dlt645BusRuntime:
         """The driver and relay of an enrolled meter (ValueError: its record is unusable)."""
         driver = self.drivers.get(rec.map_name)
         if driver is None:
-            io = Dlt645MeterIO(load_dlt645_map(rec.map_name))
+            model_map = load_dlt645_map(rec.map_name)
+            io = Dlt645MeterIO(model_map, measured=self.settings.measured)
             driver = self.drivers[rec.map_name] = Dlt645Driver(self, io)
         address = Address.of_number(rec.unit_id)
         creds = parse_control_secret(rec.control_secret) if rec.control_secret else None
         unswitched = None
         if creds is None:
             unswitched = ESAM_REASON if rec.control_secret else NO_CONTROL_REASON
-        link = Dlt645Link(rec.meter_id, address, driver.io, creds, unswitched)
+        turn = -len(self.meters) % self.settings.measured_every
+        link = Dlt645Link(rec.meter_id, address, driver.io, creds, unswitched, phase=turn)
         self.meters[rec.unit_id] = link
         if not link.can(Dlt645Capability.RELAY):
             return driver, None
@@ -217,6 +241,14 @@ class Dlt645BusRuntime:
     def attach(self, rt: MeterRuntime) -> None:
         """The meter's runtime, once the service has built it."""
         self.meters[rt.polled.unit].runtime = rt
+
+    def due(self, link: Dlt645Link) -> tuple[str, ...]:
+        """The measured points to read at this poll of a meter: at every
+        ``measured_every``-th poll (at its turn) those of its model, less the ones it
+        refused."""
+        if (link.reads + link.phase) % self.settings.measured_every:
+            return ()
+        return tuple(name for name in link.io.measured if name not in link.refused)
 
     def seen(self, unit: int, snapshot: MeterSnapshot) -> MeterSnapshot:
         """A reading, as the core should see it: a relay the customer closed after close

@@ -3,16 +3,20 @@
 A read yields the same :class:`~gateway.meter_io.MeterSnapshot` a Modbus meter does:
 energy in whole Wh rounded down, power in W, voltage in V, the relay from the status
 word (``relay_open`` inverted), and every named status bit set as a flag
-(``relay_command_open``, ``protected``, ``alarm``, ``reverse_energy``, ...). Each point
-is one exchange on the bus, so a poll reads only ``polled`` points: by default energy
-and the status word, what billing and enforcement need (at 2400 baud about 0.4 s a
-meter). Remote control (1CH) needs the meter's password and operator code, per-meter
-secrets the caller holds (the store keeps them as a ``control_secret``, parsed here, or
+(``relay_command_open``, ``protected``, ``alarm``, ``reverse_energy``, ...), and the
+measured fields (current, power factor, frequency, ...) of the points read, by the rules
+every meter's values follow (:mod:`gateway.measured`). Each point is one exchange on
+the bus, so a poll reads only ``polled`` points: by default energy and the status word,
+what billing and enforcement need (at 2400 baud about 0.4 s a meter); the bus reads the
+``measured`` points beside them now and then (:meth:`Dlt645MeterIO.read_with`). Remote
+control (1CH) needs the meter's password and operator code, per-meter secrets the caller
+holds (the store keeps them as a ``control_secret``, parsed here, or
 ``esam`` for a meter whose commands only the utility's security module can make).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +24,14 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from gateway.dlt645_port import Dlt645IOError, Dlt645Port
+from gateway.measured import READING_POINTS, Number, field_rule
 from gateway.meter_io import MeterSnapshot, whole_wh_step
 from gateway.modbus_port import IOFailure
 from protocol.dlt645.bcd import NumberFormat
 from protocol.dlt645.clock import MeterTime
 from protocol.dlt645.credentials import OperatorCode, Password
-from protocol.dlt645.frame import Address
+from protocol.dlt645.frame import PREAMBLE, Address
+from protocol.dlt645.messages import ReadReply, ReadRequest
 from protocol.dlt645.meter_map import (
     RELAY_OPEN_BIT,
     UNITS,
@@ -35,6 +41,9 @@ from protocol.dlt645.meter_map import (
 )
 from protocol.dlt645.terms import ControlCommand
 from protocol.errors import DecodeError
+from protocol.messages import FIELD_OF_POINT
+
+log = logging.getLogger(__name__)
 
 #: What a poll reads unless told otherwise: billing and enforcement need nothing more.
 DEFAULT_POLLED = ("energy_import", "status")
@@ -130,8 +139,44 @@ def snapshot_from(model_map: Dlt645Map, payloads: Mapping[str, bytes]) -> MeterS
         flags=frozenset(flags),
         keypad_seq=None,
         keypad_digits=None,
+        measured=measured_values(model_map, payloads),
         resolution_wh=register_step_wh(energy_point),
     )
+
+
+def measured_values(
+    model_map: Dlt645Map, payloads: Mapping[str, bytes]
+) -> tuple[tuple[str, Number], ...]:
+    """The measured reading fields (``protocol.messages.MEASURED``) of the points read, in
+    the fields' order: each in its field's unit, rounded to the point's resolution (its
+    format's last decimal), as a Modbus meter's; data that does not decode or a value no
+    real meter reports (a power factor beyond 1) is left out."""
+    out: list[tuple[str, Number]] = []
+    for name, field in FIELD_OF_POINT.items():
+        data = payloads.get(name)
+        if data is None:
+            continue
+        point = model_map.point(name)
+        if not isinstance(point.format, NumberFormat):
+            continue  # a model's measurements are numbers (checked on load)
+        try:
+            number = point.number(data)
+        except DecodeError:
+            continue
+        resolution = Decimal(1).scaleb(-point.format.decimals)
+        value = field_rule(field, point.unit, name).value(number, resolution)
+        if value is not None:
+            out.append((field, value))
+    return tuple(out)
+
+
+def exchange_bytes(point: Dlt645Point, preamble: int = PREAMBLE) -> int:
+    """The bytes on the line to read ``point`` once (11H and its 91H, wake-up bytes
+    included): what each point costs a poll."""
+    address = Address.of_number(1)
+    request = ReadRequest(address, point.di).to_bytes(preamble)
+    reply = ReadReply(address, point.di, bytes(point.size)).to_bytes(preamble)
+    return len(request) + len(reply)
 
 
 def register_step_wh(point: Dlt645Point) -> int:
@@ -146,12 +191,25 @@ def register_step_wh(point: Dlt645Point) -> int:
 class Dlt645MeterIO:
     """Reads and remote control of one DL/T 645 meter model on any :class:`Dlt645Port`."""
 
-    def __init__(self, model_map: Dlt645Map, polled: Sequence[str] = DEFAULT_POLLED) -> None:
+    def __init__(
+        self,
+        model_map: Dlt645Map,
+        polled: Sequence[str] = DEFAULT_POLLED,
+        measured: Sequence[str] = (),
+    ) -> None:
         missing = [name for name in polled if not model_map.has(name)]
         if missing:
             raise ValueError(f"map {model_map.name!r} has no point(s) {', '.join(missing)}")
+        unknown = [name for name in measured if name not in READING_POINTS]
+        if unknown:
+            raise ValueError(f"no reading field for point(s) {', '.join(unknown)}")
         self.model_map = model_map
         self.polled = tuple(polled)
+        #: the points of ``measured`` this model has and a poll does not read anyway (a
+        #: point the model lacks is not read)
+        self.measured = tuple(
+            name for name in measured if model_map.has(name) and name not in self.polled
+        )
         self._relay_point = next(
             (p for p in model_map.status_points if RELAY_OPEN_BIT in p.bits), None
         )
@@ -174,9 +232,37 @@ class Dlt645MeterIO:
         return out
 
     async def read(self, port: Dlt645Port, address: Address) -> MeterSnapshot:
+        """A reading of the ``polled`` points."""
+        snapshot, _ = await self.read_with(port, address, ())
+        return snapshot
+
+    async def read_with(
+        self, port: Dlt645Port, address: Address, measured: Sequence[str]
+    ) -> tuple[MeterSnapshot, frozenset[str]]:
+        """A reading of the ``polled`` points and then the ``measured`` ones named, with the
+        names of those the meter refused. Energy and status come first and a failure there
+        fails the read; after them, a point the meter refuses (an error reply: no such
+        data) is left out, and any other failure ends the measured points of this reading,
+        which keeps what was read: the energy bills, the rest is information."""
         payloads = await self.read_points(port, address, self.polled)
+        refused: set[str] = set()
+        for name in measured:
+            try:
+                (data,) = (await self.read_points(port, address, [name])).values()
+            except Dlt645IOError as exc:
+                if exc.kind is IOFailure.EXCEPTION:
+                    refused.add(name)
+                    continue
+                log.warning("%s not read: %s", name, exc)
+                break
+            try:
+                self.model_map.point(name).number(data)
+            except DecodeError as exc:
+                log.warning("meter %s: %s left out: %s", address, name, exc.problem)
+                continue
+            payloads[name] = data
         try:
-            return snapshot_from(self.model_map, payloads)
+            return snapshot_from(self.model_map, payloads), frozenset(refused)
         except DecodeError as exc:
             raise Dlt645IOError(address, IOFailure.GARBLED, str(exc)) from exc
 

@@ -9,8 +9,10 @@ reading rather than failing it: the energy is what bills, the rest is informatio
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from protocol.codec import Value, physical
@@ -29,6 +31,13 @@ _FACTORS = {
 _WHOLE = frozenset({"W", "Wh"})
 #: |value| beyond this is garbage, whatever the unit.
 _LIMIT = Decimal(1_000_000_000)
+#: Every point a reading carries a value of, by canonical name, with the reading field it
+#: fills: voltage and active power in version 1's own fields, the rest as ``MEASURED`` says.
+READING_POINTS: dict[str, str] = {
+    "voltage": "voltage_v",
+    "active_power": "power_w",
+    **FIELD_OF_POINT,
+}
 #: A field's value.
 Number = int | float
 #: One point's raw value -> its field's value, or None to leave it out.
@@ -67,29 +76,58 @@ def decimal_fraction(scale: Decimal) -> tuple[int, int] | None:
     return (m * 10**exponent, 1) if exponent >= 0 else (m, 10**-exponent)
 
 
-def converter(point: Point, field: str) -> Convert:
-    """How ``point``'s raw value becomes ``field``'s (MapError for a unit it cannot take)."""
-    unit = MEASURED[field][1]
-    factor = _FACTORS.get((point.unit, unit), 1 if point.unit == unit else None)
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How a value in a point's unit becomes a reading field's value: the unit's factor,
+    the field's bounds (beyond them is garbage, left out) and its rounding. The one rule
+    for every protocol's points."""
+
+    field: str
+    factor: int
+    whole: bool
+    floor: bool
+    low: Decimal
+    high: Decimal
+
+    def value(self, value: Decimal, resolution: Decimal | None) -> Number | None:
+        """``value`` (in the point's unit, ``resolution`` too) as the field's value, or
+        None when no real meter reports it."""
+        scaled = value * self.factor
+        if not self.low <= scaled <= self.high:
+            return None
+        step = None if resolution is None else resolution * self.factor
+        return rounded(scaled, step, self.whole, self.floor)
+
+
+@functools.cache
+def field_rule(field: str, unit: str, point: str) -> FieldRule:
+    """The rule for ``field`` from a point (named ``point``) in ``unit`` (MapError for a
+    unit the field cannot take)."""
+    field_unit = MEASURED[field][1]
+    factor = _FACTORS.get((unit, field_unit), 1 if unit == field_unit else None)
     if factor is None:
-        raise MapError(point.name, point.name, f"unit {point.unit!r} cannot be published in {unit}")
-    whole = unit in _WHOLE
-    floor = unit == "Wh"  # a cumulative register, rounded down as the energy is
+        raise MapError(point, point, f"unit {unit!r} cannot be published in {field_unit}")
+    floor = field_unit == "Wh"  # a cumulative register, rounded down as the energy is
     low = Decimal(0) if floor else Decimal(-1) if field == "power_factor" else -_LIMIT
     high = Decimal(1) if field == "power_factor" else _LIMIT
-    exact = convert_exactly(
-        point, factor, resolution=point.resolution, whole=whole, floor=floor, bounds=(low, high)
-    )
+    return FieldRule(field, factor, field_unit in _WHOLE, floor, low, high)
+
+
+def converter(point: Point, field: str) -> Convert:
+    """How ``point``'s raw value becomes ``field``'s (MapError for a unit it cannot take)."""
+    rule = field_rule(field, point.unit, point.name)
+    exact = convert_exactly(point, rule, point.resolution)
     fraction = decimal_fraction(point.scale) if point.resolution == point.scale else None
     if fraction is None or fraction[0] == 0:
         return exact
-    m, d = fraction[0] * factor, fraction[1]
-    if whole and d != 1:
+    m, d = fraction[0] * rule.factor, fraction[1]
+    if rule.whole and d != 1:
         return exact
     # An integer register at its own resolution: ``raw * m / d`` is the correctly rounded
     # float of the exact value (``raw * m`` for W and Wh), with no Decimal: the PE-1's
     # every reading.
-    raw_low, raw_high = sorted((low * d / m, high * d / m))
+    raw_low, raw_high = sorted((rule.low * d / m, rule.high * d / m))
+    whole = rule.whole
 
     def scaled(raw: Value) -> Number | None:
         if type(raw) is not int:
@@ -101,26 +139,15 @@ def converter(point: Point, field: str) -> Convert:
     return scaled
 
 
-def convert_exactly(
-    point: Point,
-    factor: int,
-    *,
-    resolution: Decimal | None,
-    whole: bool,
-    floor: bool,
-    bounds: tuple[Decimal, Decimal],
-) -> Convert:
+def convert_exactly(point: Point, rule: FieldRule, resolution: Decimal | None) -> Convert:
     """The exact conversion (floats, other scales), through ``Decimal``."""
-    low, high = bounds
 
     def convert(raw: Value) -> Number | None:
         try:
-            value = physical(point, raw) * factor
+            value = physical(point, raw)
         except (DecodeError, TypeError):
             return None
-        if not low <= value <= high:
-            return None
-        return rounded(value, resolution, whole, floor)
+        return rule.value(value, resolution)
 
     return convert
 

@@ -1,4 +1,4 @@
-"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply and the alarm sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why; a relay that disobeys a trip is a relay mismatch, and a silent meter is reported, never charged nor cut off."""
+"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply and the alarm sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why; a relay that disobeys a trip is a relay mismatch, and a silent meter is reported, never charged nor cut off; the readings carry the measured values (voltage, current, power, power factor, frequency, export energy) rounded as the model's formats say, every measured_every-th poll, valid against the published schema."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from jsonschema import Draft202012Validator
 
 from gateway.config import GatewayConfig
 from gateway.core.meter_state import enrol
@@ -28,6 +30,13 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+
+READING_SCHEMA = Draft202012Validator(
+    json.loads((Path(__file__).parents[2] / "docs/schemas/reading.schema.json").read_text())
+)
+#: The decimals of each measured field in dlt645_single_phase (XXX.X V, XXX.XXX A, X.XXX,
+#: XX.XX Hz) and the step of the whole ones (power in W, export energy in 10 Wh).
+DECIMALS = {"voltage_v": 1, "current_a": 3, "power_factor": 3, "frequency_hz": 2}
 
 SPEED = 60.0
 SECRET = control_secret(PASSWORD, OPERATOR)  # the simulator's default password
@@ -71,7 +80,7 @@ class Site:
         with Store.open(self.world.store_path) as store:
             store.add_meter(record, state, datetime.now(UTC))
 
-    def config(self, **kw: Any) -> GatewayConfig:
+    def config(self, dlt645: dict[str, Any] | None = None, **kw: Any) -> GatewayConfig:
         _, start = sim_start(SPEED)
         data = self.world.config_data(
             tcp=self.modbus.tcp_address,
@@ -80,7 +89,8 @@ class Site:
             start=start,
             **kw,
         )
-        data["buses"].append(dlt645_bus(self.sim, dlt645={"clock_drift_max_s": 120}))
+        settings = {"clock_drift_max_s": 120, **(dlt645 or {})}
+        data["buses"].append(dlt645_bus(self.sim, dlt645=settings))
         return GatewayConfig.model_validate(data)
 
 
@@ -194,3 +204,32 @@ async def test_a_dlt645_relay_that_disobeys_or_a_silent_meter_is_reported_never_
         assert silent.ledger.balance == 150
         assert silent.relay_closed
         assert _dlt(site, 2)["commands"] == []
+
+
+async def test_dlt645_readings_carry_the_measured_values_every_nth_poll(site: Site) -> None:
+    site.enrol(1, 1_000_000)
+    site.sim.set_load(1, 2300)
+    async with running_gateway(site.config(dlt645={"measured_every": 3})):
+        readings = await eventually(
+            lambda: (r := site.log.of(dlt_id(1), "reading"))[6:] and r, 40, "seven readings"
+        )
+    for reading in readings:
+        READING_SCHEMA.validate(reading)
+    full = [i for i, r in enumerate(readings) if "current_a" in r]
+    assert full[:3] == [0, 3, 6]  # the first poll, then every third
+    for i, reading in enumerate(readings[:7]):
+        if i not in full:
+            assert reading["voltage_v"] is None
+            assert reading["power_w"] is None
+            assert not {"current_a", "power_factor", "frequency_hz", "energy_export_wh"} & set(
+                reading
+            )
+            continue
+        for field, decimals in DECIMALS.items():
+            value = Decimal(str(reading[field]))
+            assert value == round(value, decimals), (field, value)
+        assert 2200 <= reading["power_w"] <= 2400  # a whole number of W
+        assert 200 <= reading["voltage_v"] <= 260
+        assert 0 < reading["power_factor"] <= 1
+        assert 49 <= reading["frequency_hz"] <= 61
+        assert reading["energy_export_wh"] % 10 == 0  # XXXXXX.XX kWh, rounded down

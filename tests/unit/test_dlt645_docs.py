@@ -1,13 +1,16 @@
-"""docs/dlt645.md cannot drift from the code: its tables of commands, control commands, identifiers and status bits are the codec's and the shipped models', and its Python example runs as written against the simulator."""
+"""docs/dlt645.md cannot drift from the code: its tables of commands, control commands, identifiers and status bits are the codec's and the shipped models', the bus time of each measured point is the frame sizes', the bus settings shown are the defaults, and its Python example runs as written against the simulator."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import re
+import tomllib
 from pathlib import Path
 
-from gateway.dlt645_io import COMMAND_CAPABILITY
+from gateway.config import DLT645_MEASURED, Dlt645Settings, RtuBus
+from gateway.dlt645_io import COMMAND_CAPABILITY, exchange_bytes
+from gateway.measured import READING_POINTS
 from protocol.dlt645.frame import Function
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
 from protocol.dlt645.terms import ControlCommand
@@ -76,6 +79,36 @@ def test_the_status_bits_table_is_the_models() -> None:
     bits = load_dlt645_map("dlt645_single_phase").point("status").bits
     rows = _table("the status point of protocol/maps/dlt645_single_phase.toml")
     assert rows == [[str(i), name] for i, name in enumerate(bits)]
+
+
+def test_the_bus_time_of_each_point_is_the_frame_sizes() -> None:
+    model = load_dlt645_map("dlt645_single_phase")
+    rows = _table("gateway.dlt645_io.exchange_bytes")
+    names = ["energy_import", "status", *DLT645_MEASURED]
+    expected = []
+    for name in names:
+        n = exchange_bytes(model.point(name))
+        expected.append([name, str(n), f"{n * 11_000 / 2400:.1f}", f"{n * 11_000 / 9600:.1f}"])
+    assert rows == expected
+
+
+def test_the_measured_names_listed_are_the_ones_a_reading_carries() -> None:
+    flat = " ".join(DOC.split())
+    at = flat.index("`measured` names the points by their names in the models (")
+    listed = flat[at:].split("(", 1)[1].split(")", 1)[0]
+    assert re.findall(r"`(\w+)`", listed) == list(READING_POINTS)
+
+
+def test_the_bus_settings_shown_are_the_defaults() -> None:
+    (block,) = [
+        b for b in re.findall(r"```toml\n(.*?)```", DOC, re.DOTALL) if "[buses.dlt645]" in b
+    ]
+    bus = RtuBus.model_validate(tomllib.loads(block)["buses"][0])
+    shown = tomllib.loads(block)["buses"][0]["dlt645"]
+    assert bus.dlt645_settings.measured == list(DLT645_MEASURED)
+    defaults = Dlt645Settings().model_dump()
+    for key in ("measured", "measured_every", "time_sync_h", "clock_drift_max_s"):
+        assert shown[key] == defaults[key], key
 
 
 def test_the_python_example_runs_as_written() -> None:

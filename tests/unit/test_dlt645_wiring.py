@@ -1,4 +1,4 @@
-"""What wires DL/T 645 meters into a site is checked before anything runs: a bus's protocol and DL/T 645 settings are validated with errors naming the key, a Modbus bus is unchanged by default, a meter's control secret and a scan's address list parse or are refused with a ValueError or a one-line error (hypothesis), and an enrolment on a DL/T 645 bus is refused by field."""
+"""What wires DL/T 645 meters into a site is checked before anything runs: a bus's protocol and DL/T 645 settings are validated with errors naming the key (a measured point that fills no reading field names the bus and the point), a Modbus bus is unchanged by default, a meter's control secret and a scan's address list parse or are refused with a ValueError or a one-line error (hypothesis), and an enrolment on a DL/T 645 bus is refused by field."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, RtuBus, parse_config
+from gateway.config import (
+    DLT645_MEASURED,
+    DLT645_MEASURED_EVERY,
+    ConfigError,
+    RtuBus,
+    parse_config,
+)
 from gateway.dlt645_io import ESAM, Dlt645Credentials, control_secret, parse_control_secret
+from gateway.measured import READING_POINTS
 from gateway.store import MeterRecord
 from protocol.dlt645.frame import Address
+from protocol.dlt645.meter_map import load_dlt645_map
 from provisioning.dlt645_fields import Dlt645FieldError, plan_dlt645_record
 from provisioning.dlt645_site import parse_addresses
 from provisioning.errors import ProvisionError
@@ -53,6 +61,53 @@ def test_bad_dlt645_bus_settings_name_the_key(extra: str, key: str, problem: str
         parse_config(HEAD + RTU + extra, "g.toml")
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_measured_points_default_to_what_a_modbus_map_publishes_and_can_be_chosen() -> None:
+    dlt = HEAD + RTU + 'protocol = "dlt645"\n'
+    bus = parse_config(dlt, "g.toml").buses[0]
+    assert isinstance(bus, RtuBus)
+    assert bus.dlt645_settings.measured == list(DLT645_MEASURED)
+    assert bus.dlt645_settings.measured_every == DLT645_MEASURED_EVERY == 10
+    # what a Modbus map publishes: every point of the single-phase model a reading carries
+    single = load_dlt645_map("dlt645_single_phase")
+    assert set(DLT645_MEASURED) == {p.name for p in single.points if p.name in READING_POINTS}
+    chosen = '[buses.dlt645]\nmeasured = ["voltage_l2", "active_power_l3"]\nmeasured_every = 3\n'
+    bus = parse_config(dlt + chosen, "g.toml").buses[0]
+    assert isinstance(bus, RtuBus)
+    assert bus.dlt645_settings.measured == ["voltage_l2", "active_power_l3"]
+    assert bus.dlt645_settings.measured_every == 3
+    none = parse_config(dlt + "[buses.dlt645]\nmeasured = []\n", "g.toml").buses[0]
+    assert isinstance(none, RtuBus)
+    assert none.dlt645_settings.measured == []  # energy and status only
+
+
+@pytest.mark.parametrize(
+    ("measured", "problem"),
+    [
+        ('["voltage", "volts"]', "bus 'dlt-1': dlt645.measured: 'volts' fills no reading field"),
+        ('["energy_import"]', "'energy_import' fills no reading field"),
+        ('["status"]', "'status' fills no reading field"),
+        ('["current", "current"]', "bus 'dlt-1': dlt645.measured: 'current' named twice"),
+    ],
+)
+def test_a_measured_point_that_fills_no_reading_field_names_the_bus_and_point(
+    measured: str, problem: str
+) -> None:
+    text = HEAD + RTU + f'protocol = "dlt645"\n[buses.dlt645]\nmeasured = {measured}\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "g.toml")
+    assert caught.value.key == "buses.0.rtu"
+    assert problem in caught.value.problem
+    if "twice" not in problem:
+        assert "(known: voltage, active_power, current, " in caught.value.problem
+
+
+def test_measured_every_is_at_least_one() -> None:
+    text = HEAD + RTU + 'protocol = "dlt645"\n[buses.dlt645]\nmeasured_every = 0\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "g.toml")
+    assert caught.value.key == "buses.0.rtu.dlt645.measured_every"
 
 
 def test_modbus_tcp_cannot_be_told_to_speak_dlt645() -> None:
