@@ -12,21 +12,12 @@ AES-256-GCM key from a passphrase.
 from __future__ import annotations
 
 import argparse
-import base64
-import getpass
 import json
-import os
-import re
-import secrets
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pydantic import JsonValue
 
 from gateway.public import (
@@ -46,12 +37,21 @@ from gateway.public import (
     state_to_json,
 )
 from protocol.cli import Subcommands, add_config_option
-from protocol.tokens.keys import MAX_EPOCH, METER_KEY_BYTES
+from protocol.tokens.keys import METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
 from provisioning.events import COMMISSIONED
-from provisioning.interrupt import Interrupted
 from provisioning.key_files import KeyFileError, read_secret_file
+from provisioning.sealed_keys import (
+    FORMAT,
+    PASSPHRASE_ENV,
+    ask_passphrase,
+    decrypt_keys,
+    encrypt_keys,
+    later_key_name,
+    later_keys,
+    unseal,
+)
 from provisioning.site import (
     load_extras,
     load_site_config,
@@ -62,10 +62,7 @@ from provisioning.site import (
 )
 from provisioning.status import commissioning_reports
 
-FORMAT = "prepaid-edge-enrolment"
 VERSION = 1
-PASSPHRASE_ENV = "PREPAID_EDGE_PASSPHRASE"  # noqa: S105  (a variable name, not a secret)
-_SCRYPT_N = 2**15
 
 EXPORT_EXAMPLE = """\
 examples:
@@ -77,101 +74,6 @@ examples:
   PREPAID_EDGE_PASSPHRASE=... meter-provision import site.json --config new/gateway.toml
   meter-provision import site.json --key-dir keys/     (keys as keys/METER_ID.key files)
 """
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def _unb64(text: object, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ProvisionError(f"keys.{what} is missing")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise ProvisionError(f"keys.{what} is not base64") from None
-
-
-def _kdf(salt: bytes) -> Scrypt:
-    return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=8, p=1)
-
-
-def encrypt_keys(keys: dict[str, str], passphrase: str) -> dict[str, JsonValue]:
-    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
-    key = _kdf(salt).derive(passphrase.encode())
-    sealed = AESGCM(key).encrypt(nonce, json.dumps(keys).encode(), FORMAT.encode())
-    return {
-        "kdf": "scrypt",
-        "n": _SCRYPT_N,
-        "r": 8,
-        "p": 1,
-        "cipher": "aes-256-gcm",
-        "salt": _b64(salt),
-        "nonce": _b64(nonce),
-        "ciphertext": _b64(sealed),
-    }
-
-
-def decrypt_keys(sealed: dict[str, Any], passphrase: str, what: str = "keys") -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for meter, text in unseal(sealed, passphrase).items():
-        try:
-            raw = bytes.fromhex(str(text))
-        except ValueError:
-            raw = b""
-        if len(raw) != METER_KEY_BYTES:
-            raise ProvisionError(f"{what}: {meter}: not a {METER_KEY_BYTES}-byte key")
-        out[meter] = raw
-    return out
-
-
-#: how a later epoch's key is named in the sealed ``next_keys``: METER@EPOCH
-_AT = "@"
-
-
-def _later_keys(by_name: dict[str, bytes]) -> list[tuple[str, int, bytes]]:
-    """The sealed ``next_keys`` as (meter, epoch, key), checked."""
-    out = []
-    for name, key in by_name.items():
-        meter, at, epoch = name.rpartition(_AT)
-        if not at or not re.fullmatch(r"[0-9]{1,5}", epoch) or not 1 <= int(epoch) <= MAX_EPOCH:
-            raise ProvisionError(f"next_keys: {name!r} is not METER{_AT}EPOCH (1..{MAX_EPOCH})")
-        out.append((meter, int(epoch), key))
-    return out
-
-
-def unseal(sealed: dict[str, Any], passphrase: str) -> dict[str, str]:
-    """What :func:`encrypt_keys` sealed, by meter."""
-    if sealed.get("kdf") != "scrypt" or sealed.get("cipher") != "aes-256-gcm":
-        raise ProvisionError("keys: unknown encryption (expected scrypt + aes-256-gcm)")
-    if (sealed.get("n"), sealed.get("r"), sealed.get("p")) != (_SCRYPT_N, 8, 1):
-        raise ProvisionError(f"keys: scrypt parameters must be n={_SCRYPT_N}, r=8, p=1")
-    salt = _unb64(sealed.get("salt"), "salt")
-    nonce = _unb64(sealed.get("nonce"), "nonce")
-    ciphertext = _unb64(sealed.get("ciphertext"), "ciphertext")
-    if len(salt) != 16 or len(nonce) != 12:
-        raise ProvisionError("keys: salt must be 16 bytes and nonce 12")
-    key = _kdf(salt).derive(passphrase.encode())
-    try:
-        plain = AESGCM(key).decrypt(nonce, ciphertext, FORMAT.encode())
-    except (InvalidTag, ValueError):
-        raise ProvisionError("keys: wrong passphrase or a damaged file") from None
-    return {str(meter): str(text) for meter, text in json.loads(plain).items()}
-
-
-def _passphrase(confirm: bool) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value is None:
-        try:
-            value = getpass.getpass("passphrase for the meter keys: ")
-            if confirm and getpass.getpass("again: ") != value:
-                raise ProvisionError("the passphrases differ")
-        except Interrupted:
-            print(file=sys.stderr)  # end the prompt's line
-            raise
-    if len(value) < 12:
-        raise ProvisionError("the passphrase must have at least 12 characters")
-    return value
 
 
 def add_transfer_commands(sub: Subcommands) -> None:
@@ -206,7 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     if args.out.exists():
         raise ProvisionError(f"{args.out} exists: refusing to overwrite it")
-    passphrase = _passphrase(confirm=True) if args.with_keys else None
+    passphrase = ask_passphrase(confirm=True) if args.with_keys else None
     extras = load_extras(config)
     meters: list[JsonValue] = []
     keys: dict[str, str] = {}
@@ -249,7 +151,9 @@ def run_export(args: argparse.Namespace) -> int:
             control[r.meter_id] = r.control_secret
         meters.append(item)
         keys[r.meter_id] = r.meter_key.hex()
-        later.update({f"{r.meter_id}{_AT}{e}": k.hex() for e, k in sorted(m.next_keys.items())})
+        later.update(
+            {later_key_name(r.meter_id, e): k.hex() for e, k in sorted(m.next_keys.items())}
+        )
     doc: dict[str, JsonValue] = {
         "format": FORMAT,
         "version": VERSION,
@@ -362,10 +266,10 @@ def _import(args: argparse.Namespace, config: GatewayConfig) -> int:
         raise ProvisionError(f"{args.file} is not a {FORMAT} file")
     if doc.get("version") != VERSION:
         raise ProvisionError(f"{args.file}: version {doc.get('version')} (this tool reads 1)")
-    passphrase = _passphrase(confirm=False) if "keys" in doc else ""
+    passphrase = ask_passphrase(confirm=False) if "keys" in doc else ""
     keys = decrypt_keys(doc["keys"], passphrase) if "keys" in doc else {}
     later = (
-        _later_keys(decrypt_keys(doc["next_keys"], passphrase, "next_keys"))
+        later_keys(decrypt_keys(doc["next_keys"], passphrase, "next_keys"))
         if "next_keys" in doc and "keys" in doc
         else []
     )

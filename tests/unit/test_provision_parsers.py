@@ -23,7 +23,7 @@ from provisioning.enrol_changes import plan_update
 from provisioning.enrol_settings import FieldError
 from provisioning.errors import ProvisionError
 from provisioning.scan import parse_units
-from provisioning.transfer import decrypt_keys, encrypt_keys
+from provisioning.sealed_keys import decrypt_keys, encrypt_keys
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 CONFIG: GatewayConfig = parse_config(

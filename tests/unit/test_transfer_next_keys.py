@@ -8,13 +8,13 @@ from hypothesis import strategies as st
 
 from protocol.tokens.keys import MAX_EPOCH
 from provisioning.errors import ProvisionError
-from provisioning.transfer import _later_keys
+from provisioning.sealed_keys import later_keys
 
 KEY = bytes(range(16))
 
 
 def test_meter_and_epoch_are_split_at_the_last_at() -> None:
-    assert _later_keys({"PE1-000001@3": KEY, "odd@name@12": KEY}) == [
+    assert later_keys({"PE1-000001@3": KEY, "odd@name@12": KEY}) == [
         ("PE1-000001", 3, KEY),
         ("odd@name", 12, KEY),
     ]
@@ -24,13 +24,13 @@ def test_meter_and_epoch_are_split_at_the_last_at() -> None:
                                   "PE1@²", "PE1@-1", "PE1@1 "])  # fmt: skip
 def test_bad_names_are_refused_by_name(name: str) -> None:
     with pytest.raises(ProvisionError, match="next_keys"):
-        _later_keys({name: KEY})
+        later_keys({name: KEY})
 
 
 @given(st.text())
 def test_any_name_parses_or_is_refused(name: str) -> None:
     try:
-        [(meter, epoch, key)] = _later_keys({name: KEY})
+        [(meter, epoch, key)] = later_keys({name: KEY})
     except ProvisionError:
         return
     head, _, tail = name.rpartition("@")
