@@ -118,6 +118,8 @@ async def test_bus_faults_charge_nothing_twice_and_disconnect_nobody(
             faulty = await _watch_read_gaps(gw, healthy, bus.seconds)
             sim.clear_faults("all")
             sim.clear_faults(bus.dead)
+            if proxy is not None:
+                proxy.rates = FaultRates()  # the line is clean again too
             for unit in units:
                 sim.set_load(unit, 0)
             final = {u: int(sim.state(u)["energy_import_wh"]) for u in units}
