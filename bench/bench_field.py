@@ -492,15 +492,19 @@ def _role_timed_sim(p: dict[str, Any]) -> None:
     credit_wms = p["credit_wh"] * WMS_PER_WH
     runs_out: dict[int, float] = {}
     opened: dict[int, float] = {}
+    reads_after: dict[int, list[float]] = {}  # energy reads served after credit ran out
     real_answer = server_mod.answer  # type: ignore[attr-defined]
 
     def answer(layout: Any, meter: Any, pdu: bytes, now: float, *rest: Any) -> bytes:
         reply = real_answer(layout, meter, pdu, now, *rest)
         model = meter.model
         unit = model.unit
-        if pdu[:1] == b"\x04" and unit not in runs_out:  # the gateway's first reading
-            left_wms = credit_wms - model._import_rem
-            runs_out[unit] = model.t_ms / 1000 + left_wms / loads[unit] / 1000
+        if pdu[:1] == b"\x04":
+            if unit not in runs_out:  # the gateway's first reading
+                left_wms = credit_wms - model._import_rem
+                runs_out[unit] = model.t_ms / 1000 + left_wms / loads[unit] / 1000
+            elif model.t_ms / 1000 >= runs_out[unit] and unit not in opened:
+                reads_after.setdefault(unit, []).append(model.t_ms / 1000)
         return reply
 
     setattr(server_mod, "answer", answer)  # noqa: B010 - this bench's timing hooks
@@ -522,10 +526,26 @@ def _role_timed_sim(p: dict[str, Any]) -> None:
             print("ready: timed", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             tripped = [u for u in loads if sim.meter(u).lease_tripped]
-        latencies = sorted(opened[u] - runs_out[u] for u in opened if u in runs_out)
-        print("RESULT " + json.dumps({"latencies": latencies, "lease_tripped": tripped}))
+        timed = [u for u in opened if u in runs_out]
+        latencies = sorted(opened[u] - runs_out[u] for u in timed)
+        seen = [u for u in timed if reads_after.get(u)]
+        result = {
+            "latencies": latencies,
+            "lease_tripped": tripped,
+            # reads of the meter between credit running out and the relay opening
+            "reads_after": sorted(len(reads_after.get(u, [])) for u in timed),
+            # credit out to the first read that saw it; that read to the relay open
+            "to_read": sorted(reads_after[u][0] - runs_out[u] for u in seen),
+            "read_to_open": sorted(opened[u] - reads_after[u][0] for u in seen),
+        }
+        print("RESULT " + json.dumps(result))
 
     asyncio.run(run())
+
+
+def pct(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of an ascending list (nearest rank)."""
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cutoff_run(
@@ -581,7 +601,7 @@ def cutoff_run(
     if not lat:
         print(f"  {tag}: no cut-off observed ({result})")
         return
-    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+    p99 = pct(lat, 0.99)
     print(
         f"  {tag} (interval {interval:g} s, min {minimum:g} s): {len(lat)} of {n} cut off; "
         f"from credit out to relay open: median {statistics.median(lat):.0f} ms, "
@@ -591,6 +611,20 @@ def cutoff_run(
         f"own lease: {len(result['lease_tripped'])}  ({load()}, {took:.0f} s)",
         flush=True,
     )
+    reads = result["reads_after"]
+    to_read = [x * 1000 for x in result["to_read"]]
+    to_open = [x * 1000 for x in result["read_to_open"]]
+    if to_read:
+        print(
+            f"    polls of the meter after its credit ran out, the last one cutting it off: "
+            f"1 for {reads.count(1)} of {len(reads)}, most {max(reads)}; credit out to the "
+            f"first poll after it: median {statistics.median(to_read):.0f} ms, "
+            f"p99 {pct(to_read, 0.99):.0f}, worst {to_read[-1]:.0f} (min interval "
+            f"{minimum * 1000:.0f} ms); that poll to the relay open: median "
+            f"{statistics.median(to_open):.0f} ms, p99 {pct(to_open, 0.99):.0f}, "
+            f"worst {to_open[-1]:.0f}",
+            flush=True,
+        )
 
 
 def bench_c(a: Any, work: Path, mqtt: int) -> None:
