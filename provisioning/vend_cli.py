@@ -170,13 +170,17 @@ def _typed_value(args: argparse.Namespace, keypad: bool) -> tuple[TokenClass, in
     return token_class, minor
 
 
-def _issue_with_counter(args: argparse.Namespace, issue: Callable[[int], str]) -> int:
+def _issue_with_counter(
+    args: argparse.Namespace, token_class: TokenClass, issue: Callable[[int], str]
+) -> int:
     """Take the counter from the ledger, make the token with it, record the counter
     durably, then print the token (stdout) and the counter (stderr)."""
     path = args.ledger or default_ledger_path()
     with open_ledger(path) as ledger:
         before = ledger.last(args.meter, args.epoch)
-        counter = ledger.take(args.meter, args.epoch, args.counter, force=args.force)
+        counter = ledger.take(
+            args.meter, args.epoch, args.counter, force=args.force, token_class=token_class
+        )
         try:
             token = issue(counter)
         except ValueError as exc:
@@ -205,7 +209,7 @@ def vend(args: argparse.Namespace) -> int:
     def issue(counter: int) -> str:
         return group_digits(issue_keypad(key, args.meter, args.epoch, token_class, counter, value))
 
-    return _issue_with_counter(args, issue)
+    return _issue_with_counter(args, token_class, issue)
 
 
 def _vend_online(args: argparse.Namespace) -> int:
@@ -243,4 +247,4 @@ def _vend_online(args: argparse.Namespace) -> int:
         )
         return json.dumps(online_token_document(token), indent=2)
 
-    return _issue_with_counter(args, issue)
+    return _issue_with_counter(args, token_class, issue)
