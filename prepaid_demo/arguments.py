@@ -1,19 +1,25 @@
-"""`prepaid-demo`'s command line: its flags, their limits and the one-line usage errors."""
+"""`prepaid-demo`'s command line: its flags and their limits, with the conventions every
+prepaid-edge program keeps (protocol.cli): one-line usage errors, --version, an example,
+defaults shown and the exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
-from typing import NoReturn
+
+from protocol.cli import CliParser, exit_codes_help
 
 PROG = "prepaid-demo"
 MAX_SPEED = 100_000  # the gateway's [simulation] clock_speed limit
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+EXAMPLES = """\
+examples:
+  make demo ARGS="--meters 20 --speed 60 --duration 90"
+  python -m prepaid_demo --duration 90 --plain     (the same, in the project's venv)
+"""
+#: the demo is stopped by a person or a closed terminal; only a child dying is a failure
+EXIT_NOTE = "its normal stop (Ctrl-C, SIGTERM, a closed terminal) exits 0; a child that dies, 1"
 
 
 def _positive_float(text: str) -> float:
@@ -43,17 +49,17 @@ def _meters(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+def build_parser() -> CliParser:
+    parser = CliParser(
         prog=PROG,
-        description="prepaid-edge in one command: simulator, broker and gateway, with a live "
+        description="prepaid-edge in one command: simulator, broker and gateway, with a live\n"
         "view of the gateway's MQTT messages. Ctrl-C stops everything.",
+        epilog=EXAMPLES + "\n" + exit_codes_help(note=EXIT_NOTE),
     )
-    parser.add_argument("--meters", type=_meters, default=20, help="simulated meters (default 20)")
-    parser.add_argument(
-        "--speed", type=_speed, default=60.0, help="simulated seconds per second (60)"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="seed of loads and balances (1)")
+    parser.add_version()
+    parser.add_argument("--meters", type=_meters, default=20, help="simulated meters")
+    parser.add_argument("--speed", type=_speed, default=60.0, help="simulated seconds per second")
+    parser.add_argument("--seed", type=int, default=1, help="seed of loads and balances")
     parser.add_argument(
         "--duration",
         type=_positive_float,

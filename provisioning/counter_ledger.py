@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from protocol.tokens.replay import MAX_COUNTER
+from protocol.tokens.token_class import TokenClass
 from provisioning.errors import ProvisionError
 
 FORMAT = "prepaid-edge-vend-counters"
@@ -30,6 +31,10 @@ LEDGER_ENV = "PREPAID_EDGE_VEND_LEDGER"
 DEFAULT_LEDGER = Path("vend-counters.json")
 #: the counter of a meter's first token in a key epoch (the meter accepts 0..65535)
 FIRST_COUNTER = 1
+#: the last counter of an epoch, kept for the key-change token that moves the meter to the
+#: next epoch: that token needs an unused counter of the current one, so no other class
+#: may take it
+KEY_CHANGE_COUNTER = MAX_COUNTER
 
 
 class LedgerError(ProvisionError):
@@ -51,16 +56,26 @@ class CounterLedger:
     def last(self, meter: str, epoch: int) -> int | None:
         return self._last.get(meter, {}).get(str(epoch))
 
-    def take(self, meter: str, epoch: int, counter: int | None, *, force: bool = False) -> int:
+    def take(
+        self,
+        meter: str,
+        epoch: int,
+        counter: int | None,
+        *,
+        force: bool = False,
+        token_class: TokenClass = TokenClass.CREDIT,
+    ) -> int:
         """The counter for the next token of ``meter`` in ``epoch``: ``counter`` if given
-        (refused when already issued, unless ``force``), else the one after the last."""
+        (refused when already issued, unless ``force``), else the one after the last.
+        Only a key-change token may take :data:`KEY_CHANGE_COUNTER`."""
         last = self.last(meter, epoch)
+        highest = MAX_COUNTER if token_class is TokenClass.KEY_CHANGE else KEY_CHANGE_COUNTER - 1
         if counter is None:
             counter = FIRST_COUNTER if last is None else last + 1
             if counter > MAX_COUNTER:
                 raise LedgerError(
                     f"{meter} has used every counter of key epoch {epoch} (last {last}): "
-                    "move the meter to a new epoch with a key-change token"
+                    f"once the meter has taken its key-change token, vend with --epoch {epoch + 1}"
                 )
         elif not 0 <= counter <= MAX_COUNTER:
             raise LedgerError(f"--counter {counter}: a purchase counter is 0..{MAX_COUNTER}")
@@ -69,6 +84,13 @@ class CounterLedger:
                 f"counter {counter} of {meter} (epoch {epoch}) was issued already (the last "
                 f"was {last}): the meter would refuse its token as replayed; leave out "
                 "--counter to take the next one, or add --force to issue it anyway"
+            )
+        if counter > highest:
+            raise LedgerError(
+                f"counter {counter} of {meter} (epoch {epoch}) is kept for the key-change "
+                f"token that ends the epoch: vend that now (--class key-change --value "
+                f"{epoch + 1}, once the gateway holds epoch {epoch + 1}'s keys), then vend "
+                f"with --epoch {epoch + 1}"
             )
         self._last.setdefault(meter, {})[str(epoch)] = max(counter, -1 if last is None else last)
         return counter

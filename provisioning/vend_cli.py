@@ -33,7 +33,7 @@ from protocol.tokens import (
 from protocol.tokens.amount import MAX_KEYPAD_AMOUNT
 from protocol.tokens.keys import METER_KEY_BYTES, VENDING_KEY_BYTES
 from protocol.tokens.online import TXN_ID_BYTES
-from protocol.tokens.token_class import MAX_CREDIT_MINOR, MIN_CREDIT_MINOR
+from protocol.tokens.token_class import VALUE_RANGES
 from provisioning.counter_ledger import (
     DEFAULT_LEDGER,
     LEDGER_ENV,
@@ -44,6 +44,8 @@ from provisioning.key_files import read_secret_file
 from provisioning.keys_cli import SIGNING_KEY_BYTES
 
 _CLASSES = {c.cli_name: c for c in TokenClass}
+#: the classes whose value is money: typed with --amount in currency units
+MONEY_CLASSES = (TokenClass.CREDIT, TokenClass.SET_EMERGENCY_CREDIT)
 
 EXAMPLE = f"""\
 examples:
@@ -52,6 +54,8 @@ examples:
       --meter PE1-000042 --amount 12.50
   meter-provision vend --vending-key vending.key --meter PE1-000042 \\
       --class set-max-power --value 5000
+  meter-provision vend --vending-key vending.key --meter PE1-000042 \\
+      --class set-emergency-credit --amount 5.00
 
 Each token takes the meter's next purchase counter from the counter ledger (--ledger,
 or ${LEDGER_ENV}, else ./{DEFAULT_LEDGER}): per meter and key epoch the last counter
@@ -91,7 +95,11 @@ def add_vend_command(sub: Subcommands) -> None:
         default="credit",
         help="the token's class",
     )
-    parser.add_argument("--amount", help="credit in currency units, e.g. 12.50")
+    parser.add_argument(
+        "--amount",
+        help="credit, or the emergency credit of set-emergency-credit, in currency units, "
+        "e.g. 12.50",
+    )
     parser.add_argument(
         "--currency",
         help="the meter's currency, ISO 4217 (its decimals parse --amount; online tokens carry it)",
@@ -104,7 +112,7 @@ def add_vend_command(sub: Subcommands) -> None:
     parser.add_argument(
         "--value",
         type=int,
-        help="value of a management token: W, tamper mask, minor units, new epoch or test code",
+        help="value of a management token: W, tamper mask, new epoch or test code",
     )
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--vending-key", type=Path, help="keypad: the utility's vending key file")
@@ -144,21 +152,22 @@ def amount_to_minor(text: str, decimals: int) -> int:
 
 
 def _typed_value(args: argparse.Namespace, keypad: bool) -> tuple[TokenClass, int]:
+    """The token's class and value; money (credit, emergency credit) is typed in currency
+    units with --amount and carried in minor units, everything else with --value."""
     token_class = _CLASSES[args.token_class]
-    if token_class is not TokenClass.CREDIT:
+    if token_class not in MONEY_CLASSES:
         if args.value is None or args.amount is not None:
             raise VendError(f"--class {args.token_class} takes --value, not --amount")
         return token_class, args.value
     if args.amount is None or args.value is not None:
-        raise VendError("a credit token takes --amount, not --value")
+        raise VendError(f"--class {args.token_class} takes --amount (currency units), not --value")
     decimals = _decimals(args)
     minor = amount_to_minor(args.amount, decimals)
-    if not MIN_CREDIT_MINOR <= minor <= MAX_CREDIT_MINOR:
-        low, high = (
-            format_amount(m, decimals, grouping=True) for m in (MIN_CREDIT_MINOR, MAX_CREDIT_MINOR)
-        )
-        raise VendError(f"--amount must be {low} to {high}")
-    if keypad and 0 < minor <= MAX_KEYPAD_AMOUNT:
+    low, high = VALUE_RANGES[token_class]
+    if not low <= minor <= high:
+        shown = [format_amount(m, decimals, grouping=True) for m in (low, high)]
+        raise VendError(f"--amount must be {shown[0]} to {shown[1]}")
+    if token_class is TokenClass.CREDIT and keypad and 0 < minor <= MAX_KEYPAD_AMOUNT:
         carried = round_down_to_keypad_amount(minor)
         if carried != minor:
             print(
@@ -170,13 +179,17 @@ def _typed_value(args: argparse.Namespace, keypad: bool) -> tuple[TokenClass, in
     return token_class, minor
 
 
-def _issue_with_counter(args: argparse.Namespace, issue: Callable[[int], str]) -> int:
+def _issue_with_counter(
+    args: argparse.Namespace, token_class: TokenClass, issue: Callable[[int], str]
+) -> int:
     """Take the counter from the ledger, make the token with it, record the counter
     durably, then print the token (stdout) and the counter (stderr)."""
     path = args.ledger or default_ledger_path()
     with open_ledger(path) as ledger:
         before = ledger.last(args.meter, args.epoch)
-        counter = ledger.take(args.meter, args.epoch, args.counter, force=args.force)
+        counter = ledger.take(
+            args.meter, args.epoch, args.counter, force=args.force, token_class=token_class
+        )
         try:
             token = issue(counter)
         except ValueError as exc:
@@ -205,7 +218,7 @@ def vend(args: argparse.Namespace) -> int:
     def issue(counter: int) -> str:
         return group_digits(issue_keypad(key, args.meter, args.epoch, token_class, counter, value))
 
-    return _issue_with_counter(args, issue)
+    return _issue_with_counter(args, token_class, issue)
 
 
 def _vend_online(args: argparse.Namespace) -> int:
@@ -243,4 +256,4 @@ def _vend_online(args: argparse.Namespace) -> int:
         )
         return json.dumps(online_token_document(token), indent=2)
 
-    return _issue_with_counter(args, issue)
+    return _issue_with_counter(args, token_class, issue)

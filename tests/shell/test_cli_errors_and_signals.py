@@ -1,4 +1,4 @@
-"""Each CLI run as a person has it (the installed console scripts, in a subprocess): bad arguments, missing files, garbage and invalid configs and bad values end in one line `PROG COMMAND: error: ...` with exit 2 (1 for a failure found), a run with no command exits 2 with its usage, and Ctrl-C or SIGTERM during a scan, at commissioning's relay question or while it waits for the keypad token ends in one line with exit 130 or 143, keeping what was done (the partial scan table, the relay as it was, no report) — never a traceback."""
+"""Each CLI run as a person has it (the installed console scripts, in a subprocess): bad arguments, missing files, garbage and invalid configs and bad values end in one line `PROG COMMAND: error: ...` with exit 2 (1 for a failure found), a run with no command exits 2 with its usage, and Ctrl-C or SIGTERM during a scan, at commissioning's relay question or while it waits for the keypad token ends in one line with exit 130 or 143, keeping what was done (the partial scan table, the relay as it was, no report), and Ctrl-C at export's or import's passphrase prompt on a terminal writes nothing — never a traceback."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from gateway.public import holder
 from gateway.store import Store
 from protocol.cli import package_version
+from provisioning.sealed_keys import PASSPHRASE_ENV
 from tests.shell.test_provision_cli import cli
 from tests.support.gateway_env import GatewayWorld, to_toml
+from tests.support.pty_terminal import CTRL_C, Terminal
 
 pytestmark = pytest.mark.asyncio
 
@@ -348,6 +351,58 @@ async def test_a_stop_while_waiting_for_the_keypad_token(
     assert ran.err.startswith(f"meter-provision commission: interrupted by {signum.name}")
     assert commission_events(site.folder) == []
     assert await site.relay_closed(1) is True  # switched and back before the wait
+
+
+async def ctrl_c_at_the_prompt(folder: Path, command: str) -> tuple[int, list[str]]:
+    """``command`` typed in a terminal of its own, with no passphrase in the environment
+    (so getpass asks on the terminal), and Ctrl-C typed at the passphrase prompt: the exit
+    status and the terminal's lines."""
+    env = {k: v for k, v in _env().items() if k != PASSPHRASE_ENV}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    terminal = Terminal("prompt", folder, env, folder.parent / "terminal-state")
+    typed = await terminal.type_command(command)
+    deadline = asyncio.get_running_loop().time() + 60
+    try:
+        while "passphrase for the meter keys: " not in typed.raw:
+            assert not typed.ended, f"it ended before asking: {typed.raw!r}"
+            await typed.next_change(deadline)
+        typed.type(CTRL_C)
+        code = await typed.finish(deadline)
+    finally:
+        await typed.kill()
+    return code, [line for line in typed.raw.replace("\r", "").split("\n") if line.strip()]
+
+
+async def test_ctrl_c_at_the_export_and_import_passphrase_prompts(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = site.folder
+    listing = sorted(p.name for p in folder.iterdir())
+    store = (folder / "gateway.db").read_bytes()
+    code, lines = await ctrl_c_at_the_prompt(
+        folder, "meter-provision export --out x.json --with-keys"
+    )
+    assert "Traceback" not in "\n".join(lines), lines
+    assert code == 130, lines
+    assert lines[-1] == "meter-provision export: interrupted by SIGINT", lines
+    # the prompt's line was ended before the last line
+    assert lines[-2].startswith("passphrase for the meter keys: "), lines
+    assert sorted(p.name for p in folder.iterdir()) == listing  # no x.json, no temporary file
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery")
+    made = cli("export", "--config", folder / "gateway.toml", "--out", folder.parent / "site.json",
+               "--with-keys")  # fmt: skip
+    assert made.rc == 0, made.err
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    listing = sorted(p.name for p in folder.iterdir())
+    code, lines = await ctrl_c_at_the_prompt(folder, "meter-provision import ../site.json")
+    assert "Traceback" not in "\n".join(lines), lines
+    assert code == 130, lines
+    assert lines[-1] == "meter-provision import: interrupted by SIGINT", lines
+    # the store's lock file stays, as every command that locks the store leaves it: released
+    assert sorted(p.name for p in folder.iterdir() if p.name != "gateway.db.lock") == listing
+    assert holder(folder / "gateway.db") is None
+    assert (folder / "gateway.db").read_bytes() == store  # nothing imported
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -1,4 +1,4 @@
-"""The help of every CLI keeps the shared conventions: each command and subcommand (vend, the keys and ctl subcommands included) shows an example of itself, every option with a default shows it, and each program's help lists its exit codes and has --version."""
+"""The help of every CLI (prepaid-demo too) keeps the shared conventions: each command and subcommand (vend, the keys and ctl subcommands included) shows an example of itself, every option with a default shows it, and each program's help lists its exit codes and has --version."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from gateway.__main__ import build_parser as gateway_parser
 from meter_sim.cli_args import build_parser as sim_parser
+from prepaid_demo.arguments import build_parser as demo_parser
 from protocol.cli import EXIT_CODE_MEANINGS, CliParser
 from provisioning.__main__ import build_parser as provision_parser
 
@@ -18,16 +19,26 @@ PROGRAMS: dict[str, Callable[[], CliParser]] = {
     "meter-provision": provision_parser,
     "meter-sim": sim_parser,
     "meter-gateway": gateway_parser,
+    "prepaid-demo": demo_parser,
 }
+#: how a person runs a program that is not a console script, as its examples show it
+RUN_AS = {"prepaid-demo": ("make demo ARGS=", "python -m prepaid_demo ")}
 
 
-def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def _subcommands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """Every subcommand parser under ``parser``, at any depth."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):
                 yield sub
-                yield from _commands(sub)
+                yield from _subcommands(sub)
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every command a person types: the subcommands, or the program itself when it has
+    none."""
+    subs = list(_subcommands(parser))
+    yield from subs or [parser]
 
 
 ALL_COMMANDS = [
@@ -50,7 +61,8 @@ def test_every_program_has_commands() -> None:
 def test_every_command_shows_an_example_of_itself(program: str, prog: str) -> None:
     text = _find(prog).format_help()
     assert "example" in text, prog
-    assert f"\n  {prog} " in text, f"{prog}: no example line"
+    starts = RUN_AS.get(prog, (f"{prog} ",))
+    assert any(f"\n  {start}" in text for start in starts), f"{prog}: no example line"
 
 
 @pytest.mark.parametrize(("program", "prog"), ALL_COMMANDS)
@@ -88,10 +100,10 @@ def test_the_config_option_is_the_same_in_gateway_and_provisioning() -> None:
         (action,) = [a for a in parser._actions if "--config" in a.option_strings]
         return action.default, action.metavar, action.help
 
-    gateway = {config_of(p) for p in _commands(gateway_parser())}
+    gateway = {config_of(p) for p in _subcommands(gateway_parser())}
     provisioning = {
         config_of(p)
-        for p in _commands(provision_parser())
+        for p in _subcommands(provision_parser())
         if any("--config" in a.option_strings for a in p._actions)
     }
     assert len(gateway | provisioning) == 1

@@ -196,6 +196,23 @@ def test_management_token(vending_key: Path, capsys: pytest.CaptureFixture[str])
     assert (result.token_class, result.amount) == (TokenClass.SET_MAX_POWER, 5000)
 
 
+@pytest.mark.parametrize(
+    ("money", "currency", "minor"), [("5.00", "KES", 500), ("5", "KES", 500), ("81", "JPY", 81)]
+)
+def test_emergency_credit_is_typed_in_currency_units_and_carried_in_minor_units(
+    vending_key: Path, capsys: pytest.CaptureFixture[str], money: str, currency: str, minor: int
+) -> None:
+    code, out, err = run(
+        capsys, "vend", "--vending-key", str(vending_key), "--meter", METER,
+        "--class", "set-emergency-credit", "--amount", money, "--currency", currency,
+    )  # fmt: skip
+    assert code == 0, err
+    meter_key = derive_meter_key(bytes.fromhex(vending_key.read_text()), METER, 0)
+    result = verify_keypad(out.strip(), METER, meter_key, ReplayWindow.fresh(0))
+    assert isinstance(result, Accepted)
+    assert (result.token_class, result.amount) == (TokenClass.SET_EMERGENCY_CREDIT, minor)
+
+
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o610])
 def test_key_file_others_can_access_is_refused(
     vending_key: Path, capsys: pytest.CaptureFixture[str], mode: int
@@ -231,7 +248,14 @@ def test_key_file_others_can_access_is_refused(
         (["--amount", "0"], "must be 0.01 to 100,000.00"),
         (["--amount", "100000.01"], "must be 0.01 to 100,000.00"),
         (["--amount", "1", "--counter", "70000"], "counter"),
-        (["--value", "5"], "takes --amount"),
+        (["--value", "5"], "--class credit takes --amount (currency units), not --value"),
+        (
+            ["--class", "set-emergency-credit", "--value", "500"],
+            "--class set-emergency-credit takes --amount (currency units), not --value",
+        ),
+        (["--class", "set-emergency-credit"], "takes --amount (currency units)"),
+        (["--class", "set-emergency-credit", "--amount", "81.92"], "must be 0.00 to 81.91"),
+        (["--class", "set-emergency-credit", "--amount", "-1"], "--amount -1 must be positive"),
         (["--class", "clear-tamper", "--amount", "1"], "takes --value"),
         (["--amount", "1", "--meter", "bad id"], "meter id"),
     ],
@@ -244,6 +268,7 @@ def test_bad_requests_get_one_clear_error(
     assert code == 2
     assert out == ""
     assert message in err
+    assert err.count("\n") == 1
 
 
 def test_missing_or_bad_key_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

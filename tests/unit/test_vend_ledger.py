@@ -1,4 +1,4 @@
-"""`meter-provision vend` keeps the vendor's counter ledger: each token takes the meter's next counter per key epoch (both channels share it), a counter issued before is refused unless forced, the file is owner-only and a broken one is refused, and vends running at once never take the same counter."""
+"""`meter-provision vend` keeps the vendor's counter ledger: each token takes the meter's next counter per key epoch (both channels share it), a counter issued before is refused unless forced, the file is owner-only and a broken one is refused, vends running at once never take the same counter, and the last counter of an epoch is kept for the key-change token that ends it."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.tokens import Accepted, ReplayWindow, derive_meter_key, verify_keypad
+from protocol.tokens import Accepted, ReplayWindow, TokenClass, derive_meter_key, verify_keypad
 from provisioning.__main__ import main
 from provisioning.counter_ledger import (
     DEFAULT_LEDGER,
     FIRST_COUNTER,
+    KEY_CHANGE_COUNTER,
     LEDGER_ENV,
     CounterLedger,
     LedgerError,
@@ -137,13 +138,34 @@ def test_a_broken_ledger_is_refused_and_left_alone(
     assert ledger.read_text() == text
 
 
-def test_the_counter_space_of_an_epoch_ends_with_a_clear_refusal(
-    vending_key: Path, capsys: pytest.CaptureFixture[str]
+def test_the_last_counter_of_an_epoch_is_kept_for_the_key_change(
+    vending_key: Path, ledger: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert vend(capsys, vending_key, "--counter", "65535")[0] == 0
-    code, out, err = vend(capsys, vending_key)
+    code, out, err = vend(capsys, vending_key, "--counter", "65534")
+    assert code == 0, err
+    assert counter_of(out, vending_key) == 65534
+    before = ledger.read_bytes()
+    for asked in ((), ("--counter", "65535"), ("--counter", "65535", "--force")):
+        code, out, err = vend(capsys, vending_key, *asked)
+        assert (code, out) == (2, "")
+        assert "counter 65535 of PE1-000042 (epoch 0) is kept for the key-change token" in err
+        assert "vend that now (--class key-change --value 1" in err
+        assert err.count("\n") == 1
+        assert ledger.read_bytes() == before
+    key_change = ["vend", "--vending-key", str(vending_key), "--meter", METER]
+    code = main([*key_change, "--class", "key-change", "--value", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert counter_of(out, vending_key) == 65535
+    assert "counter 65535 for PE1-000042, key epoch 0 (the last was 65534)" in err
+    code = main([*key_change, "--class", "key-change", "--value", "1"])
+    out, err = capsys.readouterr()
     assert (code, out) == (2, "")
-    assert "used every counter of key epoch 0" in err
+    assert "used every counter of key epoch 0 (last 65535)" in err
+    assert "vend with --epoch 1" in err
+    code, out, err = vend(capsys, vending_key, "--epoch", "1")
+    assert code == 0, err
+    assert counter_of(out, vending_key, epoch=1) == FIRST_COUNTER
 
 
 @pytest.mark.asyncio
@@ -167,24 +189,37 @@ async def test_vends_at_once_never_take_the_same_counter(vending_key: Path, ledg
 
 
 @given(
-    st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 70_000)), st.booleans()), max_size=30)
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(0, 70_000), st.integers(65_530, 65_536)),
+            st.booleans(),
+            st.sampled_from(TokenClass),
+        ),
+        max_size=30,
+    )
 )
 @settings(deadline=None)
 def test_the_ledger_never_hands_out_an_issued_counter_unforced(
-    asks: list[tuple[int | None, bool]],
+    asks: list[tuple[int | None, bool, TokenClass]],
 ) -> None:
     book = CounterLedger(Path("unused"), {})
     issued: set[int] = set()
-    for asked, force in asks:
+    for asked, force, token_class in asks:
         last = book.last(METER, 0)
         try:
-            counter = book.take(METER, 0, asked, force=force)
+            counter = book.take(METER, 0, asked, force=force, token_class=token_class)
         except LedgerError:
-            assert asked is None or not 0 <= asked <= 65535 or (last is not None and asked <= last)
+            assert (
+                asked is None
+                or not 0 <= asked <= 65535
+                or (last is not None and asked <= last)
+                or (asked == KEY_CHANGE_COUNTER and token_class is not TokenClass.KEY_CHANGE)
+            )
             continue
         if not force:
             assert counter not in issued
             assert last is None or counter > last
+        assert counter < KEY_CHANGE_COUNTER or token_class is TokenClass.KEY_CHANGE
         issued.add(counter)
         assert book.last(METER, 0) == max(issued)
 
@@ -207,3 +242,6 @@ def test_docs_name_the_ledger_as_the_code_does() -> None:
     assert f"({FIRST_COUNTER} for a meter and epoch new to the ledger)" in text
     assert "mode 0600" in text
     assert "`FILE.lock`" in text
+    assert (
+        f"the last counter of an epoch, {KEY_CHANGE_COUNTER:,}, is kept for the key-change" in text
+    )
