@@ -87,10 +87,11 @@ class KeypadGuard:
 class MeterAbilities:
     """What a meter can take of the management tokens: the key epochs the gateway holds
     a key for (a key change moves only to one of them, as a 20-digit token cannot carry
-    a key), and whether its map has the load-limit register."""
+    a key), and the largest load limit its map's register holds, in W (None: it has no
+    load-limit register)."""
 
     held_epochs: frozenset[int] = field(default_factory=frozenset)
-    load_limit: bool = False
+    load_limit_max_w: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +191,15 @@ def _unable(verdict: Accepted, abilities: MeterAbilities) -> tuple[str, str] | N
             f"no key of epoch {verdict.amount} for this meter: install it first "
             "(meter-provision keys install)"
         )
-    if verdict.token_class is TokenClass.SET_MAX_POWER and not abilities.load_limit:
-        return "no_load_limit", "this meter's register map has no load_limit register"
+    if verdict.token_class is TokenClass.SET_MAX_POWER:
+        largest = abilities.load_limit_max_w
+        if largest is None:
+            return "no_load_limit", "this meter's register map has no load_limit register"
+        if verdict.amount > largest:
+            return "load_limit_out_of_range", (
+                f"{verdict.amount} W is above the {largest} W this meter's load_limit "
+                "register holds"
+            )
     return None
 
 

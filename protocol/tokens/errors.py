@@ -51,6 +51,8 @@ REASON_MEANINGS: dict[str, str] = {
     "token's counter stays unused",
     "invalid_emergency_credit": "an emergency credit the meter's settings cannot take; the "
     "token's counter stays unused",
+    "load_limit_out_of_range": "set maximum power above what the meter's load limit register "
+    "holds (PE-1: 65,535 W); the token's counter stays unused",
 }
 
 
