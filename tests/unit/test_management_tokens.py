@@ -43,6 +43,7 @@ from gateway.core.token_intake import (
 from gateway.load_limit import largest_load_limit_w, write_load_limit
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import TcpPort
+from gateway.store.cycle import encode_body
 from meter_sim.clock import VirtualClock
 from meter_sim.simulator import Simulator
 from protocol.regmap import ValueType, load_map, shipped_map_names
@@ -192,6 +193,8 @@ def test_set_max_power_above_what_the_register_holds_is_refused_before_its_count
     assert not any(isinstance(c, SetLoadLimit | TopUpDecision) for c in commands)
     assert "max_power_set" not in events(commands)
     assert events(commands)["token_rejected"]["reason"] == "load_limit_out_of_range"
+    # The refusal is an enum member; the stored and published text is its value as before.
+    assert '"reason":"load_limit_out_of_range"' in encode_body(events(commands)["token_rejected"])
     # The largest value the keypad carries within the register is carried out.
     assert keypad(TokenClass.SET_MAX_POWER, 65_530, 1).verdict == "accepted"
 
