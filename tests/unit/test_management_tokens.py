@@ -1,4 +1,4 @@
-"""Management tokens carried out (issue 18 item 1), keypad and online, through the pure token intake and the core step: key change to an installed epoch (old-epoch tokens refused after it, counters afresh past 65,535), set maximum power (a load-limit write, refused on a map without one or above what its register holds, and a write the meter cannot take reported as a mismatch), clear tamper, set emergency credit and the test token (no counter used, nothing forgiven, shown on the display)."""
+"""Management tokens carried out (issue 18 item 1), keypad and online, through the pure token intake and the core step: key change to an installed epoch (old-epoch tokens refused after it, counters afresh past 65,535), set maximum power (a load-limit write, refused on a map without one or above what its register holds, and a write the meter cannot take reported as a mismatch), clear tamper, set emergency credit (refused when the settings cannot take it) and the test token (no counter used, nothing forgiven, shown on the display)."""
 
 from __future__ import annotations
 
@@ -276,6 +276,24 @@ def test_set_emergency_credit_changes_the_overdraft_and_the_credit_state() -> No
     state, _ = step(state, ReadingReceived(METER, 12_500, later), later)  # 2.5 kWh: 250
     assert state.ledger.balance == -100
     assert state.credit is CreditState.EMERGENCY  # with no emergency credit: exhausted
+
+
+def test_an_emergency_credit_the_settings_cannot_take_is_refused_and_changes_nothing() -> None:
+    state = meter()
+    settings = replace(state.settings, overdraft_limit=500, reconnect_threshold=-400)
+    state = replace(state, settings=settings)
+    # 100 of emergency credit would leave reconnection at -400, below -100: not a setting.
+    after, commands = carried_out(keypad(TokenClass.SET_EMERGENCY_CREDIT, 100, 1), state)
+    decisions = [c for c in commands if isinstance(c, TopUpDecision)]
+    assert [(d.accepted, d.reason) for d in decisions] == [(False, "invalid_emergency_credit")]
+    body = events(commands)["token_rejected"]
+    assert body["reason"] == "invalid_emergency_credit"
+    assert "reconnect_threshold" in body["details"]["detail"]
+    assert "emergency_credit_set" not in events(commands)
+    assert after.settings.overdraft_limit == 500
+    assert after.settings == settings
+    displays = [c for c in commands if isinstance(c, WriteDisplay)]
+    assert displays[-1].code is DisplayCode.TOKEN_REJECTED
 
 
 def test_test_token_uses_no_counter_forgives_nothing_and_shows_on_the_display() -> None:
