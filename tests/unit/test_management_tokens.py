@@ -46,6 +46,8 @@ from gateway.modbus_port import TcpPort
 from gateway.store.cycle import encode_body
 from meter_sim.clock import VirtualClock
 from meter_sim.simulator import Simulator
+from protocol.codec import decode, encode, integer_range
+from protocol.errors import EncodeError
 from protocol.regmap import ValueType, load_map, shipped_map_names
 from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.keys import derive_meter_key
@@ -199,6 +201,10 @@ def test_set_max_power_above_what_the_register_holds_is_refused_before_its_count
     assert keypad(TokenClass.SET_MAX_POWER, 65_530, 1).verdict == "accepted"
 
 
+def integer_range_of(value_type: ValueType) -> tuple[int, int] | None:
+    return integer_range(replace(load_map("pe1").point("load_limit"), type=value_type))
+
+
 def test_the_largest_load_limit_comes_from_the_registers_type_and_scale() -> None:
     pe1 = load_map("pe1")
     assert largest_load_limit_w(pe1) == 65_535
@@ -211,6 +217,18 @@ def test_the_largest_load_limit_comes_from_the_registers_type_and_scale() -> Non
     )
     assert largest_load_limit_w(tenfold) == 327_670
     assert [n for n in shipped_map_names() if largest_load_limit_w(load_map(n))] == ["pe1"]
+
+
+@pytest.mark.parametrize("value_type", [t for t in ValueType if integer_range_of(t)])
+def test_an_integer_points_range_is_what_the_codec_encodes(value_type: ValueType) -> None:
+    low, high = integer_range_of(value_type) or (0, 0)
+    registers = (high - low).bit_length() // 16
+    point = replace(load_map("pe1").point("load_limit"), type=value_type, count=registers)
+    assert decode(point, encode(point, high)) == high
+    assert decode(point, encode(point, low)) == low
+    for outside in (low - 1, high + 1):
+        with pytest.raises(EncodeError, match="does not fit"):
+            encode(point, outside)
 
 
 def test_set_max_power_online_twin_above_the_register_is_refused_the_same_way() -> None:
