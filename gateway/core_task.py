@@ -34,6 +34,7 @@ from gateway.core.token_intake import (
     TokenOutcome,
     intake_keypad,
 )
+from gateway.load_limit import largest_load_limit_w
 from gateway.runtime import (
     Action,
     CoreItem,
@@ -114,7 +115,9 @@ class CoreTask:
         self, rt: MeterRuntime, work: KeypadEntry | OnlineTopUp, pending: Pending, now: datetime
     ) -> TokenOutcome:
         currency = pending.state.settings.tariffs.at(now).currency
-        abilities = MeterAbilities(frozenset(rt.next_keys), rt.target.io.regmap.has("load_limit"))
+        abilities = MeterAbilities(
+            frozenset(rt.next_keys), largest_load_limit_w(rt.target.io.regmap)
+        )
         if isinstance(work, KeypadEntry):
             key = rt.key_for(pending.window.epoch)
             return intake_keypad(work, key, pending.window, pending.lockout, currency, abilities)

@@ -220,6 +220,17 @@ def encode(point: Point, value: Value) -> list[int]:
     raise EncodeError(f"{point.name}: unsupported type {point.type}")  # pragma: no cover
 
 
+def integer_range(point: Point) -> tuple[int, int] | None:
+    """The smallest and largest raw value an integer point holds (None for other types)."""
+    fmt = _INT_FORMATS.get(point.type)
+    if fmt is None:
+        return None
+    bits = 8 * struct.calcsize(fmt)
+    if fmt[-1].islower():  # signed
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
 def physical(point: Point, value: Value) -> Decimal:
     """A numeric value in the point's unit: raw times scale, exact for integer types."""
     if isinstance(value, bool) or not isinstance(value, int | float):

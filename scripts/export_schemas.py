@@ -22,7 +22,7 @@ from protocol.mqtt import (
     command_names,
     json_schemas,
 )
-from protocol.tokens.errors import REASON_MEANINGS, RejectReason
+from protocol.tokens.errors import REASON_MEANINGS, GatewayRefusal, RejectReason
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 #: ``<!-- generated: NAME -->`` ... ``<!-- /generated -->``
@@ -46,7 +46,7 @@ def _bullets(pairs: Iterable[tuple[str, str]]) -> str:
 
 def _complete(name: str, values: Iterable[str], meanings: dict[str, str]) -> None:
     """Every value has its one line, and no line names a value the code lacks."""
-    values = list(values)
+    values = [str(v) for v in values]
     if set(values) != set(meanings):
         missing, extra = set(values) - set(meanings), set(meanings) - set(values)
         raise SystemExit(f"{name}: no meaning for {sorted(missing)}; unknown {sorted(extra)}")
@@ -82,8 +82,7 @@ def vocabulary() -> dict[str, str]:
     _complete("credit states", CreditState, states)
     _complete("relay words", get_args(RelayWord), RELAY_MEANINGS)
     reasons = {str(k): v for k, v in REASON_MEANINGS.items()}
-    if not {str(r) for r in RejectReason} <= set(reasons):
-        raise SystemExit("a RejectReason has no meaning")
+    _complete("token reasons", [*RejectReason, *GatewayRefusal], reasons)
     return {
         "commands": _commands(),
         "command-errors": _bullets(errors.items()),

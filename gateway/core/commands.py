@@ -8,6 +8,7 @@ from typing import Literal
 
 from gateway.core.frozen import quick_init
 from protocol.messages import JsonValue
+from protocol.tokens.errors import TokenRefusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class TopUpDecision:
     meter_id: str
     token_id: str
     accepted: bool
-    reason: str
+    reason: Literal["accepted"] | TokenRefusal
     credited: int = 0
     debt_recovered: int = 0
 

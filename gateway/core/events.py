@@ -12,6 +12,7 @@ from gateway.core.frozen import quick_init
 from gateway.core.tariff import Tariff
 from protocol.event_kinds import EventKind
 from protocol.messages import JsonValue
+from protocol.tokens.errors import TokenRefusal
 
 Channel = Literal["keypad", "online"]
 
@@ -100,7 +101,7 @@ class TokenRejected:
     """A token refused before the core saw its money; the core only reports it."""
 
     meter_id: str
-    reason: str
+    reason: TokenRefusal
     channel: Channel
     at: datetime
     token_id: str | None = None

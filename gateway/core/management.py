@@ -16,6 +16,7 @@ from gateway.core.events import LoadLimitObserved, ManagementTokenAccepted
 from gateway.core.step_run import StepRun
 from protocol.event_kinds import EventKind
 from protocol.messages import JsonValue
+from protocol.tokens.errors import GatewayRefusal
 from protocol.tokens.token_class import TokenClass, tamper_flags_of_mask
 
 
@@ -56,10 +57,15 @@ def apply_management_token(run: StepRun, event: ManagementTokenAccepted) -> None
                 settings = replace(run.settings, overdraft_limit=event.value)
             except ValueError as exc:
                 run.commands.append(
-                    TopUpDecision(meter, event.token_id, False, "invalid_emergency_credit")
+                    TopUpDecision(
+                        meter, event.token_id, False, GatewayRefusal.INVALID_EMERGENCY_CREDIT
+                    )
                 )
                 run.publish_event(
-                    EventKind.TOKEN_REJECTED, "invalid_emergency_credit", detail=str(exc), **details
+                    EventKind.TOKEN_REJECTED,
+                    GatewayRefusal.INVALID_EMERGENCY_CREDIT,
+                    detail=str(exc),
+                    **details,
                 )
                 run.display = DisplayCode.TOKEN_REJECTED
                 return

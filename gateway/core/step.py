@@ -45,6 +45,7 @@ from gateway.core.states import REMOTE_TRIGGERS, CreditState, Trigger
 from gateway.core.steady import steady_reading
 from gateway.core.step_run import StepRun
 from protocol.event_kinds import EventKind
+from protocol.tokens.errors import GatewayRefusal, RejectReason, TokenRefusal
 
 #: ``PollFailed.kind`` of a reading whose values the ledger cannot take.
 INVALID_VALUE_FAILURE = "invalid_value"
@@ -149,11 +150,11 @@ def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:
     is not positive or the balance would pass the maximum."""
     ledger, settings = run.state.ledger, run.settings
     if event.amount <= 0:
-        refuse_top_up(run, event.token_id, "invalid_amount", event.amount)
+        refuse_top_up(run, event.token_id, RejectReason.AMOUNT_OUT_OF_RANGE, event.amount)
         return
     recovered = settings.tariffs.at(run.now).debt_recovery(event.amount, ledger.debt)
     if ledger.balance + event.amount - recovered > settings.max_balance:
-        refuse_top_up(run, event.token_id, "over_max_balance", event.amount)
+        refuse_top_up(run, event.token_id, GatewayRefusal.OVER_MAX_BALANCE, event.amount)
         run.display = DisplayCode.OVER_MAX_BALANCE
         return
     run.set_ledger(ledger.top_up(event.amount, recovered))
@@ -174,7 +175,7 @@ def credit_top_up(run: StepRun, event: TopUpAccepted) -> None:
     run.display = DisplayCode.TOKEN_ACCEPTED
 
 
-def refuse_top_up(run: StepRun, token_id: str, reason: str, amount: int) -> None:
+def refuse_top_up(run: StepRun, token_id: str, reason: TokenRefusal, amount: int) -> None:
     balance = run.state.ledger.balance
     run.commands.append(TopUpDecision(run.state.meter_id, token_id, False, reason))
     run.publish_event(

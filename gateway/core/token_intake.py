@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import cast
+from typing import Literal, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core.commands import TopUpDecision
 from gateway.core.events import Event, ManagementTokenAccepted, TokenRejected, TopUpAccepted
 from protocol.messages import JsonValue
-from protocol.tokens.errors import RejectReason
+from protocol.tokens.errors import GatewayRefusal, RejectReason, TokenRefusal
 from protocol.tokens.keypad import verify_keypad
 from protocol.tokens.keys import MeterKey
 from protocol.tokens.lockout import (
@@ -87,10 +87,11 @@ class KeypadGuard:
 class MeterAbilities:
     """What a meter can take of the management tokens: the key epochs the gateway holds
     a key for (a key change moves only to one of them, as a 20-digit token cannot carry
-    a key), and whether its map has the load-limit register."""
+    a key), and the largest load limit its map's register holds, in W (None: it has no
+    load-limit register)."""
 
     held_epochs: frozenset[int] = field(default_factory=frozenset)
-    load_limit: bool = False
+    load_limit_max_w: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,8 @@ class TokenOutcome:
     """What a token led to, before the core decides on its money."""
 
     event: Event | None
-    verdict: str
+    #: ``accepted``, ``already_consumed`` (an entry seen again after a crash) or a refusal
+    verdict: Literal["accepted", "already_consumed"] | TokenRefusal
     window: ReplayWindow | None = None
     lockout: KeypadGuard | None = None
     ack_keypad_seq: int | None = None
@@ -123,7 +125,7 @@ class TokenOutcome:
 
 def _rejected_event(
     meter_id: str,
-    reason: str,
+    reason: TokenRefusal,
     channel: Channel,
     at: datetime,
     *,
@@ -163,8 +165,10 @@ def intake_keypad(  # noqa: PLR0917  (the core task's one call)
     if allowed is not True:
         detail = f"retry after {allowed.isoformat()}"
         return TokenOutcome(
-            _rejected_event(entry.meter_id, "locked_out", Channel.KEYPAD, entry.at, detail=detail),
-            "locked_out",
+            _rejected_event(
+                entry.meter_id, GatewayRefusal.LOCKED_OUT, Channel.KEYPAD, entry.at, detail=detail
+            ),
+            GatewayRefusal.LOCKED_OUT,
             lockout=consumed,
             ack_keypad_seq=entry.seq,
             detail=detail,
@@ -182,16 +186,25 @@ def intake_keypad(  # noqa: PLR0917  (the core task's one call)
     )
 
 
-def _unable(verdict: Accepted, abilities: MeterAbilities) -> tuple[str, str] | None:
+def _unable(verdict: Accepted, abilities: MeterAbilities) -> tuple[GatewayRefusal, str] | None:
     """Why this meter cannot carry out a genuine management token (reason, detail), or
     None. The counter stays unused, so the token works once the meter can."""
     if verdict.token_class is TokenClass.KEY_CHANGE and verdict.amount not in abilities.held_epochs:
-        return "key_not_held", (
+        return GatewayRefusal.KEY_NOT_HELD, (
             f"no key of epoch {verdict.amount} for this meter: install it first "
             "(meter-provision keys install)"
         )
-    if verdict.token_class is TokenClass.SET_MAX_POWER and not abilities.load_limit:
-        return "no_load_limit", "this meter's register map has no load_limit register"
+    if verdict.token_class is TokenClass.SET_MAX_POWER:
+        largest = abilities.load_limit_max_w
+        if largest is None:
+            return GatewayRefusal.NO_LOAD_LIMIT, (
+                "this meter's register map has no load_limit register"
+            )
+        if verdict.amount > largest:
+            return GatewayRefusal.LOAD_LIMIT_OUT_OF_RANGE, (
+                f"{verdict.amount} W is above the {largest} W this meter's load_limit "
+                "register holds"
+            )
     return None
 
 
@@ -261,7 +274,7 @@ def _outcome(
         keypad = lockout.keypad
         if verdict.counts_toward_lockout and channel is Channel.KEYPAD:
             keypad, alarm = lockout_after_failure(keypad, at, POLICY)
-        reason = verdict.reason.value
+        reason = verdict.reason
         return TokenOutcome(
             _rejected_event(meter_id, reason, channel, at, detail=verdict.detail, alarm=alarm),
             reason,

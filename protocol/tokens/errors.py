@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TypeAlias
 
 from protocol.errors import ProtocolError
 
@@ -26,9 +27,24 @@ class RejectReason(StrEnum):
         return self is not RejectReason.TYPO
 
 
-#: Why a token was refused, one line each (docs/mqtt.md renders them): every
-#: :class:`RejectReason`, then the refusals the gateway adds around verification.
-REASON_MEANINGS: dict[str, str] = {
+class GatewayRefusal(StrEnum):
+    """A refusal the gateway adds around verification: the keypad is locked, or the token
+    is genuine but this meter cannot take it now (its counter stays unused)."""
+
+    LOCKED_OUT = "locked_out"
+    OVER_MAX_BALANCE = "over_max_balance"
+    KEY_NOT_HELD = "key_not_held"
+    NO_LOAD_LIMIT = "no_load_limit"
+    INVALID_EMERGENCY_CREDIT = "invalid_emergency_credit"
+    LOAD_LIMIT_OUT_OF_RANGE = "load_limit_out_of_range"
+
+
+#: Why a token was refused: the token's own fault, or what the gateway adds.
+TokenRefusal: TypeAlias = RejectReason | GatewayRefusal
+
+#: Why a token was refused, one line each (docs/mqtt.md renders them, and
+#: scripts/export_schemas.py fails unless every member of both enumerations has its line).
+REASON_MEANINGS: dict[TokenRefusal, str] = {
     RejectReason.TYPO: "a mistyped keypad token (its check digits fail): costs the customer "
     "no lockout guess",
     RejectReason.MALFORMED: "not a token of any known form",
@@ -42,15 +58,17 @@ REASON_MEANINGS: dict[str, str] = {
     RejectReason.BAD_SIGNATURE: "an online token whose signature does not verify",
     RejectReason.AMOUNT_OUT_OF_RANGE: "an amount the token format or the meter's currency "
     "does not allow",
-    "locked_out": "the keypad is locked after too many wrong tokens (keypad only; "
-    "`details.detail` says until when)",
-    "over_max_balance": "crediting it would take the balance over the meter's maximum",
-    "key_not_held": "a key change to an epoch whose key is not installed on the gateway "
-    "(`meter-provision keys install`); the token's counter stays unused",
-    "no_load_limit": "set maximum power on a meter whose map has no load limit register; the "
-    "token's counter stays unused",
-    "invalid_emergency_credit": "an emergency credit the meter's settings cannot take; the "
-    "token's counter stays unused",
+    GatewayRefusal.LOCKED_OUT: "the keypad is locked after too many wrong tokens (keypad "
+    "only; `details.detail` says until when)",
+    GatewayRefusal.OVER_MAX_BALANCE: "crediting it would take the balance over the meter's maximum",
+    GatewayRefusal.KEY_NOT_HELD: "a key change to an epoch whose key is not installed on the "
+    "gateway (`meter-provision keys install`); the token's counter stays unused",
+    GatewayRefusal.NO_LOAD_LIMIT: "set maximum power on a meter whose map has no load limit "
+    "register; the token's counter stays unused",
+    GatewayRefusal.INVALID_EMERGENCY_CREDIT: "an emergency credit the meter's settings cannot "
+    "take; the token's counter stays unused",
+    GatewayRefusal.LOAD_LIMIT_OUT_OF_RANGE: "set maximum power above what the meter's load "
+    "limit register holds (PE-1: 65,535 W); the token's counter stays unused",
 }
 
 

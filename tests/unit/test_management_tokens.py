@@ -1,11 +1,15 @@
-"""Management tokens carried out (issue 18 item 1), keypad and online, through the pure token intake and the core step: key change to an installed epoch (old-epoch tokens refused after it, counters afresh past 65,535), set maximum power (a load-limit write, refused on a map without one), clear tamper, set emergency credit and the test token (no counter used, nothing forgiven, shown on the display)."""
+"""Management tokens carried out (issue 18 item 1), keypad and online, through the pure token intake and the core step: key change to an installed epoch (old-epoch tokens refused after it, counters afresh past 65,535), set maximum power (a load-limit write, refused on a map without one or above what its register holds, and a write the meter cannot take reported as a mismatch), clear tamper, set emergency credit (refused when the settings cannot take it) and the test token (no counter used, nothing forgiven, shown on the display)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
+from gateway.actuator import MeterTarget
 from gateway.core.commands import (
     Command,
     DisplayCode,
@@ -14,7 +18,13 @@ from gateway.core.commands import (
     TopUpDecision,
     WriteDisplay,
 )
-from gateway.core.events import ManagementTokenAccepted, ReadingReceived, TopUpAccepted
+from gateway.core.events import (
+    LoadLimitObserved,
+    ManagementTokenAccepted,
+    ReadingReceived,
+    TokenRejected,
+    TopUpAccepted,
+)
 from gateway.core.meter_state import MeterState, enrol
 from gateway.core.settings import MeterSettings
 from gateway.core.states import CreditState
@@ -30,6 +40,15 @@ from gateway.core.token_intake import (
     intake_keypad,
     intake_online,
 )
+from gateway.load_limit import largest_load_limit_w, write_load_limit
+from gateway.meter_io import MeterIO
+from gateway.modbus_port import TcpPort
+from gateway.store.cycle import encode_body
+from meter_sim.clock import VirtualClock
+from meter_sim.simulator import Simulator
+from protocol.codec import decode, encode, integer_range
+from protocol.errors import EncodeError
+from protocol.regmap import ValueType, load_map, shipped_map_names
 from protocol.tokens.keypad import issue_keypad
 from protocol.tokens.keys import derive_meter_key
 from protocol.tokens.lockout import KeypadLockout, lockout_after_failure
@@ -40,7 +59,7 @@ from tests.support.gateway_env import ONLINE_KEY, VENDING_KEY, b64
 
 METER = "PE1-000007"
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
-PE1 = MeterAbilities(frozenset({1}), load_limit=True)
+PE1 = MeterAbilities(frozenset({1}), largest_load_limit_w(load_map("pe1")))
 GUARD = KeypadGuard(KeypadLockout())
 
 
@@ -155,11 +174,97 @@ def test_set_max_power_writes_the_load_limit() -> None:
 
 
 def test_set_max_power_on_a_map_without_a_load_limit_is_refused_with_a_reason() -> None:
-    no_register = MeterAbilities(frozenset({1}), load_limit=False)
+    no_register = MeterAbilities(frozenset({1}), load_limit_max_w=None)
     outcome = keypad(TokenClass.SET_MAX_POWER, 2500, 1, abilities=no_register)
     assert outcome.verdict == "no_load_limit"
     assert "load_limit register" in outcome.detail
     assert outcome.window is None
+
+
+def test_set_max_power_above_what_the_register_holds_is_refused_before_its_counter() -> None:
+    assert PE1.load_limit_max_w == 65_535  # PE-1's load_limit is a u16 of 1 W
+    outcome = keypad(TokenClass.SET_MAX_POWER, 65_540, 1)  # the keypad's next 10 W step
+    assert outcome.verdict == "load_limit_out_of_range"
+    assert "65535" in outcome.detail
+    assert isinstance(outcome.event, TokenRejected)
+    assert outcome.event.reason == "load_limit_out_of_range"
+    assert outcome.window is None  # the counter stays unused
+    assert outcome.lockout is not None
+    assert outcome.lockout.keypad == GUARD.keypad  # a genuine token: no failure counted
+    _, commands = step(meter(), outcome.event, T0)
+    assert not any(isinstance(c, SetLoadLimit | TopUpDecision) for c in commands)
+    assert "max_power_set" not in events(commands)
+    assert events(commands)["token_rejected"]["reason"] == "load_limit_out_of_range"
+    # The refusal is an enum member; the stored and published text is its value as before.
+    assert '"reason":"load_limit_out_of_range"' in encode_body(events(commands)["token_rejected"])
+    # The largest value the keypad carries within the register is carried out.
+    assert keypad(TokenClass.SET_MAX_POWER, 65_530, 1).verdict == "accepted"
+
+
+def integer_range_of(value_type: ValueType) -> tuple[int, int] | None:
+    return integer_range(replace(load_map("pe1").point("load_limit"), type=value_type))
+
+
+def test_the_largest_load_limit_comes_from_the_registers_type_and_scale() -> None:
+    pe1 = load_map("pe1")
+    assert largest_load_limit_w(pe1) == 65_535
+    tenfold = replace(
+        pe1,
+        points=tuple(
+            replace(p, type=ValueType.I16, scale=Decimal(10)) if p.name == "load_limit" else p
+            for p in pe1.points
+        ),
+    )
+    assert largest_load_limit_w(tenfold) == 327_670
+    assert [n for n in shipped_map_names() if largest_load_limit_w(load_map(n))] == ["pe1"]
+
+
+@pytest.mark.parametrize("value_type", [t for t in ValueType if integer_range_of(t)])
+def test_an_integer_points_range_is_what_the_codec_encodes(value_type: ValueType) -> None:
+    low, high = integer_range_of(value_type) or (0, 0)
+    registers = (high - low).bit_length() // 16
+    point = replace(load_map("pe1").point("load_limit"), type=value_type, count=registers)
+    assert decode(point, encode(point, high)) == high
+    assert decode(point, encode(point, low)) == low
+    for outside in (low - 1, high + 1):
+        with pytest.raises(EncodeError, match="does not fit"):
+            encode(point, outside)
+
+
+def test_set_max_power_online_twin_above_the_register_is_refused_the_same_way() -> None:
+    keys = {"v1": ONLINE_KEY.public_key()}
+    token = issue_online(
+        ONLINE_KEY, "v1", METER, 3, TokenClass.SET_MAX_POWER, 81_910, "KES", bytes(16),
+        T0, T0 + timedelta(days=1),
+    )  # fmt: skip
+    outcome = intake_online(
+        OnlineTopUp(METER, token, T0), keys, window=ReplayWindow(0), currency="KES", now=T0,
+        abilities=PE1,
+    )  # fmt: skip
+    assert (outcome.verdict, outcome.window) == ("load_limit_out_of_range", None)
+    assert isinstance(outcome.event, TokenRejected)
+    assert outcome.event.channel == "online"
+
+
+@pytest.mark.asyncio
+async def test_a_load_limit_the_meter_cannot_take_reaches_the_headend_as_a_mismatch() -> None:
+    async with Simulator.start(meters=1, clock=VirtualClock()) as sim:
+        port = TcpPort("tcp", *sim.tcp_address, concurrency=1, timeout=2.0)
+        target = MeterTarget(METER, port, 1, MeterIO(load_map("pe1")))
+        try:
+            held = await write_load_limit(target, 2500, T0)
+            # Past the token intake's check (a map changed under it): refused by the codec.
+            refused = await write_load_limit(target, 70_000, T0)
+        finally:
+            await port.close()
+        assert sim.state(1)["load_limit_w"] == 2500
+    assert held == LoadLimitObserved(METER, 2500, 2500, T0)
+    assert (refused.requested_w, refused.observed_w) == (70_000, None)
+    assert "does not fit u16" in refused.error
+    _, commands = step(meter(), refused, T0)
+    body = events(commands)["load_limit_mismatch"]
+    assert body["details"] == {"requested_w": 70_000, "observed_w": None}
+    assert "does not fit" in str(body["reason"])
 
 
 def test_clear_tamper_clears_the_named_flags_so_a_lasting_tamper_is_reported_again() -> None:
@@ -189,6 +294,24 @@ def test_set_emergency_credit_changes_the_overdraft_and_the_credit_state() -> No
     state, _ = step(state, ReadingReceived(METER, 12_500, later), later)  # 2.5 kWh: 250
     assert state.ledger.balance == -100
     assert state.credit is CreditState.EMERGENCY  # with no emergency credit: exhausted
+
+
+def test_an_emergency_credit_the_settings_cannot_take_is_refused_and_changes_nothing() -> None:
+    state = meter()
+    settings = replace(state.settings, overdraft_limit=500, reconnect_threshold=-400)
+    state = replace(state, settings=settings)
+    # 100 of emergency credit would leave reconnection at -400, below -100: not a setting.
+    after, commands = carried_out(keypad(TokenClass.SET_EMERGENCY_CREDIT, 100, 1), state)
+    decisions = [c for c in commands if isinstance(c, TopUpDecision)]
+    assert [(d.accepted, d.reason) for d in decisions] == [(False, "invalid_emergency_credit")]
+    body = events(commands)["token_rejected"]
+    assert body["reason"] == "invalid_emergency_credit"
+    assert "reconnect_threshold" in body["details"]["detail"]
+    assert "emergency_credit_set" not in events(commands)
+    assert after.settings.overdraft_limit == 500
+    assert after.settings == settings
+    displays = [c for c in commands if isinstance(c, WriteDisplay)]
+    assert displays[-1].code is DisplayCode.TOKEN_REJECTED
 
 
 def test_test_token_uses_no_counter_forgives_nothing_and_shows_on_the_display() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from protocol.mqtt import (
     decode_message,
     signing_bytes,
 )
-from scripts.export_schemas import PAGE, refreshed, render
+from protocol.tokens.errors import REASON_MEANINGS, GatewayRefusal, RejectReason
+from scripts import export_schemas
+from scripts.export_schemas import BLOCK, PAGE, refreshed, render, vocabulary
 from scripts.gen_config_reference import DOC, updated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +123,26 @@ def test_the_pages_enumerations_are_the_codes() -> None:
     page = PAGE.read_text()
     assert page.count("<!-- generated: ") == 6
     assert page == refreshed(page), "docs/mqtt.md is stale: run python scripts/export_schemas.py"
+
+
+def test_the_token_reasons_are_both_enumerations_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The page lists every reason the token checks and the gateway give, in the enums'
+    order, and rendering fails on a reason without its line or a line without its reason."""
+    blocks = {m.group(2): m.group(3) for m in BLOCK.finditer(PAGE.read_text())}
+    listed = re.findall(r"^- `([a-z_]+)`: ", blocks["token-reasons"], re.M)
+    assert listed == [*RejectReason, *GatewayRefusal]
+    assert all(isinstance(r, RejectReason | GatewayRefusal) for r in REASON_MEANINGS)
+    unexplained = {r: m for r, m in REASON_MEANINGS.items() if r != GatewayRefusal.KEY_NOT_HELD}
+    monkeypatch.setattr(export_schemas, "REASON_MEANINGS", unexplained)
+    with pytest.raises(SystemExit, match=r"token reasons: no meaning for \['key_not_held'\]"):
+        vocabulary()
+    unknown = {str(r): m for r, m in REASON_MEANINGS.items()}
+    unknown["invalid_amount"] = "a reason no code gives"
+    monkeypatch.setattr(export_schemas, "REASON_MEANINGS", unknown)
+    with pytest.raises(SystemExit, match=r"unknown \['invalid_amount'\]"):
+        vocabulary()
 
 
 def test_config_reference_is_current() -> None:
