@@ -1,12 +1,14 @@
-"""An integrator's headend, written from docs/mqtt.md, docs/tokens.md, docs/simulator.md, docs/field-guide.md and the schema files alone (it imports nothing of ours), against a site provisioned with the console scripts: cut-off, keypad and online top-ups, replays, signed commands (and their refusals), a command queued while the gateway is down, a gateway SIGKILL and a broker SIGKILL; every message matches its schema, each meter's seq is gap-free after resends, the money adds up to the minor unit, the Last Will and status ages are right, and the broker's retained view is each meter's latest balance."""
+"""An integrator's headend, written from docs/mqtt.md, docs/tokens.md, docs/simulator.md, docs/field-guide.md and the schema files alone (it imports only the standard library, pytest, paho, cryptography and jsonschema, and runs its own Mosquitto with the page's broker settings), against a site provisioned with the console scripts: cut-off, keypad and online top-ups, replays, signed commands (and their refusals), a command queued while the gateway is down, a gateway SIGKILL and a broker SIGKILL; every message matches its schema, each meter's seq is gap-free after resends, the money adds up to the minor unit, the Last Will and status ages are right, and the broker's retained view is each meter's latest balance."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +29,6 @@ from jsonschema import Draft202012Validator
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from tests.support.mosquitto import Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -98,11 +98,69 @@ def relay_command(
     }
 
 
+class Broker:
+    """Mosquitto with the settings docs/mqtt.md shows (*The broker settings we test with*),
+    plus what the page leaves to us: a loopback listener, anonymous clients, a folder for
+    its persistence file and its log."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, folder: Path) -> None:
+        page = (ROOT / "docs" / "mqtt.md").read_text()
+        block = re.search(r"```conf\n(# mosquitto\.conf.*?)```", page, re.DOTALL)
+        assert block is not None, "docs/mqtt.md shows no mosquitto.conf block"
+        with socket.socket() as s:
+            s.bind((self.host, 0))
+            self.port: int = s.getsockname()[1]
+        self.log_path = folder / "mosquitto.log"
+        self.conf = folder / "mosquitto.conf"
+        ours = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",  # Mosquitto 2.0 refuses anonymous clients by default
+            f"persistence_location {folder}/",
+            f"log_dest file {self.log_path}",
+        ]
+        if os.geteuid() == 0:  # as root it would drop to `mosquitto`, locked out of folder
+            ours.append("user root")
+        self.conf.write_text(block.group(1) + "\n".join(ours) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:  # listening: nothing to await but a connection that is accepted
+            assert self.proc.poll() is None, f"mosquitto exited: {self.log_path.read_text()}"
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator would; SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 class Headend:
     """Subscribes with a persistent session and plain filters on every connect, validates
     every message against its schema, keeps each meter's messages by seq."""
 
-    def __init__(self, broker: Mosquitto) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.validators = {
             p.name.removesuffix(".schema.json"): Draft202012Validator(json.loads(p.read_text()))
             for p in (ROOT / "docs" / "schemas").glob("*.schema.json")
@@ -229,7 +287,7 @@ class Headend:
         self.pause()
 
 
-def wait_published(broker: Mosquitto, meter: str, beyond: int, count: int) -> None:
+def wait_published(broker: Broker, meter: str, beyond: int, count: int) -> None:
     """Watch (with a client of its own) until the gateway published ``count`` messages of
     ``meter`` after seq ``beyond``: the broker acknowledged them."""
     got: queue.Queue[bytes] = queue.Queue()
@@ -247,7 +305,7 @@ def wait_published(broker: Mosquitto, meter: str, beyond: int, count: int) -> No
         client.loop_stop()
 
 
-def retained_view(broker: Mosquitto) -> dict[str, dict[str, Any]]:
+def retained_view(broker: Broker) -> dict[str, dict[str, Any]]:
     """What a headend connecting now gets as retained: topic -> payload. A retained
     marker of our own, subscribed after the gateway's tree, arrives after all of it."""
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -330,7 +388,7 @@ def host_port(text: str) -> tuple[str, int]:
 
 
 def write_config(
-    folder: Path, tcp: str, broker: Mosquitto, keys: dict[str, str], start: datetime
+    folder: Path, tcp: str, broker: Broker, keys: dict[str, str], start: datetime
 ) -> Path:
     """The gateway's config as docs/operations.md describes it, around what init wrote."""
     made = tomllib.loads((folder / "gateway.toml").read_text())
@@ -424,7 +482,7 @@ def _sell_keypad(folder: Path, meter: str, amount: str, counter: int) -> str:
 
 
 def _retained_matches(
-    broker: Mosquitto, headend: Headend
+    broker: Broker, headend: Headend
 ) -> tuple[bool, dict[str, dict[str, Any]], dict[str, int]]:
     view = retained_view(broker)
     latest = {m: b["seq"] for m in OPENING if (b := headend.latest_balance(m)) is not None}
@@ -434,7 +492,7 @@ def _retained_matches(
 
 
 def _retained_when_current(
-    broker: Mosquitto, headend: Headend, within: float
+    broker: Broker, headend: Headend, within: float
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """The retained view once it holds each meter's latest balance, or as it is when
     ``within`` seconds have passed (each look is a fresh subscription: nothing to await)."""
@@ -478,7 +536,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     folder = tmp_path_factory.mktemp("conformance")
     broker_dir = folder / "broker"
     broker_dir.mkdir()
-    broker = Mosquitto(broker_dir, persistence=True)
+    broker = Broker(broker_dir)
     broker.start()
     start = datetime.now(UTC)
     sim, printed = start_simulator(folder, start)
@@ -612,6 +670,19 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
 
 
 # ---------------------------------------------------------------- what the docs promise
+
+
+def test_this_headend_imports_only_the_standard_library_and_public_packages() -> None:
+    """What it knows of us comes from the docs, the schema files and the console scripts."""
+    imported = set()
+    for node in ast.walk(ast.parse(Path(__file__).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a relative import ties this headend to our tree"
+            imported.add((node.module or "").split(".")[0])
+    outside = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert outside == {"paho", "pytest", "cryptography", "jsonschema"}
 
 
 def test_every_message_and_result_matches_its_schema(observed: Observed) -> None:
