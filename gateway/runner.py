@@ -141,15 +141,13 @@ class Runner:
 
     async def _session(self, link: MqttLink) -> None:
         """One MQTT session: birth (status, then each meter's latest balance: see
-        ``rebirth.py``), commands, the outbox drain; offline on the way out."""
+        ``rebirth.py``, beside any Home Assistant discovery), commands, the outbox drain;
+        offline on the way out."""
         # Subscribed before announcing online: a headend that sends a command when it sees
         # `online` is never ahead of the gateway's subscription (on a first session, when
         # the broker has nothing of ours to queue it for).
         await link.subscribe(*self.topics.command_subscriptions)
         await link.publish(self.topics.status, self.status_message(True), retain=True)
-        if self.config.home_assistant.enabled:
-            await self._publish_discovery(link)
-        self.mqtt_ready.set()
 
         async def commands() -> None:
             while True:
@@ -171,11 +169,16 @@ class Runner:
         try:
             try:
                 async with asyncio.TaskGroup() as tg:
+                    # The rebirth starts at `online`, not after the discovery configs: the
+                    # time docs/mqtt.md gives for the retained view is counted from there.
+                    tg.create_task(self.rebirth.run(link), name="mqtt-rebirth")
+                    if self.config.home_assistant.enabled:
+                        await self._publish_discovery(link)
+                    self.mqtt_ready.set()
                     tg.create_task(self.drain.run(link), name="outbox-drain")
                     tg.create_task(commands(), name="mqtt-commands")
                     tg.create_task(health(), name="mqtt-health")
                     tg.create_task(self.resends.run(link), name="mqtt-resends")
-                    tg.create_task(self.rebirth.run(link), name="mqtt-rebirth")
             except* MqttError as group:
                 self.mqtt_ready.clear()
                 raise group.exceptions[0] from None
