@@ -44,9 +44,8 @@ M1, M2, M3 = "PE1-000001", "PE1-000002", "PE1-000003"
 OPENING = {M1: 150, M2: 5000, M3: 2000}
 LOADS_W = {M1: 6000, M2: 2000, M3: 0}
 #: How long after the gateway's `online` status we give it to make the retained view
-#: current again: docs/mqtt.md promises 1 s per 1,000 meters (here 3), the rest is a
-#: loaded CI box's headroom and the fresh subscription each look takes.
-REBIRTH_WITHIN_S = 5.0
+#: current again: docs/mqtt.md promises 5 s plus 1 s per 1,000 meters (here 3).
+REBIRTH_WITHIN_S = 5.0 + 3 / 1000
 KINDS = ("reading", "balance", "event")
 
 
@@ -790,7 +789,7 @@ def test_retained_view_is_current_within_the_stated_time_after_a_broker_kill(
     observed: Observed,
 ) -> None:
     """docs/mqtt.md: once the gateway's `online` is on the broker, every retained balance
-    is the meter's latest within 1 s per 1,000 meters (:data:`REBIRTH_WITHIN_S` here). The
+    is the meter's latest within 5 s plus 1 s per 1,000 meters (:data:`REBIRTH_WITHIN_S` here). The
     broker came back empty and no balance changed after the kill, so only the gateway's
     rebirth can have put them there; the latest are known once the seq gaps are filled."""
     assert observed.current_after_online_s <= REBIRTH_WITHIN_S
