@@ -1,4 +1,4 @@
-"""Hostile input against a running `meter-gateway run` on mutual TLS with the shipped ACL: wildcard, reserved, foreign and ACL-forbidden response topics, fuzzed commands, topics and response topics, signed commands replayed across time-zone offsets or meant for another gateway, a resend that could stall top-ups, and commands sent while the gateway is down. After each: the process runs on, its MQTT session never ended, no balance moved that should not, and a genuine top-up is credited."""
+"""Hostile input against a running `meter-gateway run` on mutual TLS with the shipped ACL: wildcard, reserved, foreign and ACL-forbidden response topics, fuzzed commands, topics and response topics, signed commands replayed across time-zone offsets or meant for another gateway, a resend that could stall top-ups, a flood of resends from one requester, and commands sent while the gateway is down. After each: the process runs on, its MQTT session never ended, no balance moved that should not, and a genuine top-up is credited."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.core.commands import Publish
+from gateway.resend import MAX_ROWS, REQUESTER_BURST
 from gateway.store import MeterUpdate, Store
 from tests.integration.helpers import eventually
 from tests.reliability.harness import env_count
@@ -231,6 +232,51 @@ async def test_a_resend_never_holds_up_a_top_up(tmp_path: Path) -> None:
         print(
             f"resend: top-up answered {topped_up:.2f} s after a 1,000-message resend was asked, "
             f"{still_to_come} of its messages still to come"
+        )
+
+
+async def test_a_flood_of_resends_from_one_requester_is_rate_limited(tmp_path: Path) -> None:
+    flood = "headend/flood/replies"
+    full = REQUESTER_BURST // MAX_ROWS  # full requests one requester's budget pays for
+    sent = full + 5
+    async with hostile_site(tmp_path, prefill=_prefill_outbox(3 * MAX_ROWS)) as site:
+        before = site.balances()
+        for n in range(sent):
+            body = {
+                "v": 1,
+                "id": f"flood-{n}",
+                "cmd": "resend",
+                "meter": meter_id(2),
+                "from_seq": 1,
+            }
+            site.command(body, meter=2, response_topic=flood)
+
+        def flood_results() -> list[dict[str, Any]]:
+            return [m for t, m in site.results() if t == flood]
+
+        answers = await eventually(
+            lambda: len(flood_results()) >= sent and flood_results(), 20, "the flood answered"
+        )
+        granted = [m for m in answers if m["ok"]]
+        refused = [m for m in answers if not m["ok"]]
+        assert full <= len(granted) <= full + 1, answers  # + what refilled meanwhile
+        assert {m["error"] for m in refused} == {"rate_limited"}, refused
+        assert all(m["details"]["retry_after_s"] > 0 for m in refused), refused
+        assert [m["id"] for m in answers[: len(granted)]] == [m["id"] for m in granted]
+        # Another requester is not held back: its resends are served, a top-up credited.
+        for n, unit in enumerate((1, 2)):
+            body = {"v": 1, "id": f"other-{n}", "cmd": "resend", "meter": meter_id(unit)}
+            site.command(body | {"from_seq": 1}, meter=unit)
+            other = await site.result_of(f"other-{n}")
+            assert other["ok"] is True, other
+            assert other["details"]["resent"] > 0, other
+        await site.genuine_top_up(unit=1)
+        assert site.alive()
+        assert site.sessions() == 1
+        assert site.balances()[meter_id(2)] == before[meter_id(2)]
+        print(
+            f"resend flood: {sent} from one response topic, {len(granted)} served, "
+            f"{len(refused)} refused rate_limited; another requester and a top-up served"
         )
 
 
