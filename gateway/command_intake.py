@@ -151,16 +151,17 @@ class CommandIntake:
                 Answer(False, CommandError.TOO_LARGE, f"over {MAX_COMMAND_BYTES} bytes"),
             )
         try:
-            topic_meter = self.topics.meter_of_command_topic(msg.topic)
-        except ValueError as exc:
-            return None, None, Answer(False, CommandError.MALFORMED, str(exc))
-        try:
             raw = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):
             return None, None, Answer(False, CommandError.MALFORMED, "not JSON")
         except RecursionError:
             return None, None, Answer(False, CommandError.MALFORMED, "JSON nested too deeply")
         request_id, correlation = _request_ids_in(raw)
+        try:
+            topic_meter = self.topics.meter_of_command_topic(msg.topic)
+        except ValueError as exc:
+            # Answered with the request's id, so a headend can tell which one it was.
+            return request_id, correlation, Answer(False, CommandError.MALFORMED, str(exc)[:300])
         try:
             cmd = COMMAND.validate_python(raw)
         except ValidationError as exc:
