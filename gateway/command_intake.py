@@ -26,7 +26,7 @@ from gateway.core.events import ManagementTokenAccepted, RemoteCommand, RemoteKi
 from gateway.core.token_intake import OnlineTopUp
 from gateway.forms import SettingsError, tariff_from_json
 from gateway.mqtt_link import IncomingMessage, MqttLink, PublishRefusedError
-from gateway.resend import ResendQueue
+from gateway.resend import ResendQueue, ResendRateLimitedError
 from gateway.service import Gateway
 from gateway.store import StorageUnavailableError, StoreError
 from protocol.command_auth import CommandAuthError, load_public_keys, verify_command
@@ -112,7 +112,7 @@ class CommandIntake:
                 request_id, correlation = _request_ids(msg.payload)
                 answer = Answer(False, CommandError.BAD_RESPONSE_TOPIC, f"response topic {problem}")
             else:
-                request_id, correlation, answer = await self._check_and_carry_out(msg)
+                request_id, correlation, answer = await self._check_and_carry_out(msg, topic)
         except StorageUnavailableError:
             request_id, correlation = _request_ids(msg.payload)
             answer = STORAGE_UNAVAILABLE
@@ -140,10 +140,10 @@ class CommandIntake:
         return result
 
     async def _check_and_carry_out(
-        self, msg: IncomingMessage
+        self, msg: IncomingMessage, result_topic: str
     ) -> tuple[str | None, str | None, Answer]:
         """Parse, authenticate and carry out one command (the request id and correlation
-        it names, and the answer)."""
+        it names, and the answer); ``result_topic`` names the requester."""
         if len(msg.payload) > MAX_COMMAND_BYTES:
             return (
                 None,
@@ -151,16 +151,17 @@ class CommandIntake:
                 Answer(False, CommandError.TOO_LARGE, f"over {MAX_COMMAND_BYTES} bytes"),
             )
         try:
-            topic_meter = self.topics.meter_of_command_topic(msg.topic)
-        except ValueError as exc:
-            return None, None, Answer(False, CommandError.MALFORMED, str(exc))
-        try:
             raw = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):
             return None, None, Answer(False, CommandError.MALFORMED, "not JSON")
         except RecursionError:
             return None, None, Answer(False, CommandError.MALFORMED, "JSON nested too deeply")
         request_id, correlation = _request_ids_in(raw)
+        try:
+            topic_meter = self.topics.meter_of_command_topic(msg.topic)
+        except ValueError as exc:
+            # Answered with the request's id, so a headend can tell which one it was.
+            return request_id, correlation, Answer(False, CommandError.MALFORMED, str(exc)[:300])
         try:
             cmd = COMMAND.validate_python(raw)
         except ValidationError as exc:
@@ -219,15 +220,15 @@ class CommandIntake:
                     Answer(False, CommandError.REPLAYED_COMMAND, "already executed"),
                 )
             try:
-                return cmd.id, correlation, await self._carry_out(cmd, meter, now)
+                return cmd.id, correlation, await self._carry_out(cmd, meter, now, result_topic)
             except StorageUnavailableError:
                 # Not carried out: the headend may send it again once the store recovers.
                 with contextlib.suppress(StoreError):
                     await self.gateway.store.release_command_async(cmd.id)
                 raise
-        return cmd.id, correlation, await self._carry_out(cmd, meter, now)
+        return cmd.id, correlation, await self._carry_out(cmd, meter, now, result_topic)
 
-    async def _carry_out(self, cmd: object, meter: str, now: datetime) -> Answer:
+    async def _carry_out(self, cmd: object, meter: str, now: datetime, result_topic: str) -> Answer:
         gw = self.gateway
         match cmd:
             case TopUpCommand(token=token):
@@ -261,7 +262,11 @@ class CommandIntake:
                 gw.meters[meter].poller.poll_now(meter)
                 return Answer(True, None, "read scheduled")
             case ResendCommand(from_seq=from_seq):
-                plan = self.resends.plan(meter, from_seq)
+                try:
+                    plan = self.resends.plan(meter, from_seq, result_topic)
+                except ResendRateLimitedError as exc:
+                    retry: dict[str, JsonValue] = {"retry_after_s": round(exc.retry_after_s, 1)}
+                    return Answer(False, CommandError.RATE_LIMITED, str(exc), retry)
                 details = {"resent": plan.count, "next_seq": plan.next_seq}
                 return Answer(True, None, f"resending {plan.count} messages", details)
         return Answer(False, CommandError.MALFORMED, "unknown command")

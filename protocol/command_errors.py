@@ -19,6 +19,7 @@ class CommandError(StrEnum):
     EXPIRED = "expired"
     WRONG_GATEWAY = "wrong_gateway"
     REPLAYED_COMMAND = "replayed_command"
+    RATE_LIMITED = "rate_limited"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL_ERROR = "internal_error"
 
@@ -37,6 +38,9 @@ MEANINGS: Final[dict[CommandError, str]] = {
     CommandError.WRONG_GATEWAY: "signed for another gateway (`gateway`)",
     CommandError.REPLAYED_COMMAND: "a signed command with this `id` was already carried "
     "out (a re-sent `topup` answers its token's reason, `replayed`, instead)",
+    CommandError.RATE_LIMITED: "a `resend` beyond what one requester (one response topic, "
+    "or `cmd/result` for MQTT 3.1.1 clients) may ask for: nothing queued; "
+    "`details.retry_after_s` says when its budget pays for it",
     CommandError.STORAGE_UNAVAILABLE: "the gateway cannot store anything now (a full "
     "disk, a read-only file system): nothing was done, send it again later",
     CommandError.INTERNAL_ERROR: "a fault of the gateway's, logged there and counted in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,9 @@ import pytest
 import pytest_asyncio
 
 from gateway.config import GatewayConfig
+from gateway.core.commands import Publish
+from gateway.resend import MAX_ROWS, REQUESTER_BURST
+from gateway.store import MeterUpdate, Store
 from meter_sim.clock import ScaledClock
 from meter_sim.simulator import Simulator
 from protocol.command_auth import sign_command
@@ -28,6 +31,7 @@ SPEED = 60.0
 M1, M2 = meter_id(1), meter_id(2)
 GW_TOPIC = "prepaid/v1/gw-test/cmd"
 M1_TOPIC = f"prepaid/v1/gw-test/meters/{M1}/cmd"
+REPLIES = "headend/hq-1/replies"
 
 
 @pytest_asyncio.fixture
@@ -48,6 +52,18 @@ def _config(world: GatewayWorld, sim: Simulator, broker: Mosquitto) -> GatewayCo
     )
 
 
+def _prefill_outbox(world: GatewayWorld, meter: str, rows: int) -> None:
+    """Stored (and long acknowledged) messages of ``meter``, as months of events leave."""
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {"kind": "event", "event": "tariff_scheduled", "reason": "filler"}
+    with Store.open(world.store_path) as store:
+        state = next(m.state for m in store.load_meters() if m.record.meter_id == meter)
+        written = store.commit_cycle(
+            [MeterUpdate(state, [Publish(meter, "event", body | {"details": {}})] * rows, now)]
+        )
+        store.mark_acked([r.id for r in written], now)
+
+
 def _results(log: MessageLog) -> dict[str, dict[str, Any]]:
     return {
         m["id"] or m.get("correlation") or "?": m
@@ -61,6 +77,7 @@ async def test_every_documented_error_code_is_answered(
 ) -> None:
     gw_world, sim, broker, headend, log = world
     gw_world.enrol([1, 2], opening_balance=1_000_000)
+    _prefill_outbox(gw_world, M1, MAX_ROWS)
     async with running_gateway(_config(gw_world, sim, broker)) as runner:
         await asyncio.wait_for(runner.mqtt_ready.wait(), 10)
         now = runner.gateway.clock()
@@ -106,6 +123,15 @@ async def test_every_documented_error_code_is_answered(
             if what == "first":
                 await eventually(lambda: "replayed_command" in _results(log), 10, "first run")
                 headend.publish(topic, payload)  # the same signed command again
+        # rate_limited: one requester (its response topic) asks for more resends than its
+        # budget pays for: M1 holds MAX_ROWS stored messages, so each request costs that.
+        for n in range(REQUESTER_BURST // MAX_ROWS):
+            ask = {"v": 1, "id": f"flood-{n}", "cmd": "resend", "meter": M1, "from_seq": 1}
+            headend.publish(GW_TOPIC, json.dumps(ask).encode(), response_topic=REPLIES)
+        last = f"flood-{REQUESTER_BURST // MAX_ROWS - 1}"
+        await eventually(lambda: last in _results(log), 10, "the budget spent")
+        ask = {"v": 1, "id": "rate_limited", "cmd": "resend", "meter": M1, "from_seq": 1}
+        headend.publish(GW_TOPIC, json.dumps(ask).encode(), response_topic=REPLIES)
         expected = {c.value for c in CommandError} - {"storage_unavailable", "internal_error"}
 
         def all_in() -> dict[str, dict[str, Any]] | None:
@@ -130,8 +156,8 @@ async def test_every_documented_error_code_is_answered(
         # tests/reliability/test_storage_trouble.py fills a real disk for it.
         # internal_error is the boundary's answer to a fault of ours, which no input makes:
         # a bug is stood in for by a resend planner that raises; the next command is served.
-        def bug(meter_id: str, from_seq: int) -> object:
-            raise RuntimeError(f"a bug planning {meter_id} from {from_seq}")
+        def bug(meter_id: str, from_seq: int, requester: str) -> object:
+            raise RuntimeError(f"a bug planning {meter_id} from {from_seq} for {requester}")
 
         monkeypatch.setattr(runner.resends, "plan", bug)
         ask = {"v": 1, "id": "after-bug", "cmd": "resend", "meter": M1, "from_seq": 1}

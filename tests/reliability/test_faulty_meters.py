@@ -136,6 +136,11 @@ async def test_faulty_meters_never_stop_enforcement_nor_charge(
                 relay_writes = [w for w in lying.writes if w[0] == 5]
                 # doubling from 2 s: at most one per doubling in the run, never one a poll
                 assert 1 <= len(relay_writes) <= 1 + math.log2(RUN_S), relay_writes
+                # health counts the one disagreement under way and its paced retries.
+                health = runner.health()
+                assert health.relay_mismatches == 1, health
+                assert 1 <= health.relay_retries <= 1 + math.log2(RUN_S), health
+                assert (health.internal_errors, health.meters_quarantined) == (0, 0), health
                 # Once per episode, not per poll: in the steady state the faulty meters
                 # raise (almost) nothing more.
                 assert steady <= 2, log.events_all()[settled:]

@@ -1,4 +1,4 @@
-"""Hostile input against a running `meter-gateway run` on mutual TLS with the shipped ACL: wildcard, reserved, foreign and ACL-forbidden response topics, fuzzed commands, topics and response topics, signed commands replayed across time-zone offsets or meant for another gateway, a resend that could stall top-ups, and commands sent while the gateway is down. After each: the process runs on, its MQTT session never ended, no balance moved that should not, and a genuine top-up is credited."""
+"""Hostile input against a running `meter-gateway run` on mutual TLS with the shipped ACL: wildcard, reserved, foreign and ACL-forbidden response topics, fuzzed commands, command topics and response topics, signed commands replayed across time-zone offsets or meant for another gateway, a resend that could stall top-ups, a flood of resends from one requester, and commands sent while the gateway is down. After each: the process runs on, its MQTT session never ended, no balance moved that should not, and a genuine top-up is credited."""
 
 from __future__ import annotations
 
@@ -13,16 +13,25 @@ from typing import Any
 import pytest
 
 from gateway.core.commands import Publish
+from gateway.resend import MAX_ROWS, REQUESTER_BURST
 from gateway.store import MeterUpdate, Store
 from tests.integration.helpers import eventually
 from tests.reliability.harness import env_count
-from tests.reliability.hostile_site import FALLBACK, GW, REPLIES, HostileSite, hostile_site
+from tests.reliability.hostile_site import (
+    FALLBACK,
+    GW,
+    REPLIES,
+    ROOT,
+    HostileSite,
+    hostile_site,
+)
 from tests.reliability.test_hostile_commands import FIXED, _random_json
 from tests.support.gateway_env import GatewayWorld, meter_id, online_token
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.reliability]
 
 FUZZ_CASES = env_count("PREPAID_EDGE_FUZZ_COMMANDS", 300, 3000)
+TOPIC_CASES = env_count("PREPAID_EDGE_FUZZ_TOPICS", 200, 2000)
 #: Response topics no gateway may publish to: each gets bad_response_topic on cmd/result.
 BAD_RESPONSE_TOPICS = [
     "a/#",
@@ -119,6 +128,82 @@ async def test_fuzzed_commands_topics_and_response_topics(tmp_path: Path) -> Non
             f"fuzzed commands: {sent} sent, {answered()} answered, {refused} refused, "
             f"0 crashes, 0 balances moved, 1 session"
         )
+
+
+async def test_fuzzed_command_topics_are_answered_or_never_heard(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    async with hostile_site(tmp_path) as site:
+        before = site.balances()
+        heard: list[str] = []
+        unheard: list[str] = []
+        for n in range(TOPIC_CASES):
+            level, topic, reaches = _random_command_topic(rng)
+            request_id = f"topic-{n}"
+            body = json.dumps({"v": 1, "id": request_id, "cmd": "reread", "meter": level}).encode()
+            site.headend.publish(topic, body, response_topic=REPLIES)
+            (heard if reaches else unheard).append(request_id)
+
+        def answers() -> dict[str, dict[str, Any]]:
+            return {m["id"]: m for t, m in site.results() if t == REPLIES and m.get("id")}
+
+        await eventually(lambda: set(heard) <= set(answers()), 60, f"{len(heard)} answers")
+        # Those the gateway cannot hear (several levels where the meter goes, another
+        # gateway's topics, topics the ACL refuses) stay unanswered: once a command sent
+        # after them all is answered, none of them has been.
+        site.command({"v": 1, "id": "after-topics", "cmd": "reread", "meter": meter_id(1)})
+        after = await site.result_of("after-topics")
+        assert after["ok"] is True, (after["error"], after["message"])
+        got = answers()
+        assert not [r for r in unheard if r in got], [got[r] for r in unheard if r in got]
+        errors = {got[r]["error"] for r in heard}
+        assert errors <= {"malformed", "unknown_meter"}, errors
+        assert site.alive()
+        assert site.sessions() == 1
+        assert site.balances() == before
+        assert site.tracebacks() == 0, site.gateway_log.read_text()[-3000:]
+        await site.genuine_top_up()
+        print(
+            f"fuzzed command topics: {TOPIC_CASES} sent, {len(heard)} answered "
+            f"({sorted(errors)}), {len(unheard)} never reached the gateway, 0 crashes, 1 session"
+        )
+
+
+#: Characters a topic level may hold (no level separator, no wildcards, no controls).
+TOPIC_ASCII = "".join(c for c in string.printable[:95] if c not in "/+#")
+
+
+def _random_level(rng: random.Random) -> str:
+    kind = rng.randrange(7)
+    if kind == 0:
+        return ""
+    if kind == 1:
+        return rng.choice([".", "..", " ", " x ", "PE1-", "pe1-000001", "PE1-000001 ", "$x"])
+    if kind == 2:
+        return meter_id(rng.randint(3, 999_999))  # an id's shape, no such meter
+    if kind == 3:
+        return "".join(rng.choice(TOPIC_ASCII) for _ in range(rng.randint(200, 400)))
+    if kind == 4:
+        chars = [rng.choice([rng.randint(0xA0, 0xD7FF), rng.randint(0xE000, 0xFDCF)])]
+        return "".join(chr(c) for c in chars * rng.randint(1, 20))
+    if kind == 5:
+        return rng.choice(["SDM120-7", "dlt645:000000000001", "000000000001", "gw-test"])
+    return "".join(rng.choice(TOPIC_ASCII) for _ in range(rng.randint(1, 30)))
+
+
+def _random_command_topic(rng: random.Random) -> tuple[str, str, bool]:
+    """A random level, a command topic under the prefix holding it, and whether the
+    gateway hears that topic: with one level where the meter goes, it does (its
+    subscription, and the ACL's ``meters/+/cmd``)."""
+    level = _random_level(rng)
+    kind = rng.randrange(5)
+    if kind <= 1:
+        return level, f"{ROOT}/meters/{level}/cmd", True
+    if kind == 2:
+        return level, f"{ROOT}/meters/{level}/{_random_level(rng)}/cmd", False
+    if kind == 3:
+        return level, f"prepaid/v1/{level}/meters/{meter_id(1)}/cmd", level == GW
+    topic = rng.choice([f"{ROOT}/{level}/cmd", f"{ROOT}/cmd/{level}", f"{ROOT}/{level}"])
+    return level, topic, False
 
 
 def _random_response_topic(rng: random.Random) -> str | None:
@@ -231,6 +316,51 @@ async def test_a_resend_never_holds_up_a_top_up(tmp_path: Path) -> None:
         print(
             f"resend: top-up answered {topped_up:.2f} s after a 1,000-message resend was asked, "
             f"{still_to_come} of its messages still to come"
+        )
+
+
+async def test_a_flood_of_resends_from_one_requester_is_rate_limited(tmp_path: Path) -> None:
+    flood = "headend/flood/replies"
+    full = REQUESTER_BURST // MAX_ROWS  # full requests one requester's budget pays for
+    sent = full + 5
+    async with hostile_site(tmp_path, prefill=_prefill_outbox(3 * MAX_ROWS)) as site:
+        before = site.balances()
+        for n in range(sent):
+            body = {
+                "v": 1,
+                "id": f"flood-{n}",
+                "cmd": "resend",
+                "meter": meter_id(2),
+                "from_seq": 1,
+            }
+            site.command(body, meter=2, response_topic=flood)
+
+        def flood_results() -> list[dict[str, Any]]:
+            return [m for t, m in site.results() if t == flood]
+
+        answers = await eventually(
+            lambda: len(flood_results()) >= sent and flood_results(), 20, "the flood answered"
+        )
+        granted = [m for m in answers if m["ok"]]
+        refused = [m for m in answers if not m["ok"]]
+        assert full <= len(granted) <= full + 1, answers  # + what refilled meanwhile
+        assert {m["error"] for m in refused} == {"rate_limited"}, refused
+        assert all(m["details"]["retry_after_s"] > 0 for m in refused), refused
+        assert [m["id"] for m in answers[: len(granted)]] == [m["id"] for m in granted]
+        # Another requester is not held back: its resends are served, a top-up credited.
+        for n, unit in enumerate((1, 2)):
+            body = {"v": 1, "id": f"other-{n}", "cmd": "resend", "meter": meter_id(unit)}
+            site.command(body | {"from_seq": 1}, meter=unit)
+            other = await site.result_of(f"other-{n}")
+            assert other["ok"] is True, other
+            assert other["details"]["resent"] > 0, other
+        await site.genuine_top_up(unit=1)
+        assert site.alive()
+        assert site.sessions() == 1
+        assert site.balances()[meter_id(2)] == before[meter_id(2)]
+        print(
+            f"resend flood: {sent} from one response topic, {len(granted)} served, "
+            f"{len(refused)} refused rate_limited; another requester and a top-up served"
         )
 
 

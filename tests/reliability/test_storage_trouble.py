@@ -1,4 +1,4 @@
-"""Storage trouble on a small tmpfs the test mounts for the store: the disk fills up, and the file system turns read-only, while the gateway works and before it starts. The gateway process never exits or loops, says so in one log line and in its retained status, refuses a top-up it cannot make durable (storage_unavailable, nothing credited), and recovers by itself when the space comes back: the same top-up is then credited once."""
+"""Storage trouble on a small tmpfs the test mounts for the store: the disk fills up, and the file system turns read-only (an ext4 loop mount that aborts), while the gateway works and before it starts. The gateway process never exits or loops, says so in one log line and in its retained status, refuses a top-up it cannot make durable (storage_unavailable, nothing credited), and recovers by itself when the space comes back: the same top-up is then credited once."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0700", "tmpfs", str(mount)],
         check=True,
     )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def ext4_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 file system on a loop device, mounted for this test (root, a loop
+    device and mkfs.ext4 needed: CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("an ext4 loop mount needs root and mkfs.ext4 (CI runs as root)")
+    image, mount = tmp_path / "ext4.img", tmp_path / "ext4"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("no loop device here to mount an ext4 image on")
+    mount.chmod(0o700)
     try:
         yield mount
     finally:
@@ -192,11 +213,44 @@ async def test_a_full_disk_while_working_degrades_and_recovers(
         print(f"full disk while working: '{problem}', top-up refused, recovered, credited once")
 
 
+async def test_a_file_system_that_turns_read_only_while_working_degrades(
+    tmp_path: Path, ext4_disk: Path, mosquitto: Mosquitto
+) -> None:
+    """ext4 turns itself read-only on an error (errors=remount-ro) under every writer, as
+    no remount can; ``remount,abort`` forces that error. It cannot be made writable again
+    without unmounting it, so this test ends at the refusal."""
+    async with site_on(ext4_disk, tmp_path, mosquitto) as site:
+        site.start()
+        await eventually(lambda: site.storage() == "ok", 20, "online, storage ok")
+        await eventually(lambda: site.log.of(meter_id(1), "balance"), 10, "charging")
+        remount(ext4_disk, "abort")
+        assert "ro" in _mount_options(ext4_disk) or "emergency_ro" in _mount_options(ext4_disk)
+        problem = await eventually(
+            lambda: (s := site.storage()) not in (None, "ok") and s, 30, "storage trouble"
+        )
+        request_id, _body = site.top_up(700)
+        refused = await site.result(request_id)
+        assert refused["error"] == "storage_unavailable", refused
+        assert site.credited_total() == 0
+        assert site.alive()
+        assert site.logged("store cannot commit") == 1
+        assert site.logged("Traceback") == 0, site.gateway_log.read_text()[-3000:]
+        print(f"read-only file system while working: '{problem}', top-up refused, no exit")
+
+
+def _mount_options(mount: Path) -> set[str]:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mount):
+            return set(fields[3].split(","))
+    raise AssertionError(f"{mount} is not mounted")
+
+
 async def test_a_read_only_store_with_crash_leftovers_at_start_is_waited_out(
     tmp_path: Path, small_disk: Path, mosquitto: Mosquitto
 ) -> None:
-    # (A file system cannot be turned read-only under a process writing to it, so the
-    # read-only case is tested at start; while working it takes the full disk's path.)
+    # (A remount to read-only is refused under a process writing to it: the read-only
+    # case while working is the ext4 test above.)
     async with site_on(small_disk, tmp_path, mosquitto) as site:
         site.start()
         await eventually(lambda: site.storage() == "ok", 20, "first start")
