@@ -3,7 +3,8 @@
 ``StoreError`` and ``StoreLockError`` (the store), ``MeterIOError`` (a meter or its bus),
 ``MqttLinkError`` (the broker), ``SettingsError`` (a tariff or settings document),
 ``StartupError`` (the gateway refuses to start). Catch ``GatewayError`` for "anything
-the gateway reported", the subclass for one kind."""
+the gateway reported", the subclass for one kind; tests/unit/test_exception_roots.py
+holds every exception class in gateway/ to this root."""
 
 from __future__ import annotations
 

@@ -50,7 +50,6 @@ _SETTINGS = _Form(MeterSettings, "meter settings")
 _STATE = _Form(MeterState, "meter state")
 
 tariff_from_json = _TARIFF.load
-tariff_to_json = _TARIFF.dump
 settings_from_json = _SETTINGS.load
 settings_to_json = _SETTINGS.dump
 state_from_json = _STATE.load

@@ -281,16 +281,6 @@ class MeterIO:
         except DecodeError as exc:
             raise MeterIOError(unit, IOFailure.INVALID_VALUE, str(exc)) from exc
 
-    async def read_relay(self, port: ModbusPort, unit: int) -> bool:
-        """The relay coil as the meter reports it (the read-back after a command)."""
-        p = self.regmap.point("relay")
-        (bit,) = await port.request(modbus.read_coils(unit, p.address, 1))
-        return bool(bit)
-
-    async def write_relay(self, port: ModbusPort, unit: int, closed: bool) -> None:
-        p = self.regmap.point("relay")
-        await port.request(modbus.write_coil(unit, p.address, closed))
-
     async def write_points(self, port: ModbusPort, unit: int, values: dict[str, Value]) -> None:
         """Write holding-register points, contiguous ones in one request."""
         points = sorted((self.regmap.point(n) for n in values), key=lambda p: p.address)

@@ -345,9 +345,6 @@ class MqttLink:
         retain: bool,
         correlation_data: bytes | None,
     ) -> bool:
-        problem = topic_name_problem(topic)
-        if problem is not None:
-            raise PublishRefusedError(f"topic {topic[:200]!r} refused", problem)
         await self.window.take()
         try:
             if self.closed.done():
@@ -359,20 +356,13 @@ class MqttLink:
             if correlation_data is not None and self.protocol == "5":
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.CorrelationData = correlation_data
-            try:
-                info = self._client.publish(
-                    topic, payload, qos=qos, retain=retain, properties=props
-                )
-            except ValueError as exc:  # paho's own checks (payload size, topic)
-                raise PublishRefusedError("publish refused by paho", str(exc)) from None
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise MqttError("publish failed", paho.error_string(info.rc))
+            mid = self._send(topic, payload, qos, retain, props)
             if qos == 0:
                 return True
-            fut = self._publishes.get(info.mid)
+            fut = self._publishes.get(mid)
             if fut is None:
                 fut = self._loop.create_future()
-                self._publishes[info.mid] = fut
+                self._publishes[mid] = fut
             await fut
             return True
         finally:
@@ -396,9 +386,25 @@ class MqttLink:
             raise MqttError("not connected")
         if not self.window.try_take():
             return None
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        try:
+            return self._send(topic, payload, 1, retain, None)
+        except MqttLinkError:
             self.window.give()
+            raise
+
+    def _send(
+        self, topic: str, payload: bytes, qos: int, retain: bool, props: Properties | None
+    ) -> int:
+        """Hand one message to paho (both publish paths, holding a window slot); its mid.
+        Refused (topic, paho's size checks) or :class:`MqttError` if paho cannot queue it."""
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            raise PublishRefusedError(f"topic {topic[:200]!r} refused", problem)
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        except ValueError as exc:  # paho's own checks (payload size, topic)
+            raise PublishRefusedError("publish refused by paho", str(exc)) from None
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError("publish failed", paho.error_string(info.rc))
         return info.mid
 

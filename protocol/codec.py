@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 from protocol.errors import DecodeError, EncodeError
-from protocol.regmap import Point, RegisterMap, Table, ValueType, WordOrder
+from protocol.regmap import Point, ValueType, WordOrder
 
 #: A decoded value: integers for integer types and bits, float for f32,
 #: str for ascii and digit groups, bool for coils.
@@ -244,29 +244,3 @@ def physical(point: Point, value: Value) -> Decimal:
 def bit(point: Point, value: int, flag: str) -> bool:
     """One named flag of a bits16 value."""
     return bool(value >> point.bits.index(flag) & 1)
-
-
-def decode_block(
-    regmap: RegisterMap, table: Table, start: int, regs: Sequence[int]
-) -> dict[str, Value]:
-    """Decode every point of ``table`` that lies wholly inside ``regs`` read from ``start``."""
-    out: dict[str, Value] = {}
-    for p in regmap.points_in(table):
-        if p.address >= start and p.end <= start + len(regs):
-            out[p.name] = decode(p, regs[p.address - start : p.end - start])
-    return out
-
-
-def encode_block(
-    regmap: RegisterMap, table: Table, values: Mapping[str, Value]
-) -> tuple[int, list[int]]:
-    """Encode named values into one contiguous image of ``table``: (start, registers).
-
-    Points without a value are zero; the image spans every point of the table.
-    """
-    start, count = regmap.span(table)
-    image = [0] * count
-    for p in regmap.points_in(table):
-        if p.name in values:
-            image[p.address - start : p.end - start] = encode(p, values[p.name])
-    return start, image

@@ -13,12 +13,11 @@ from provisioning.enrol_cli import add_enrol_command
 from provisioning.errors import ProvisionError
 from provisioning.init_cmd import add_init_command
 from provisioning.interrupt import Interrupted, signals_interrupt
-from provisioning.key_files import KeyFileError
 from provisioning.keys_cli import add_keys_commands
 from provisioning.scan import add_scan_command
 from provisioning.status import add_status_command
 from provisioning.transfer import add_transfer_commands
-from provisioning.vend_cli import VendError, add_vend_command
+from provisioning.vend_cli import add_vend_command
 
 PROG = "meter-provision"
 EPILOG = f"""\
@@ -92,7 +91,7 @@ def _run(prog: str, args: argparse.Namespace) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(error_line(prog, where + problem), file=sys.stderr)
         return ExitCode.USAGE
-    except (ProvisionError, KeyFileError, VendError, StoreError, ValueError) as exc:
+    except (ProvisionError, StoreError, ValueError) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         return ExitCode.USAGE
     return result

@@ -19,12 +19,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.public import PRIVATE_FILE, make_private_dir
 from provisioning.broker_url import DEFAULT_BROKER, BrokerAddress
+from provisioning.errors import ProvisionError
 
 KeyType = Literal["ed25519", "p256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
-class IdentityError(Exception):
+class IdentityError(ProvisionError):
     """The identity cannot be created as asked (the operator's to fix)."""
 
 

@@ -11,9 +11,10 @@ import stat
 from pathlib import Path
 
 from gateway.public import PRIVATE_DIR
+from provisioning.errors import ProvisionError
 
 
-class KeyFileError(Exception):
+class KeyFileError(ProvisionError):
     """A key file that is missing, unsafe or not a key (the operator's to fix)."""
 
 

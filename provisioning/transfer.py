@@ -41,7 +41,7 @@ from protocol.tokens.keys import METER_KEY_BYTES
 from provisioning.enrol import PlannedMeter, check_meter_id, check_unique
 from provisioning.errors import ProvisionError
 from provisioning.events import COMMISSIONED
-from provisioning.key_files import KeyFileError, read_secret_file
+from provisioning.key_files import read_secret_file
 from provisioning.sealed_keys import (
     FORMAT,
     PASSPHRASE_ENV,
@@ -242,7 +242,7 @@ def _planned(  # noqa: PLR0917 (one call site)
         w = item.get("token_window")
         window = TokenWindow(int(w["epoch"]), int(w["highest"]), int(w["bitmap"])) if w else None
         reports = _reports(item, source)
-    except (KeyError, TypeError, ValueError, SettingsError, KeyFileError, ProvisionError) as exc:
+    except (KeyError, TypeError, ValueError, SettingsError, ProvisionError) as exc:
         raise ProvisionError(f"meter {meter or '?'}: {exc}") from None
     return record, state, window, item.get("lockout"), dict(item.get("extras") or {}), reports
 

@@ -40,6 +40,7 @@ from provisioning.counter_ledger import (
     default_ledger_path,
     open_ledger,
 )
+from provisioning.errors import ProvisionError
 from provisioning.key_files import read_secret_file
 from provisioning.keys_cli import SIGNING_KEY_BYTES
 
@@ -65,7 +66,7 @@ token as replayed). The counter is printed on stderr, the token on stdout.
 """
 
 
-class VendError(Exception):
+class VendError(ProvisionError):
     """A vend request that cannot be honoured as asked (the operator's to fix)."""
 
 

@@ -3,11 +3,9 @@
 ``quick_init``: the ``__init__`` that ``dataclasses`` writes for a frozen class sets each
 field with ``object.__setattr__``, looked up again per field; setting the slots through
 their own descriptors, bound once, does the same about twice as fast. It is the one place
-the core runs ``exec`` (as ``dataclasses`` itself does, from the field names): measured
-with callgrind on bench/bench_ledger.py's steady reading, the step costs 27% more
-instructions without it (143,205 against 112,452 per step), a loop over the setters
-instead of generated code keeps less than half of the gain, and the 10,000-reading cycle
-has little margin under its one second.
+the core runs ``exec`` (as ``dataclasses`` itself does, from the field names): without
+it, with the ``__init__`` dataclasses writes or with a loop over the setters, a steady
+reading's step is about a quarter slower (docs/benchmarks.md, the reshape's targets).
 
 ``replacer``: ``dataclasses.replace`` for the fast path, planned once per set of fields,
 so that no field can be left at its default by a hand-written positional constructor.

@@ -10,7 +10,8 @@ from gateway.core.windows import NoDisconnectWindows
 
 @dataclass(frozen=True, slots=True)
 class MeterSettings:
-    """Thresholds in minor units (DOMAIN.md: alarm1 > alarm2 > 0, overdraft limit >= 0).
+    """Thresholds in minor units, alarm1 > alarm2 > 0 and overdraft limit >= 0 (checked in
+    ``__post_init__``; docs/field-guide.md lists them, docs/credit-states.md says what they move).
 
     ``overdraft_limit`` is the emergency credit: the balance may fall to ``-overdraft_limit``
     before the meter is exhausted; inside a no-disconnect window, to

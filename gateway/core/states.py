@@ -148,7 +148,8 @@ _LEVEL_TRIGGER_FOR = {state: trigger for trigger, state in LEVEL_TRIGGERS.items(
 
 
 def credit_level(balance: int, settings: MeterSettings) -> CreditState:
-    """The staged credit level of a balance (DOMAIN.md, credit states)."""
+    """The staged credit level of a balance: above alarm1, alarm2, zero, minus the overdraft
+    limit, else exhausted (docs/credit-states.md, the ``credit_*`` triggers)."""
     if balance > settings.alarm1:
         return CreditState.NORMAL
     if balance > settings.alarm2:

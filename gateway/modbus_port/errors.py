@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 
+from gateway.errors import GatewayError
 from protocol.errors import IOFailure
 from protocol.modbus.events import RequestFailed
 
 __all__ = ["BusUnreachableError", "IOFailure", "MeterIOError", "failed", "os_reason"]
 
 
-class MeterIOError(Exception):
+class MeterIOError(GatewayError):
     """A request to one unit failed; ``kind`` says how, ``cause`` says what was seen."""
 
     def __init__(self, unit: int, kind: IOFailure, cause: str) -> None:

@@ -97,29 +97,29 @@ class RtuPort:
             waiter: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
             self._waiter = waiter
             self._handle = self.session.send_request(request, time.monotonic())
-            self._process()
+            self._deliver_and_transmit()
             try:
                 return await waiter
             except asyncio.CancelledError:
                 self.session.abandon(self._handle, time.monotonic())
-                self._process()
+                self._deliver_and_transmit()
                 raise
             finally:
                 self._waiter = None
 
     def _on_data(self, data: bytes) -> None:
         self.session.receive_data(data, time.monotonic())
-        self._process()
+        self._deliver_and_transmit()
 
     def _on_lost(self, reason: str) -> None:
         self.session.connection_lost(reason)
-        self._process()
+        self._deliver_and_transmit()
 
     def _on_timer(self) -> None:
         self.session.handle_timer(time.monotonic())
-        self._process()
+        self._deliver_and_transmit()
 
-    def _process(self) -> None:
+    def _deliver_and_transmit(self) -> None:
         """After every input to the session: its events to the caller, its bytes to the
         line, its next time to the timer (aioquic's ``_process_events`` and ``transmit``)."""
         session = self.session
@@ -155,4 +155,4 @@ class RtuPort:
         if line is not None:
             await line.close()
         self.session.connection_lost("port closed")
-        self._process()
+        self._deliver_and_transmit()

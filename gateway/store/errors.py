@@ -7,8 +7,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+from gateway.errors import GatewayError
 
-class StoreError(Exception):
+
+class StoreError(GatewayError):
     """The store refused an operation; nothing was changed."""
 
 

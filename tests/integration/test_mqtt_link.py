@@ -9,7 +9,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, Will
+from gateway.mqtt_link import BrokerEndpoint, MqttError, MqttLink, PublishRefusedError, Will
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -128,3 +128,22 @@ async def test_publish_nowait_fills_the_window_and_acks_free_it(mosquitto: Mosqu
             assert link.window.used == 0
         got = [headend.next_message().payload for _ in range(5)]
     assert got == [b"0", b"1", b"2", b"3", b"awaited"]
+
+
+async def test_both_publish_paths_refuse_a_topic_no_broker_takes(mosquitto: Mosquitto) -> None:
+    wake = asyncio.Event()
+    with TestClient(mosquitto, "headend") as headend:
+        headend.subscribe("prepaid/v1/gw-test/#")
+        async with MqttLink(
+            BrokerEndpoint(mosquitto.host, mosquitto.port), client_id="gw", max_inflight=2
+        ) as link:
+            link.attach_acks(lambda _mid, _ok: None, wake)
+            for bad in ("prepaid/v1/gw-test/+", "prepaid/v1/gw-test/#", "$SYS/x", ""):
+                with pytest.raises(PublishRefusedError):
+                    link.publish_nowait(bad, b"refused")
+                with pytest.raises(PublishRefusedError):
+                    await link.publish(bad, b"refused")
+                assert link.window.used == 0, f"{bad!r} kept a window slot"
+            await link.publish("prepaid/v1/gw-test/after", b"after")
+            assert not link.closed.done()
+        assert headend.next_message().payload == b"after"

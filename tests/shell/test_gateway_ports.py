@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.actuator import RelayTarget
 from gateway.config import TcpBus
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import IOFailure, MeterIOError, RtuPort, TcpPort
@@ -102,8 +103,9 @@ async def test_relay_write_and_read_back() -> None:
     async with Simulator.start(meters=1, seed=1, clock=VirtualClock()) as sim:
         tcp = TcpPort("tcp", *sim.tcp_address)
         try:
-            await PE1.write_relay(tcp, 1, False)
-            assert await PE1.read_relay(tcp, 1) is False
+            relay = RelayTarget(tcp, 1, PE1.regmap.point("relay").address)
+            await relay.write(False)
+            assert await relay.read() is False
             assert sim.state(1)["relay_closed"] is False
             await PE1.write_points(tcp, 1, {"display_code": 7, "display_credit": -1250})
             assert sim.state(1)["holding_written"] == {"1": 7, "2": 0xFFFF, "3": 0xFB1E}

@@ -15,11 +15,13 @@ from pymodbus.datastore import (
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
+from gateway.actuator import RelayTarget
 from gateway.meter_io import MeterIO
 from gateway.modbus_port import IOFailure, MeterIOError, ModbusPort, RtuPort, TcpPort
-from protocol.codec import Value, encode_block
+from protocol.codec import Value
 from protocol.modbus import ExceptionCode, ExceptionReplyError, read_holding, read_input
 from protocol.regmap import Table, load_map
+from tests.support.register_images import encode_block
 
 pytestmark = pytest.mark.asyncio
 
@@ -94,9 +96,10 @@ async def test_readings_decode_to_the_values_served(port: ModbusPort) -> None:
 
 
 async def test_writes_land_and_read_back(port: ModbusPort) -> None:
-    await PE1.write_relay(port, 2, False)
-    assert await PE1.read_relay(port, 2) is False
-    assert await PE1.read_relay(port, 1) is True  # another unit's relay is its own
+    coil = PE1.regmap.point("relay").address
+    await RelayTarget(port, 2, coil).write(False)
+    assert await RelayTarget(port, 2, coil).read() is False
+    assert await RelayTarget(port, 1, coil).read() is True  # another unit's relay is its own
     await PE1.write_points(port, 2, {"display_code": 7, "display_credit": -1250})
     assert await port.request(read_holding(2, 1, 3)) == (7, 0xFFFF, 0xFB1E)
     await PE1.write_points(port, 2, {"keypad_ack": 9})  # one register: function 6

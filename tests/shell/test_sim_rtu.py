@@ -13,10 +13,10 @@ from pymodbus.framer import FramerType
 
 from meter_sim.clock import VirtualClock
 from meter_sim.simulator import Simulator
-from protocol.codec import decode_block
 from protocol.modbus import crc16, rtu_frame
 from protocol.regmap import Table
 from tests.shell.conftest import SerialConnect, TcpConnect
+from tests.support.register_images import decode_block
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,10 +11,11 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from meter_sim.clock import VirtualClock
 from meter_sim.simulator import Simulator
-from protocol.codec import Value, decode_block, physical
+from protocol.codec import Value, physical
 from protocol.read_plan import plan_reads
 from protocol.regmap import Table, load_map, shipped_map_names
 from tests.shell.conftest import TcpConnect
+from tests.support.register_images import decode_block
 
 pytestmark = pytest.mark.asyncio
 

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.codec import Value, bit, decode, decode_block, encode, encode_block, physical
+from protocol.codec import Value, bit, decode, encode, physical
 from protocol.errors import DecodeError, EncodeError
 from protocol.regmap import FIXED_WIDTH, Point, Table, ValueType, WordOrder, load_map
+from tests.support.register_images import decode_block, encode_block
 
 _INT_RANGES: dict[ValueType, tuple[int, int]] = {
     ValueType.U16: (0, 2**16 - 1),

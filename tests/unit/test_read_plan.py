@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.meter_io import MeterIO, energy_wh, power_w
-from protocol.codec import encode_block
 from protocol.errors import DecodeError
 from protocol.read_plan import MAX_REGISTERS, plan_reads
 from protocol.regmap import Point, RegisterMap, Table, ValueType, WordOrder, load_map
+from tests.support.register_images import encode_block
 
 
 def test_pe1_poll_is_one_request() -> None:

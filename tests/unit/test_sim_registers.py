@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from meter_sim.errors import SetupError
 from meter_sim.physics import MeterModel, Tamper
 from meter_sim.registers import MapLayout, source_for
-from protocol.codec import decode_block, physical
+from protocol.codec import physical
 from protocol.regmap import Point, Table, ValueType, WordOrder, load_map, shipped_map_names
+from tests.support.register_images import decode_block
 
 LAYOUTS = {name: MapLayout(load_map(name), 3) for name in shipped_map_names()}
 

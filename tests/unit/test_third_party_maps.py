@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.codec import Value, decode_block, encode_block, physical
+from protocol.codec import Value, physical
 from protocol.regmap import Capability, Point, RegisterMap, Table, ValueType, WordOrder, load_map
+from tests.support.register_images import decode_block, encode_block
 
 THIRD_PARTY = ("sdm120", "sdm630", "em24", "iem3000")
 
