@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test check lint typecheck bench clean mosquitto tmux
 
+# setuptools prints an "Editable installation" notice (a UserWarning) on every editable
+# install of a flat layout like ours: information, not trouble, so it is not shown.
+QUIET_PIP := PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,dev]"
+	$(QUIET_PIP) --upgrade pip
+	$(QUIET_PIP) -e ".[test,dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -29,7 +33,7 @@ tmux:
 DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[demo]"
+	$(QUIET_PIP) -e ".[demo]"
 	@rm -f $(VENV)/.demo-*
 	@touch $@
 
