@@ -6,10 +6,11 @@ holds the rest and re-exports these names).
 from __future__ import annotations
 
 import zoneinfo
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway import dlt645_line
 from gateway.measured import READING_POINTS
 
 #: What a bus's or the gateway's name may be.
@@ -71,17 +72,36 @@ class Dlt645Settings(Strict):
         return v
 
 
+#: What a ``protocol = "dlt645"`` bus has where its table leaves the keys out.
+DLT645_LINE_DEFAULTS: dict[str, Any] = {
+    "baud": dlt645_line.BAUD,
+    "parity": dlt645_line.PARITY,
+    "timeout_s": dlt645_line.REPLY_TIMEOUT_S,
+}
+
+
 class RtuBus(Strict):
     """An RS-485 line: one master, one request on the wire at a time."""
 
     name: str = Field(pattern=ID_PATTERN, description="bus name, used by meter enrolment")
     kind: Literal["rtu"] = Field(description="an RS-485 line, or RTU framing over TCP")
     device: str = Field(description="serial device (/dev/ttyUSB0) or socket://host:port")
-    baud: int = Field(default=9600, gt=0, description="line speed, bits per second")
-    parity: Literal["N", "E", "O"] = Field(default="N", description="none, even or odd")
+    baud: int = Field(
+        default=9600,
+        gt=0,
+        description=f"line speed, bits per second (a DL/T 645 bus: {dlt645_line.BAUD})",
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="N",
+        description=f'none, even or odd (a DL/T 645 bus: "{dlt645_line.PARITY}")',
+    )
     stopbits: Literal[1, 2] = Field(default=1, description="stop bits")
     timeout_s: float = Field(
-        default=0.5, gt=0, le=30, description="reply timeout per request, after the wire time"
+        default=0.5,
+        gt=0,
+        le=30,
+        description="reply timeout per request, after the wire time (a DL/T 645 bus: "
+        f"{dlt645_line.REPLY_TIMEOUT_S})",
     )
     retries: int = Field(
         default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"
@@ -96,6 +116,15 @@ class RtuBus(Strict):
         default=None,
         description="DL/T 645 only: the meters' time zone, time sync, measured points (dlt645.md)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dlt645_line_defaults(cls, data: Any) -> Any:
+        """A DL/T 645 bus that leaves out its line settings gets the DL/T 645 line's
+        (2400 baud 8E1, 1 s), not the Modbus ones of the fields' defaults."""
+        if isinstance(data, dict) and data.get("protocol") == "dlt645":
+            return {**DLT645_LINE_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _dlt645_settings_need_dlt645(self) -> RtuBus:

@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from gateway import dlt645_line
 from gateway.config import DLT645_MEASURED, Dlt645Settings, RtuBus
 from gateway.dlt645_io import COMMAND_CAPABILITY, exchange_bytes
 from gateway.measured import READING_POINTS
@@ -109,6 +110,21 @@ def test_the_bus_settings_shown_are_the_defaults() -> None:
     defaults = Dlt645Settings().model_dump()
     for key in ("measured", "measured_every", "time_sync_h", "clock_drift_max_s"):
         assert shown[key] == defaults[key], key
+
+
+def test_the_line_defaults_stated_are_a_dlt645_bus_s() -> None:
+    flat = " ".join(DOC.split())
+    at = flat.index("A DL/T 645 bus that leaves out `baud`, `parity` or `timeout_s`")
+    said = flat[at:].split(";", 1)[0]
+    parity = {"E": "even parity (8E1)", "N": "no parity (8N1)", "O": "odd parity (8O1)"}
+    assert f"{dlt645_line.BAUD} baud" in said
+    assert parity[dlt645_line.PARITY] in said
+    assert f"{dlt645_line.REPLY_TIMEOUT_S} s" in said
+    bus = RtuBus.model_validate(
+        {"name": "d", "kind": "rtu", "device": "/dev/null", "protocol": "dlt645"}
+    )
+    line = (dlt645_line.BAUD, dlt645_line.PARITY, dlt645_line.REPLY_TIMEOUT_S)
+    assert (bus.baud, bus.parity, bus.timeout_s) == line
 
 
 def test_the_python_example_runs_as_written() -> None:
