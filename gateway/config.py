@@ -12,27 +12,53 @@ import base64
 import json
 import os
 import tomllib
-import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from gateway.config_buses import (
+    DLT645_MEASURED,
+    DLT645_MEASURED_EVERY,
+    ID_PATTERN,
+    Bus,
+    Dlt645Settings,
+    RtuBus,
+    Strict,
+    TcpBus,
+)
 from gateway.errors import GatewayError
-from gateway.measured import READING_POINTS
 from protocol.mqtt import DEFAULT_RESPONSE_TOPICS, topic_filter_problem
 
 ENV_PREFIX = "PREPAID_EDGE__"
-_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+__all__ = [  # the bus tables live in gateway.config_buses; imported from here as before
+    "DLT645_MEASURED",
+    "DLT645_MEASURED_EVERY",
+    "ENV_PREFIX",
+    "Broker",
+    "Bus",
+    "ConfigError",
+    "Dlt645Settings",
+    "GatewayConfig",
+    "HomeAssistantSettings",
+    "MqttSettings",
+    "PollingSettings",
+    "RtuBus",
+    "SimulationSettings",
+    "TcpBus",
+    "TokenSettings",
+    "load_config",
+    "parse_config",
+    "to_toml",
+]
 
 
 class ConfigError(GatewayError):
@@ -46,142 +72,13 @@ class ConfigError(GatewayError):
         super().__init__(f"{where}: {problem}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-#: The points a DL/T 645 bus reads for its readings beside energy and status by default:
-#: what a Modbus map publishes (phase A's voltage and current on a three-phase meter).
-DLT645_MEASURED = (
-    "voltage",
-    "current",
-    "active_power",
-    "power_factor",
-    "frequency",
-    "energy_export",
-)
-#: Every how many polls of a meter they are read by default: each point is one exchange
-#: (about 0.2 s at 2400 baud), so six of them every 10th poll add about 0.12 s of bytes a
-#: poll on average to the 0.39 s of energy and status (docs/dlt645.md has the figures).
-DLT645_MEASURED_EVERY = 10
-
-
-class Dlt645Settings(_Strict):
-    """How the gateway drives the DL/T 645 meters of one bus."""
-
-    time_zone: str = Field(
-        default="UTC", description="the meters' clocks (IANA name): broadcast time, deadlines"
-    )
-    time_sync_h: float = Field(
-        default=24.0, gt=0, description="broadcast time (08H) at start and every this many hours"
-    )
-    clock_drift_max_s: float = Field(
-        default=60.0, gt=0, description="a meter's clock further off than this is an event"
-    )
-    measured: list[str] = Field(
-        default_factory=lambda: list(DLT645_MEASURED),
-        description="points read for the readings beside energy and status (one exchange "
-        "each; a point a meter's model lacks is not read for it)",
-    )
-    measured_every: int = Field(
-        default=DLT645_MEASURED_EVERY,
-        ge=1,
-        description="read the measured points every this many polls of a meter",
-    )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
-
-
-class RtuBus(_Strict):
-    """An RS-485 line: one master, one request on the wire at a time."""
-
-    name: str = Field(pattern=_ID_PATTERN, description="bus name, used by meter enrolment")
-    kind: Literal["rtu"] = Field(description="an RS-485 line, or RTU framing over TCP")
-    device: str = Field(description="serial device (/dev/ttyUSB0) or socket://host:port")
-    baud: int = Field(default=9600, gt=0, description="line speed, bits per second")
-    parity: Literal["N", "E", "O"] = Field(default="N", description="none, even or odd")
-    stopbits: Literal[1, 2] = Field(default=1, description="stop bits")
-    timeout_s: float = Field(
-        default=0.5, gt=0, le=30, description="reply timeout per request, after the wire time"
-    )
-    retries: int = Field(
-        default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"
-    )
-    guard_s: float | None = Field(
-        default=None, ge=0, description="bus silence after a failure; default from the baud"
-    )
-    protocol: Literal["modbus", "dlt645"] = Field(
-        default="modbus", description="what the meters on this line speak: one bus, one protocol"
-    )
-    dlt645: Dlt645Settings | None = Field(
-        default=None,
-        description="DL/T 645 only: the meters' time zone, time sync, measured points (dlt645.md)",
-    )
-
-    @model_validator(mode="after")
-    def _dlt645_settings_need_dlt645(self) -> RtuBus:
-        if self.dlt645 is not None and self.protocol != "dlt645":
-            raise ValueError('dlt645 settings on a bus whose protocol is not "dlt645"')
-        measured = self.dlt645_settings.measured
-        for i, point in enumerate(measured):
-            if point not in READING_POINTS:
-                known = ", ".join(READING_POINTS)
-                raise ValueError(
-                    f"bus {self.name!r}: dlt645.measured: {point!r} fills no reading field "
-                    f"(known: {known})"
-                )
-            if point in measured[:i]:
-                raise ValueError(f"bus {self.name!r}: dlt645.measured: {point!r} named twice")
-        return self
-
-    @property
-    def dlt645_settings(self) -> Dlt645Settings:
-        """This DL/T 645 bus's settings (the defaults unless the file gives them)."""
-        return self.dlt645 if self.dlt645 is not None else Dlt645Settings()
-
-
-class TcpBus(_Strict):
-    """A Modbus TCP endpoint (a meter or a serial device server) with unit ids behind it."""
-
-    name: str = Field(pattern=_ID_PATTERN, description="bus name, used by meter enrolment")
-    kind: Literal["tcp"] = Field(description="Modbus TCP (a meter or a serial device server)")
-    protocol: Literal["modbus"] = Field(
-        default="modbus",
-        description="Modbus TCP only (DL/T 645 through a device server: kind rtu, socket://)",
-    )
-    host: str = Field(description="address of the endpoint")
-    port: int = Field(default=502, gt=0, lt=65536, description="Modbus TCP port")
-    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
-    connections: int = Field(
-        default=3,
-        ge=1,
-        le=32,
-        description="connections to the endpoint, opened as the load needs them; the "
-        "requests in flight are spread over them (fewer if the device refuses one)",
-    )
-    timeout_s: float = Field(default=1.0, gt=0, le=30, description="reply timeout per request")
-    retries: int = Field(
-        default=1, ge=0, le=5, description="immediate retries of a failed poll before backoff"
-    )
-
-
-Bus = Annotated[RtuBus | TcpBus, Field(discriminator="kind")]
-
-
-class Broker(_Strict):
+class Broker(Strict):
     host: str = Field(description="broker address")
     port: int = Field(default=8883, gt=0, lt=65536, description="broker port")
     tls: bool = Field(default=True, description="TLS with the ca/cert/key files below")
 
 
-class MqttSettings(_Strict):
+class MqttSettings(Strict):
     brokers: list[Broker] = Field(
         min_length=1, description="tried in turn: the gateway fails over between them"
     )
@@ -231,7 +128,7 @@ class MqttSettings(_Strict):
         return v
 
 
-class PollingSettings(_Strict):
+class PollingSettings(Strict):
     interval_s: float = Field(
         default=60.0, gt=0, description="normal poll interval, in real seconds (see clock_speed)"
     )
@@ -273,7 +170,7 @@ def _b64_key(value: str) -> str:
     return value
 
 
-class TokenSettings(_Strict):
+class TokenSettings(Strict):
     currency: str = Field(
         default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of online tokens"
     )
@@ -296,14 +193,14 @@ class TokenSettings(_Strict):
         return v
 
 
-class HomeAssistantSettings(_Strict):
+class HomeAssistantSettings(Strict):
     """Publish Home Assistant MQTT discovery configs for every meter (retained)."""
 
     enabled: bool = Field(default=False, description="publish discovery configs on connect")
     prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
 
 
-class SimulationSettings(_Strict):
+class SimulationSettings(Strict):
     """For demos and tests against a simulator only: never set on a real site."""
 
     clock_speed: float = Field(
@@ -323,8 +220,8 @@ class SimulationSettings(_Strict):
     )
 
 
-class GatewayConfig(_Strict):
-    gateway_id: str = Field(pattern=_ID_PATTERN, description="the gateway's name on MQTT")
+class GatewayConfig(Strict):
+    gateway_id: str = Field(pattern=ID_PATTERN, description="the gateway's name on MQTT")
     store: Path = Field(description="the SQLite store (ledgers, outbox, meters)")
     buses: list[Bus] = Field(default_factory=list, description="see the bus tables below")
     mqtt: MqttSettings = Field(description="the uplink")

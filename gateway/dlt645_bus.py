@@ -22,7 +22,7 @@ per meter model, a relay per meter) and does the rest of the protocol's part:
   than another, the first after a start included;
 - broadcast time (08H) at start and every ``time_sync_h`` (gateway hours), after reading
   each meter's clock: one further off than ``clock_drift_max_s`` is a ``clock_drift``
-  event;
+  event (:mod:`gateway.dlt645_time`);
 - a meter enrolled as ``esam`` (State Grid 2013, remote control encrypted with the
   utility's security module) or without a password is read and billed but not switched:
   each time the core would switch it, a ``relay_not_switched`` event says why.
@@ -36,13 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway import dlt645_time
 from gateway.config import Dlt645Settings, RtuBus
 from gateway.core.events import MeterNotice
 from gateway.core.reports import ALARM_STATES
@@ -287,7 +287,7 @@ class Dlt645BusRuntime:
         if link.unswitched is not None:
             if link.refused_for is not closed:
                 link.refused_for = closed
-                await self._notice(
+                await self.notice(
                     link,
                     EventKind.RELAY_NOT_SWITCHED,
                     link.unswitched,
@@ -356,68 +356,18 @@ class Dlt645BusRuntime:
     # ------------------------------------------------------------------ time
 
     async def run_time_sync(self) -> None:
-        """Check every meter's clock, then broadcast the time: at start and every
-        ``time_sync_h`` gateway hours, until cancelled."""
-        period = self.settings.time_sync_h * 3600 / self.speed
-        while True:
-            await self.sync_time()
-            await asyncio.sleep(period)
+        """Check the clocks and broadcast the time at start and every ``time_sync_h``
+        gateway hours, until cancelled (:mod:`gateway.dlt645_time`)."""
+        await dlt645_time.run_time_sync(self)
 
     async def sync_time(self) -> None:
-        """Read each clock (a ``clock_drift`` event beyond the bound), broadcast the time,
-        then read again the clocks that were off, in case a meter refused the broadcast
-        (real meters refuse one that moves their clock too far): commands' deadlines
-        follow each meter's own clock."""
-        bound = self.settings.clock_drift_max_s
-        drifting: list[Dlt645Link] = []
-        for link in list(self.meters.values()):
-            drift = await self._clock_offset(link)
-            if drift is None:
-                continue
-            link.clock_offset_s = drift
-            if abs(drift) > bound:
-                drifting.append(link)
-                await self._notice(
-                    link,
-                    EventKind.CLOCK_DRIFT,
-                    f"the meter's clock is {abs(drift):.0f} s {'ahead' if drift > 0 else 'behind'}",
-                    drift_s=round(drift),
-                    bound_s=bound,
-                )
-        now = self.clock().astimezone(self.zone)
-        try:
-            await self.port.broadcast_time(MeterTime.from_datetime(now))
-        except MeterIOError as exc:
-            log.warning("bus %s: broadcast time failed: %s", self.bus.name, exc)
-            return
-        log.info("bus %s: time broadcast (%s)", self.bus.name, now.isoformat(timespec="seconds"))
-        for link in self.meters.values():
-            if link not in drifting:
-                link.clock_offset_s = 0.0  # close enough, and set again now
-        for link in drifting:
-            drift = await self._clock_offset(link)
-            if drift is not None:
-                link.clock_offset_s = drift
-
-    async def _clock_offset(self, link: Dlt645Link) -> float | None:
-        """How far the meter's clock is ahead of ours (s); None when it has none or did
-        not answer."""
-        if not link.can(Dlt645Capability.CLOCK):
-            return None
-        try:
-            started = time.monotonic()
-            clock = await link.io.read_clock(self.port, link.address)
-            took = time.monotonic() - started
-        except MeterIOError as exc:
-            log.info("meter %s: clock not read: %s", link.meter_id, exc)
-            return None
-        # The meter's time was read during the exchanges: compare with the middle of them.
-        now = self.clock() - timedelta(seconds=took * self.speed / 2)
-        return (clock.to_datetime(self.zone) - now).total_seconds()
+        """Check the clocks and broadcast the time once (:mod:`gateway.dlt645_time`)."""
+        await dlt645_time.sync_time(self)
 
     # ------------------------------------------------------------------ the rest
 
-    async def _notice(self, link: Dlt645Link, name: EventKind, reason: str, **details: Any) -> None:
+    async def notice(self, link: Dlt645Link, name: EventKind, reason: str, **details: Any) -> None:
+        """An event about one meter, through the core task (published, logged)."""
         log.warning("meter %s: %s: %s", link.meter_id, name, reason)
         notice = MeterNotice(link.meter_id, self.clock(), name, reason, tuple(details.items()))
         await self.enqueue(CoreItem(notice))

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 
+from gateway import dlt645_line
 from gateway.fine_sleep import sleep_until
 from gateway.modbus_port import BusUnreachableError, IOFailure, MeterIOError, os_reason
 from gateway.serial_line import SerialLine
@@ -83,10 +84,10 @@ class Dlt645Port:
         name: str,
         device: str,
         *,
-        baud: int = 2400,
-        parity: str = "E",
+        baud: int = dlt645_line.BAUD,
+        parity: str = dlt645_line.PARITY,
         stopbits: int = 1,
-        timeout: float = 1.0,
+        timeout: float = dlt645_line.REPLY_TIMEOUT_S,
         guard: float | None = None,
         preamble: int = PREAMBLE,
         quiet: float | None = None,

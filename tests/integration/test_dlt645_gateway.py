@@ -1,11 +1,11 @@
-"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply and the alarm sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why; a relay that disobeys a trip is a relay mismatch, and a silent meter is reported, never charged nor cut off; the readings carry the measured values (voltage, current, power, power factor, frequency, export energy) rounded as the model's formats say, every measured_every-th poll, valid against the published schema."""
+"""The gateway polls, bills and switches DL/T 645 meters on the real simulator (RTU over TCP) beside a Modbus bus, with a real Mosquitto: trip at exhaustion, close after a top-up, close allowed and the customer's button for a meter that waits for it, protected supply on and off (3AH/3BH, off by a signed protect_off) and the alarm on and off (2AH/2BH) sent as remote control, time broadcast with a drifting clock reported, and an ESAM meter billed but never switched, with an event saying why; a relay that disobeys a trip is a relay mismatch, and a silent meter is reported, never charged nor cut off; the readings carry the measured values (voltage, current, power, power factor, frequency, export energy) rounded as the model's formats say, every measured_every-th poll, valid against the published schema."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,17 @@ from gateway.store import MeterRecord, Store
 from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.simulator import Simulator
+from protocol.command_auth import sign_command
 from protocol.tokens.keys import derive_meter_key
 from tests.integration.helpers import MessageLog, eventually, running_gateway, sim_start
 from tests.support.dlt645_env import OPERATOR, PASSWORD, dlt645_bus
-from tests.support.gateway_env import VENDING_KEY, GatewayWorld, fast_settings, online_token
+from tests.support.gateway_env import (
+    HEADEND_KEY,
+    VENDING_KEY,
+    GatewayWorld,
+    fast_settings,
+    online_token,
+)
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
@@ -160,7 +167,20 @@ async def test_dlt645_meters_are_billed_cut_off_and_reconnected_beside_modbus(si
                 f"prepaid/v1/gw-test/meters/{dlt_id(n)}/cmd", json.dumps(cmd).encode()
             )
         await eventually(lambda: site.sim.state(1)["relay_closed"], 20, "meter 1 closed")
-        assert _dlt(site, 1)["commands"][-1] == "close"
+        commands = _dlt(site, 1)["commands"]
+        assert "close" in commands[commands.index("trip") :]
+        # Credit is back above the alarm levels: the alarm goes off (2BH).
+        await eventually(lambda: not _dlt(site, 1)["alarm"], 20, "meter 1 alarm off")
+        assert "alarm_off" in _dlt(site, 1)["commands"]
+        # The headend ends meter 3's protected supply (signed protect_off): 3BH.
+        expires = (gw.clock() + timedelta(minutes=30)).isoformat()
+        body = {"v": 1, "id": "unprotect-3", "cmd": "protect_off", "meter": dlt_id(3)}
+        body |= {"gateway": "gw-test", "reason": "test", "expires": expires}
+        signed = sign_command(body, "hq-1", HEADEND_KEY)
+        site.headend.publish("prepaid/v1/gw-test/cmd", json.dumps(signed).encode())
+        await eventually(lambda: not _dlt(site, 3)["protected"], 20, "meter 3 protect off")
+        assert "protect_off" in _dlt(site, 3)["commands"]
+        assert gw.meters[dlt_id(3)].state.credit is not CreditState.PROTECTED
         # Meter 2 is armed: close allowed (1BH), and the relay waits for the button.
         await eventually(lambda: _dlt(site, 2)["close_allowed"], 20, "meter 2 close allowed")
         assert gw.meters[dlt_id(2)].state.credit is CreditState.RECONNECT_ARMED

@@ -1,4 +1,4 @@
-"""docs/dlt645.md cannot drift from the code: its tables of commands, control commands, identifiers and status bits are the codec's and the shipped models', the bus time of each measured point is the frame sizes', the bus settings shown are the defaults, and its Python example runs as written against the simulator."""
+"""docs/dlt645.md cannot drift from the code: its tables of commands, control commands, identifiers and status bits are the codec's and the shipped models', the bus time of each measured point is the frame sizes', the bus settings shown are the defaults (the line's too), the shipped Modbus maps it says have no clock have none, and its Python example runs as written against the simulator."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import re
 import tomllib
 from pathlib import Path
 
+from gateway import dlt645_line
 from gateway.config import DLT645_MEASURED, Dlt645Settings, RtuBus
 from gateway.dlt645_io import COMMAND_CAPABILITY, exchange_bytes
 from gateway.measured import READING_POINTS
 from protocol.dlt645.frame import Function
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
 from protocol.dlt645.terms import ControlCommand
+from protocol.regmap import Capability, load_map, shipped_map_names
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "dlt645.md").read_text()
 
@@ -109,6 +111,32 @@ def test_the_bus_settings_shown_are_the_defaults() -> None:
     defaults = Dlt645Settings().model_dump()
     for key in ("measured", "measured_every", "time_sync_h", "clock_drift_max_s"):
         assert shown[key] == defaults[key], key
+
+
+def test_the_line_defaults_stated_are_a_dlt645_bus_s() -> None:
+    flat = " ".join(DOC.split())
+    at = flat.index("A DL/T 645 bus that leaves out `baud`, `parity` or `timeout_s`")
+    said = flat[at:].split(";", 1)[0]
+    parity = {"E": "even parity (8E1)", "N": "no parity (8N1)", "O": "odd parity (8O1)"}
+    assert f"{dlt645_line.BAUD} baud" in said
+    assert parity[dlt645_line.PARITY] in said
+    assert f"{dlt645_line.REPLY_TIMEOUT_S} s" in said
+    bus = RtuBus.model_validate(
+        {"name": "d", "kind": "rtu", "device": "/dev/null", "protocol": "dlt645"}
+    )
+    line = (dlt645_line.BAUD, dlt645_line.PARITY, dlt645_line.REPLY_TIMEOUT_S)
+    assert (bus.baud, bus.parity, bus.timeout_s) == line
+
+
+def test_the_modbus_maps_said_to_have_no_clock_have_none() -> None:
+    flat = " ".join(DOC.split())
+    at = flat.index("no shipped Modbus map has a clock.** The Modbus maps (")
+    listed = re.findall(r"`(\w+)`", flat[at:].split(")", 1)[0])
+    assert listed == shipped_map_names()
+    assert "clock" not in {c.value for c in Capability}
+    for name in listed:
+        for point in load_map(name).points:
+            assert not {"date", "time", "clock"} & set(point.name.split("_")), (name, point)
 
 
 def test_the_python_example_runs_as_written() -> None:

@@ -1,6 +1,8 @@
-"""What wires DL/T 645 meters into a site is checked before anything runs: a bus's protocol and DL/T 645 settings are validated with errors naming the key (a measured point that fills no reading field names the bus and the point), a Modbus bus is unchanged by default, a meter's control secret and a scan's address list parse or are refused with a ValueError or a one-line error (hypothesis), and an enrolment on a DL/T 645 bus is refused by field."""
+"""What wires DL/T 645 meters into a site is checked before anything runs: a bus's protocol and DL/T 645 settings are validated with errors naming the key (a measured point that fills no reading field names the bus and the point), a DL/T 645 bus that leaves out its line settings gets the DL/T 645 line's (2400 baud 8E1, 1 s), not the Modbus ones, a Modbus bus is unchanged by default, a meter's control secret and a scan's address list parse or are refused with a ValueError or a one-line error (hypothesis), and an enrolment on a DL/T 645 bus is refused by field."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 from hypothesis import given
@@ -13,7 +15,9 @@ from gateway.config import (
     RtuBus,
     parse_config,
 )
+from gateway.dlt645_bus import dlt645_port_for
 from gateway.dlt645_io import ESAM, Dlt645Credentials, control_secret, parse_control_secret
+from gateway.dlt645_port import Dlt645Port
 from gateway.measured import READING_POINTS
 from gateway.store import MeterRecord
 from protocol.dlt645.frame import Address
@@ -37,6 +41,23 @@ def test_a_bus_speaks_modbus_unless_told_and_dlt645_settings_default() -> None:
     assert bus.protocol == "dlt645"
     assert bus.dlt645_settings.time_zone == "Asia/Shanghai"
     assert bus.dlt645_settings.time_sync_h == 24.0
+
+
+def test_a_dlt645_bus_gets_the_dlt645_line_unless_told() -> None:
+    bus = parse_config(HEAD + RTU + 'protocol = "dlt645"\n', "g.toml").buses[0]
+    assert isinstance(bus, RtuBus)
+    assert (bus.baud, bus.parity, bus.stopbits, bus.timeout_s) == (2400, "E", 1, 1.0)
+    port = dlt645_port_for(bus)
+    defaults = inspect.signature(Dlt645Port).parameters
+    assert (port.baud, port.parity, port.timeout) == (2400, "E", 1.0)
+    assert [defaults[k].default for k in ("baud", "parity", "timeout")] == [2400, "E", 1.0]
+    told = 'protocol = "dlt645"\nbaud = 9600\nparity = "N"\ntimeout_s = 0.3\n'
+    bus = parse_config(HEAD + RTU + told, "g.toml").buses[0]
+    assert isinstance(bus, RtuBus)
+    assert (bus.baud, bus.parity, bus.timeout_s) == (9600, "N", 0.3)
+    modbus = parse_config(HEAD + RTU, "g.toml").buses[0]
+    assert isinstance(modbus, RtuBus)
+    assert (modbus.baud, modbus.parity, modbus.timeout_s) == (9600, "N", 0.5)
 
 
 @pytest.mark.parametrize(
