@@ -13,10 +13,12 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeAlias
 
 DISTRIBUTION = "prepaid-edge"
@@ -125,6 +127,54 @@ def survive_closed_stdout(run: Callable[[], int]) -> int:
             pass
         return ExitCode.FAILURE
     return code
+
+
+class Terminated(Exception):  # noqa: N818 (a signal, not an error)
+    """SIGTERM while the command has no handler of its own (a service installs one once
+    it runs; before that, and in a short command, this is how SIGTERM ends it)."""
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def run_main(
+    build_parser: Callable[[], CliParser],
+    argv: Sequence[str] | None,
+    run: Callable[[str, argparse.Namespace], int],
+    *,
+    terminated: str = "stopped by SIGTERM",
+) -> int:
+    """A console script with subcommands, from parsing to exit code: no command prints the
+    usage (exit 2); otherwise ``run(prog, args)``, ``prog`` naming the command in its
+    error lines (``meter-sim serve``). Ctrl-C or SIGTERM that reach here end with one
+    line, ``PROG COMMAND: interrupted by SIGINT`` (130) or ``PROG COMMAND: <terminated>``
+    (143), and a closed standard output ends quietly (:func:`survive_closed_stdout`).
+    SIGTERM raises :class:`Terminated` from the main thread only (the only one that may
+    set a handler), and the handler before is put back on return."""
+
+    def main() -> int:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            return parser.no_command()
+        prog = f"{parser.prog} {args.command}"
+        try:
+            return run(prog, args)
+        except KeyboardInterrupt:  # before the command's own handlers are installed
+            print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except Terminated:
+            print(f"{prog}: {terminated}", file=sys.stderr)
+            return ExitCode.TERMINATED
+
+    if threading.current_thread() is not threading.main_thread():
+        return survive_closed_stdout(main)
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return survive_closed_stdout(main)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def error_line(prog: str, problem: object) -> str:
