@@ -100,22 +100,22 @@ def _status(config_path: Path, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser, argv, _run, terminated="stopped by SIGTERM while starting")
+    return run_main(
+        build_parser,
+        argv,
+        _run,
+        usage_errors=(ConfigError, StartupError),
+        failures=(GatewayCrashedError,),
+        terminated="stopped by SIGTERM while starting",
+    )
 
 
-def _run(prog: str, args: argparse.Namespace) -> int:
-    try:
-        if args.command == "status":
-            return _status(args.config, args.json)
-        config = load_config(args.config)
-        configure_logging(config.log_level, config.log_format)
-        return run_gateway(config, args.config)
-    except (ConfigError, StartupError) as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.USAGE
-    except GatewayCrashedError as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.FAILURE
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        return _status(args.config, args.json)
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    return run_gateway(config, args.config)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.errors import ControlError, SimError
 from meter_sim.faults import FaultPlan, load_fault_plan
 from meter_sim.simulator import Simulator
-from protocol.cli import ExitCode, error_line, run_main
+from protocol.cli import run_main
 from protocol.dlt645.meter_map import shipped_dlt645_map_names
 from protocol.regmap import shipped_map_names
 
@@ -196,22 +196,15 @@ def _loop_factory(baud: int | None) -> Callable[[], asyncio.AbstractEventLoop] |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser, argv, _run)
+    return run_main(build_parser, argv, _run, usage_errors=USAGE_ERRORS, failures=(SimError,))
 
 
-def _run(prog: str, args: argparse.Namespace) -> int:
-    try:
-        if args.command == "serve":
-            baud = dlt645_baud(args.baud) if args.protocol == "dlt645" else args.baud
-            with asyncio.Runner(loop_factory=_loop_factory(baud)) as runner:
-                return runner.run(_serve(args))
-        return asyncio.run(_ctl(args))
-    except USAGE_ERRORS as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.USAGE
-    except SimError as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.FAILURE
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        baud = dlt645_baud(args.baud) if args.protocol == "dlt645" else args.baud
+        with asyncio.Runner(loop_factory=_loop_factory(baud)) as runner:
+            return runner.run(_serve(args))
+    return asyncio.run(_ctl(args))
 
 
 if __name__ == "__main__":

@@ -138,20 +138,27 @@ def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
     raise Terminated
 
 
+#: Exception types a command's errors are of (``except`` takes a tuple of them).
+Errors: TypeAlias = tuple[type[Exception], ...]
+
+
 def run_main(
     build_parser: Callable[[], CliParser],
     argv: Sequence[str] | None,
-    run: Callable[[str, argparse.Namespace], int],
+    run: Callable[[argparse.Namespace], int],
     *,
+    usage_errors: Errors = (),
+    failures: Errors = (),
     terminated: str = "stopped by SIGTERM",
 ) -> int:
     """A console script with subcommands, from parsing to exit code: no command prints the
-    usage (exit 2); otherwise ``run(prog, args)``, ``prog`` naming the command in its
-    error lines (``meter-sim serve``). Ctrl-C or SIGTERM that reach here end with one
-    line, ``PROG COMMAND: interrupted by SIGINT`` (130) or ``PROG COMMAND: <terminated>``
-    (143), and a closed standard output ends quietly (:func:`survive_closed_stdout`).
-    SIGTERM raises :class:`Terminated` from the main thread only (the only one that may
-    set a handler), and the handler before is put back on return."""
+    usage (exit 2); otherwise ``run(args)``. What ends it is one line on stderr naming the
+    command (``meter-sim serve``): one of ``usage_errors`` (exit 2) or ``failures`` (1) as
+    :func:`error_line`, Ctrl-C as ``interrupted by SIGINT`` (130), SIGTERM as
+    ``terminated`` (143); a closed standard output ends quietly
+    (:func:`survive_closed_stdout`). SIGTERM raises :class:`Terminated` from the main
+    thread only (the only one that may set a handler), and the handler before is put back
+    on return."""
 
     def main() -> int:
         parser = build_parser()
@@ -160,7 +167,13 @@ def run_main(
             return parser.no_command()
         prog = f"{parser.prog} {args.command}"
         try:
-            return run(prog, args)
+            return run(args)
+        except usage_errors as exc:
+            print(error_line(prog, exc), file=sys.stderr)
+            return ExitCode.USAGE
+        except failures as exc:
+            print(error_line(prog, exc), file=sys.stderr)
+            return ExitCode.FAILURE
         except KeyboardInterrupt:  # before the command's own handlers are installed
             print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
             return ExitCode.INTERRUPTED
