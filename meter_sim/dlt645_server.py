@@ -5,7 +5,8 @@ a character, the meters' reply delay) and the faults in force, rolled per reques
 the Modbus meters' :class:`~meter_sim.faults.FaultTable`. A :class:`Dlt645Session` is
 one connection (or the pty): it finds frames in what arrives with the codec's
 :class:`~protocol.dlt645.frame.Deframer`, asks the pure meters for replies and writes
-them when they would have finished arriving on a real line.
+them when they would have finished arriving on a real line, through the transports of
+:mod:`meter_sim.transport` (shared with the Modbus endpoints).
 """
 
 from __future__ import annotations

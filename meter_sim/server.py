@@ -4,7 +4,8 @@ One :class:`Endpoint` is one port or serial bus: the unit ids it answers for (an
 into the simulator's meter numbers), its framing and, for RTU, its emulated baud rate.
 A :class:`Session` is one connection (or the pty): it feeds bytes to the pure reader,
 asks the pure core for replies, lets the fault table damage or withhold them, and
-writes them back strictly in request order.
+writes them back strictly in request order. What carries the bytes (TCP, the pty, the
+timed reply writer) is :mod:`meter_sim.transport`, shared with the DL/T 645 bus.
 
 By default an endpoint behaves like meters and serial device servers in the field: one
 request at a time per connection (a pipelined request waits until the previous reply is
