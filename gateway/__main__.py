@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
@@ -21,7 +19,7 @@ from protocol.cli import (
     add_config_option,
     error_line,
     exit_codes_help,
-    survive_closed_stdout,
+    run_main,
 )
 
 PROG = "meter-gateway"
@@ -101,48 +99,23 @@ def _status(config_path: Path, as_json: bool) -> int:
     return ExitCode.OK
 
 
-class _Terminated(Exception):  # noqa: N818 (a signal, not an error)
-    """SIGTERM before the service installed its own handler (while it starts)."""
-
-
-def _terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is not threading.main_thread():
-        return survive_closed_stdout(lambda: _main(argv))
-    before = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return survive_closed_stdout(lambda: _main(argv))
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    return run_main(
+        build_parser,
+        argv,
+        _run,
+        usage_errors=(ConfigError, StartupError),
+        failures=(GatewayCrashedError,),
+        terminated="stopped by SIGTERM while starting",
+    )
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        return parser.no_command()
-    prog = f"{PROG} {args.command}"
-    try:
-        if args.command == "status":
-            return _status(args.config, args.json)
-        config = load_config(args.config)
-        configure_logging(config.log_level, config.log_format)
-        return run_gateway(config, args.config)
-    except (ConfigError, StartupError) as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.USAGE
-    except GatewayCrashedError as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.FAILURE
-    except KeyboardInterrupt:  # Ctrl-C before the service's own handlers are installed
-        print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except _Terminated:
-        print(f"{prog}: stopped by SIGTERM while starting", file=sys.stderr)
-        return ExitCode.TERMINATED
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        return _status(args.config, args.json)
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    return run_gateway(config, args.config)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,9 @@ import json
 import selectors
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 from meter_sim.cli_args import (
-    PROG,
     USAGE_ERRORS,
     CliError,
     build_parser,
@@ -33,7 +30,7 @@ from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.errors import ControlError, SimError
 from meter_sim.faults import FaultPlan, load_fault_plan
 from meter_sim.simulator import Simulator
-from protocol.cli import ExitCode, error_line, survive_closed_stdout
+from protocol.cli import run_main
 from protocol.dlt645.meter_map import shipped_dlt645_map_names
 from protocol.regmap import shipped_map_names
 
@@ -198,48 +195,16 @@ def _loop_factory(baud: int | None) -> Callable[[], asyncio.AbstractEventLoop] |
     return lambda: asyncio.SelectorEventLoop(selectors.SelectSelector())
 
 
-class _Terminated(Exception):  # noqa: N818 (a signal, not an error)
-    """SIGTERM outside ``serve`` (which stops on it by itself)."""
-
-
-def _terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is not threading.main_thread():
-        return survive_closed_stdout(lambda: _main(argv))
-    before = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return survive_closed_stdout(lambda: _main(argv))
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    return run_main(build_parser, argv, _run, usage_errors=USAGE_ERRORS, failures=(SimError,))
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        return parser.no_command()
-    prog = f"{PROG} {args.command}"
-    try:
-        if args.command == "serve":
-            baud = dlt645_baud(args.baud) if args.protocol == "dlt645" else args.baud
-            with asyncio.Runner(loop_factory=_loop_factory(baud)) as runner:
-                return runner.run(_serve(args))
-        return asyncio.run(_ctl(args))
-    except USAGE_ERRORS as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.USAGE
-    except SimError as exc:
-        print(error_line(prog, exc), file=sys.stderr)
-        return ExitCode.FAILURE
-    except KeyboardInterrupt:  # before serve's own handlers are installed, or during ctl
-        print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except _Terminated:
-        print(f"{prog}: stopped by SIGTERM", file=sys.stderr)
-        return ExitCode.TERMINATED
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        baud = dlt645_baud(args.baud) if args.protocol == "dlt645" else args.baud
+        with asyncio.Runner(loop_factory=_loop_factory(baud)) as runner:
+            return runner.run(_serve(args))
+    return asyncio.run(_ctl(args))
 
 
 if __name__ == "__main__":

@@ -5,27 +5,24 @@ a character, the meters' reply delay) and the faults in force, rolled per reques
 the Modbus meters' :class:`~meter_sim.faults.FaultTable`. A :class:`Dlt645Session` is
 one connection (or the pty): it finds frames in what arrives with the codec's
 :class:`~protocol.dlt645.frame.Deframer`, asks the pure meters for replies and writes
-them when they would have finished arriving on a real line.
+them when they would have finished arriving on a real line, through the transports of
+:mod:`meter_sim.transport` (shared with the Modbus endpoints).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
-import os
 import random
-import socket
-import termios
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meter_sim import transport
 from meter_sim.clock import Clock
 from meter_sim.dlt645_meter import Dlt645Meter, answer, is_write, matches
 from meter_sim.faults import NORMAL, FaultTable, Outcome, corrupt
+from meter_sim.transport import PtyLine, ReplyQueue
 from protocol.dlt645.frame import MAX_DATA, PREAMBLE, Deframer, Frame
 from protocol.dlt645.messages import ErrorReply
 from protocol.dlt645.meter_map import Dlt645Map
@@ -146,8 +143,7 @@ class Dlt645Session:
         self._abort = abort
         self._deframer = Deframer()
         self._last_rx = 0.0
-        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
-        self._flusher: asyncio.Task[None] | None = None
+        self._replies = ReplyQueue(bus.name, write, self.close)
         self._closed = False
 
     def feed(self, data: bytes) -> None:
@@ -164,136 +160,34 @@ class Dlt645Session:
             start = max(mono, self.bus.busy_until) + outcome.delay
             self.bus.busy_until = start + done
             if reply is not None:
-                self._push(start + done, reply)
-
-    def _push(self, due: float, frame: bytes) -> None:
-        if self._queue:
-            due = max(due, self._queue[-1][0])
-        elif due <= time.monotonic():
-            self._write(frame)
-            return
-        self._queue.append((due, frame))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush(), name=f"sim-reply:{self.bus.name}"
-            )
-
-    async def _flush(self) -> None:
-        while self._queue and not self._closed:
-            due, frame = self._queue[0]
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._queue.popleft()
-            self._write(frame)
+                self._replies.push(start + done, reply)
 
     def close(self) -> None:
         self._closed = True
-        self._queue.clear()
+        self._replies.stop()
         self._abort()
-        self._stop_flusher()
-
-    def _stop_flusher(self) -> None:
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            try:
-                current = asyncio.current_task()
-            except RuntimeError:
-                current = None
-            if flusher is not current:
-                flusher.cancel()
 
     async def wait_closed(self) -> None:
-        if self._flusher is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await self._replies.wait_closed()
 
     def connection_lost(self) -> None:
         self._closed = True
-        self._queue.clear()
-        self._stop_flusher()
-
-
-class _StreamProtocol(asyncio.Protocol):
-    """A TCP connection carrying the bus's bytes (a serial device server's TCP port)."""
-
-    def __init__(self, bus: Dlt645Bus, sessions: set[Dlt645Session]) -> None:
-        self._bus = bus
-        self._sessions = sessions
-        self._session: Dlt645Session | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._session = Dlt645Session(self._bus, transport.write, transport.abort)
-        self._sessions.add(self._session)
-
-    def data_received(self, data: bytes) -> None:
-        assert self._session is not None
-        self._session.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._session is not None:
-            self._session.connection_lost()
-            self._sessions.discard(self._session)
+        self._replies.stop()
 
 
 async def serve_tcp(
     bus: Dlt645Bus, host: str, port: int, sessions: set[Dlt645Session]
 ) -> asyncio.Server:
-    """Listen for clients that speak the bus's bytes over TCP on ``host:port``."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _StreamProtocol(bus, sessions), host, port, reuse_address=True
+    """Listen for clients that speak the bus's bytes over TCP on ``host:port`` (a serial
+    device server's TCP port)."""
+    return await transport.serve_tcp(
+        lambda tr: Dlt645Session(bus, tr.write, tr.abort), host, port, sessions
     )
 
 
-class _PtyReader(asyncio.Protocol):
-    def __init__(self, session: Dlt645Session) -> None:
-        self._session = session
-
-    def data_received(self, data: bytes) -> None:
-        self._session.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._session.connection_lost()
-
-
-class PtyBus:
+class PtyBus(PtyLine[Dlt645Session]):
     """The bus on a pseudo-terminal pair: the gateway opens :attr:`path` with pyserial."""
 
     def __init__(self, bus: Dlt645Bus) -> None:
         self.bus = bus
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master, termios.TCSANOW)
-        tty.setraw(self._slave, termios.TCSANOW)
-        self.path = os.ttyname(self._slave)
-        self._read_transport: asyncio.ReadTransport | None = None
-        self._write_transport: asyncio.WriteTransport | None = None
-        self.session: Dlt645Session | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        write_fd = os.dup(self._master)
-        wt, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(write_fd, "wb", buffering=0)
-        )
-        self._write_transport = wt
-        session = self.session = Dlt645Session(self.bus, wt.write, lambda: None)
-        rt, _ = await loop.connect_read_pipe(
-            lambda: _PtyReader(session), os.fdopen(self._master, "rb", buffering=0)
-        )
-        self._read_transport = rt
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-        if self._read_transport is not None:
-            self._read_transport.close()
-        else:
-            os.close(self._master)
-        if self._write_transport is not None:
-            self._write_transport.close()
-        os.close(self._slave)
+        super().__init__(lambda write, abort: Dlt645Session(bus, write, abort))

@@ -9,9 +9,7 @@ The controls have the Modbus simulator's names, so its control port serves both.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import random
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -20,8 +18,9 @@ from meter_sim.clock import Clock, ScaledClock
 from meter_sim.dlt645_meter import DEFAULT_PASSWORD, Dlt645Meter
 from meter_sim.dlt645_server import REPLY_DELAY, Dlt645Bus, Dlt645Session, PtyBus, serve_tcp
 from meter_sim.errors import ControlError, SetupError
-from meter_sim.faults import ALL, FaultKind, FaultSpec, FaultTable
-from meter_sim.physics import CustomerClass, MeterModel, Tamper
+from meter_sim.faults import FaultSpec
+from meter_sim.physics import CustomerClass, MeterModel
+from meter_sim.sim_base import SimulatorBase
 from protocol.dlt645.credentials import Password
 from protocol.dlt645.frame import MAX_DATA, PREAMBLE, Address
 from protocol.dlt645.meter_map import Dlt645Map, load_dlt645_map
@@ -33,7 +32,7 @@ MAX_METERS = 247
 DEFAULT_BAUD = 2400
 
 
-class Dlt645Simulator:
+class Dlt645Simulator(SimulatorBase[Dlt645Meter, Dlt645Session]):
     """DL/T 645 meters behind one bus, with the Modbus simulator's controls."""
 
     def __init__(
@@ -54,22 +53,23 @@ class Dlt645Simulator:
             raise SetupError("at least one meter")
         if first_address < 0 or first_address + meters - 1 > 999_999_999_999:
             raise SetupError("the meters' addresses must fit 12 digits")
-        self.regmap = model_map  # named as the Modbus simulator's, for the control port
-        self.model_map = model_map
-        self.clock = clock
-        self.seed = seed
-        self.baud = baud
         now = clock.now()
         classes = classes or {}
-        self.meters: dict[int, Dlt645Meter] = {
-            n: Dlt645Meter(
-                MeterModel(n, seed, now, classes.get(n)),
-                Address.of_number(first_address + n - 1),
-                password,
-            )
-            for n in range(1, meters + 1)
-        }
-        self.faults = FaultTable(seed, range(1, meters + 1))
+        super().__init__(
+            meters={
+                n: Dlt645Meter(
+                    MeterModel(n, seed, now, classes.get(n)),
+                    Address.of_number(first_address + n - 1),
+                    password,
+                )
+                for n in range(1, meters + 1)
+            },
+            clock=clock,
+            seed=seed,
+        )
+        self.regmap = model_map  # named as the Modbus simulator's, for the control port
+        self.model_map = model_map
+        self.baud = baud
         self.bus = Dlt645Bus(
             name="dlt645",
             model_map=model_map,
@@ -82,12 +82,6 @@ class Dlt645Simulator:
             max_data=max_data,
             rng=random.Random(f"corrupt:{seed}:dlt645"),
         )
-        self.rtu_tcp_address: tuple[str, int] | None = None
-        self.rtu_pty_path: str | None = None
-        self.control_address: tuple[str, int] | None = None
-        self._servers: list[asyncio.Server] = []
-        self._ptys: list[PtyBus] = []
-        self._sessions: set[Dlt645Session] = set()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -159,43 +153,11 @@ class Dlt645Simulator:
         control_port: int | None,
     ) -> None:
         if rtu_tcp_port is not None:
-            try:
-                server = await serve_tcp(self.bus, host, rtu_tcp_port, self._sessions)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise SetupError(f"{host}:{rtu_tcp_port} is already in use") from None
-                raise SetupError(
-                    f"cannot listen on {host}:{rtu_tcp_port}: {exc.strerror}"
-                ) from None
-            self._servers.append(server)
-            sockname = server.sockets[0].getsockname()
-            self.rtu_tcp_address = (str(sockname[0]), int(sockname[1]))
+            serving = serve_tcp(self.bus, host, rtu_tcp_port, self._sessions)
+            self.rtu_tcp_address = await self._serve(serving, host, rtu_tcp_port)
         if rtu_pty:
-            pty = PtyBus(self.bus)
-            self._ptys.append(pty)
-            await pty.start()
-            self.rtu_pty_path = pty.path
-        if control_port is not None:
-            from meter_sim.control import serve_control  # noqa: PLC0415 - control needs us
-
-            control = await serve_control(self, control_host, control_port)
-            self._servers.append(control)
-            sockname = control.sockets[0].getsockname()
-            self.control_address = (str(sockname[0]), int(sockname[1]))
-
-    async def _close(self) -> None:
-        for server in self._servers:
-            server.close()
-        sessions = list(self._sessions)
-        for session in sessions:
-            session.close()
-        for pty in self._ptys:
-            pty.close()
-        for session in sessions + [pty.session for pty in self._ptys if pty.session]:
-            await session.wait_closed()
-        for server in self._servers:
-            await server.wait_closed()
-        await asyncio.sleep(0)
+            await self._open_pty(PtyBus(self.bus))
+        await self._open_control(control_host, control_port)
 
     # ------------------------------------------------------------------ addressing
 
@@ -207,18 +169,6 @@ class Dlt645Simulator:
         return self.bus.requests
 
     # ------------------------------------------------------------------ controls
-
-    def _check(self, number: int) -> Dlt645Meter:
-        meter = self.meters.get(number)
-        if meter is None:
-            raise ControlError(f"no meter {number} (meters are 1..{len(self.meters)})")
-        return meter
-
-    def meter(self, number: int) -> MeterModel:
-        """The meter's physics, advanced to now (read it; change it through the controls)."""
-        model = self._check(number).model
-        model.advance(self.clock.now())
-        return model
 
     def dlt645_meter(self, number: int) -> Dlt645Meter:
         """The meter's DL/T 645 state (address, relay command, protected, alarm, clock)."""
@@ -232,53 +182,9 @@ class Dlt645Simulator:
         """The customer holds the button: the relay closes if close was allowed (1BH)."""
         self._check(number).press_button(self.clock.now())
 
-    def set_tamper(self, number: int, tamper: Tamper | str, on: bool) -> None:
-        try:
-            kind = Tamper(tamper)
-        except ValueError:
-            raise ControlError(
-                f"unknown tamper {tamper!r}; one of {', '.join(t.value for t in Tamper)}"
-            ) from None
-        self._check(number).model.set_tamper(kind, on, self.clock.now())
-
-    def set_load(self, number: int, watts: int | None) -> None:
-        self._check(number).model.set_load(watts, self.clock.now())
-
     def set_clock_offset(self, number: int, seconds: float) -> None:
         """Make a meter's clock run ``seconds`` ahead of the simulated time (drift)."""
         self._check(number).clock_offset = seconds
-
-    def inject_fault(
-        self,
-        number: int | str,
-        kind: FaultKind | str,
-        probability: float = 1.0,
-        **options: float,
-    ) -> FaultSpec:
-        """Put a fault in force on meter ``number`` or on ``"all"`` (probability 0 clears)."""
-        from pydantic import ValidationError  # noqa: PLC0415 - only on this path
-
-        try:
-            spec = FaultSpec.model_validate(
-                {"unit": number, "kind": kind, "probability": probability, **options}
-            )
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ControlError(f"fault {where}: {err['msg']}") from None
-        self.faults.set(spec)
-        return spec
-
-    def clear_faults(self, number: int | str = ALL, kind: FaultKind | str | None = None) -> None:
-        if number != ALL:
-            if not isinstance(number, int):
-                raise ControlError(f"unit {number!r} is neither a meter number nor 'all'")
-            self._check(number)
-        try:
-            fault_kind = None if kind is None else FaultKind(kind)
-        except ValueError:
-            raise ControlError(f"unknown fault kind {kind!r}") from None
-        self.faults.clear(number, fault_kind)
 
     def state(self, number: int) -> dict[str, Any]:
         """The meter's whole state, JSON-ready, with its DL/T 645 state and faults."""
@@ -291,9 +197,5 @@ class Dlt645Simulator:
         out["meter"] = number
         out["map"] = self.model_map.name
         out["dlt645"] = meter.state(now)
-        out["faults"] = [
-            spec.model_dump(mode="json")
-            for spec in self.faults.in_force()
-            if spec.unit in (number, ALL)
-        ]
+        out["faults"] = self._faults_of(number)
         return out

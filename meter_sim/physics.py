@@ -1,7 +1,8 @@
-"""Meter physics, pure: load, voltage, energy, relay, tamper, load limit, keypad and button.
+"""Meter physics, pure: energy, relay, tamper, load limit, lease, keypad and button.
 
 A :class:`MeterModel` is stepped by :meth:`MeterModel.advance` with the simulated time;
-it never reads a clock. Demand is a deterministic function of (seed, unit, minute):
+it never reads a clock. Demand (and what the meter measures of it) comes from
+:mod:`meter_sim.load_profile`, a deterministic function of (seed, unit, minute):
 constant within each minute, so energy integrated over any sequence of advances is the
 same exact integer (Wh plus a W*ms remainder, no float drift) whoever polls when. That
 is what makes "same seed, same readings" hold, and idle meters cost nothing.
@@ -9,22 +10,44 @@ is what makes "same seed, same readings" hold, and idle meters cost nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from meter_sim.errors import ControlError
+from meter_sim.load_profile import (
+    BASE_POWER_FACTOR,
+    DAILY_SHAPE,
+    WORKSHOP_WEEKEND,
+    CustomerClass,
+    Instant,
+    customer_class_for,
+    measure,
+    mix64,
+    profile_w,
+    round_div,
+)
+
+__all__ = [  # with the load profile's names, which lived here first
+    "BASE_POWER_FACTOR",
+    "DAILY_SHAPE",
+    "KEYPAD_DIGITS",
+    "LOAD_LIMIT_DELAY_MS",
+    "MS_PER_MINUTE",
+    "WMS_PER_WH",
+    "WORKSHOP_WEEKEND",
+    "CustomerClass",
+    "Instant",
+    "MeterModel",
+    "Tamper",
+    "customer_class_for",
+    "mix64",
+    "round_div",
+]
 
 MS_PER_MINUTE = 60_000
 WMS_PER_WH = 3_600_000  # watt-milliseconds in one watt-hour
 LOAD_LIMIT_DELAY_MS = 10_000  # PE-1: above the limit for 10 s opens the relay
 KEYPAD_DIGITS = 20
-
-
-class CustomerClass(StrEnum):
-    RESIDENTIAL = "residential"
-    SHOP = "shop"
-    WORKSHOP = "workshop"
 
 
 class Tamper(StrEnum):
@@ -34,73 +57,6 @@ class Tamper(StrEnum):
     MAGNET = "magnet"  # magnetic field on the meter: status bit 2
     BYPASS = "bypass"  # load wired around the relay: consumption goes on with it open
     REVERSE = "reverse"  # meter wired backwards: energy counts as export, status bit 6
-
-
-#: Mean demand in W at each hour of the day (linear in between), weekdays.
-# fmt: off
-DAILY_SHAPE: dict[CustomerClass, tuple[int, ...]] = {
-    CustomerClass.RESIDENTIAL: (
-        180, 150, 140, 140, 150, 220, 480, 850, 700, 420, 350, 360,
-        420, 380, 340, 360, 480, 820, 1250, 1400, 1200, 900, 520, 260,
-    ),
-    CustomerClass.SHOP: (
-        220, 200, 200, 200, 200, 220, 300, 900, 1500, 1700, 1800, 1900,
-        1900, 1800, 1800, 1850, 1900, 1800, 1600, 1300, 800, 300, 240, 220,
-    ),
-    CustomerClass.WORKSHOP: (
-        300, 300, 300, 300, 300, 350, 900, 3200, 4200, 4600, 4800, 4500,
-        3000, 4300, 4700, 4600, 4000, 2500, 800, 400, 350, 300, 300, 300,
-    ),
-}
-# fmt: on
-#: Weekend shape for the workshop (closed); the other classes keep their weekday shape.
-WORKSHOP_WEEKEND = (300,) * 24
-#: Typical power factor in thousandths by class.
-BASE_POWER_FACTOR: dict[CustomerClass, int] = {
-    CustomerClass.RESIDENTIAL: 960,
-    CustomerClass.SHOP: 910,
-    CustomerClass.WORKSHOP: 830,
-}
-
-_MASK64 = (1 << 64) - 1
-
-
-def round_div(numerator: int, denominator: int) -> int:
-    """The simulator's one rounding: ``numerator / denominator`` rounded half up."""
-    if denominator <= 0:
-        raise ValueError("denominator must be positive")
-    return (2 * numerator + denominator) // (2 * denominator)
-
-
-def mix64(*parts: int) -> int:
-    """A deterministic 64-bit hash of integers (splitmix64 steps): seeded noise, no state."""
-    h = 0x9E3779B97F4A7C15
-    for part in parts:
-        h = (h ^ (part & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h
-
-
-def customer_class_for(seed: int, unit: int) -> CustomerClass:
-    """The default class of a meter: 70% residential, 20% shops, 10% workshops, by seed."""
-    pick = mix64(seed, unit, 7) % 10
-    if pick < 7:
-        return CustomerClass.RESIDENTIAL
-    return CustomerClass.SHOP if pick < 9 else CustomerClass.WORKSHOP
-
-
-@dataclass(frozen=True, slots=True)
-class Instant:
-    """What the meter measures at one moment, in integer register-friendly units."""
-
-    power_w: int  # signed: negative under reverse tamper
-    voltage_dv: int  # 0.1 V
-    current_ma: int
-    power_factor_milli: int
-    frequency_chz: int  # 0.01 Hz
 
 
 class MeterModel:
@@ -193,16 +149,7 @@ class MeterModel:
         return self._demand
 
     def _profile_w(self, minute: int) -> int:
-        day, minute_of_day = divmod(minute, 1440)
-        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-        shape = DAILY_SHAPE[self.customer_class]
-        if self.customer_class is CustomerClass.WORKSHOP and weekday >= 5:
-            shape = WORKSHOP_WEEKEND
-        hour, into = divmod(minute_of_day, 60)
-        a, b = shape[hour], shape[(hour + 1) % 24]
-        base60 = a * 60 + (b - a) * into
-        noise = 700 + mix64(self._key, minute, 2) % 601  # 0.7x .. 1.3x, per minute
-        return round_div(base60 * self._scale_permille * noise, 60 * 1000 * 1000)
+        return profile_w(self.customer_class, self._key, self._scale_permille, minute)
 
     def metered_power_w(self, minute: int) -> int:
         """Power through the meter: none with the relay open unless bypassed; signed."""
@@ -278,17 +225,8 @@ class MeterModel:
         if key == self._instant_key and self._instant is not None:
             return self._instant
         self._instant_key = key
-        self._instant = self._measure(minute, p)
+        self._instant = measure(self.customer_class, self._key, minute, p)
         return self._instant
-
-    def _measure(self, minute: int, p: int) -> Instant:
-        v = 2300 + mix64(self._key, minute, 3) % 41 - 20 - round_div(abs(p) * 15, 1000)
-        f = 5000 + mix64(self._key, minute, 4) % 11 - 5
-        if p == 0:
-            return Instant(0, v, 0, 1000, f)
-        pf = BASE_POWER_FACTOR[self.customer_class] + mix64(self._key, minute, 5) % 41 - 20
-        current = round_div(abs(p) * 10_000_000, v * pf)
-        return Instant(p, v, current, pf, f)
 
     def status_bits(self) -> int:
         """PE-1 status register (bits 0..7)."""

@@ -4,7 +4,8 @@ One :class:`Endpoint` is one port or serial bus: the unit ids it answers for (an
 into the simulator's meter numbers), its framing and, for RTU, its emulated baud rate.
 A :class:`Session` is one connection (or the pty): it feeds bytes to the pure reader,
 asks the pure core for replies, lets the fault table damage or withhold them, and
-writes them back strictly in request order.
+writes them back strictly in request order. What carries the bytes (TCP, the pty, the
+timed reply writer) is :mod:`meter_sim.transport`, shared with the DL/T 645 bus.
 
 By default an endpoint behaves like meters and serial device servers in the field: one
 request at a time per connection (a pipelined request waits until the previous reply is
@@ -17,23 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import os
 import random
-import socket
-import struct
-import termios
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meter_sim import transport
 from meter_sim.clock import Clock
 from meter_sim.faults import NORMAL, FaultTable, Outcome, corrupt
 from meter_sim.pdu import SimMeter, answer
 from meter_sim.registers import GATEWAY_TARGET_FAILED, MapLayout
+from meter_sim.transport import PtyLine, ReplyQueue, reset_abort
 from protocol.errors import DecodeError
 from protocol.modbus.mbap import MbapReader, mbap_frame
 from protocol.modbus.pdu import exception_pdu, is_write
@@ -108,24 +105,26 @@ class Endpoint:
         return outcome, answer(self.layout, meter, pdu, now, outcome.relay_actuates)
 
 
-_RESET = b""  # queue marker: reset the connection here
-
-
 class Session:
     """One client connection (or the pty) on an endpoint."""
 
     def __init__(
-        self, endpoint: Endpoint, write: Callable[[bytes], None], abort: Callable[[], None]
+        self,
+        endpoint: Endpoint,
+        write: Callable[[bytes], None],
+        abort: Callable[[], None],
+        *,
+        counted: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self._write = write
         self._abort = abort
+        self._counted = counted  # holds one of the endpoint's connections
         self._tcp = endpoint.framing == "tcp"
         self._mbap = MbapReader()
         self._rtu = RtuReader()
         self._last_rx = 0.0
-        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
-        self._flusher: asyncio.Task[None] | None = None
+        self._replies = ReplyQueue(endpoint.name, write, self.close, self._drained)
         #: MBAP requests received and not yet answered (one at a time, unless pipelining)
         self._backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._next: asyncio.Handle | None = None
@@ -152,7 +151,7 @@ class Session:
             out: list[bytes] = []
             for tid, unit, pdu in frames:
                 outcome, reply = self.endpoint.respond(unit, pdu)
-                if outcome is NORMAL and not self._queue:
+                if outcome is NORMAL and not self._replies.waiting:
                     if reply is not None:
                         out.append(mbap_frame(tid, unit, reply))
                     continue
@@ -184,7 +183,7 @@ class Session:
         """Answer the oldest waiting MBAP request, unless a reply is still to be written;
         the next one gets its turn on a later loop iteration (other connections first)."""
         self._next = None
-        if self._closed or self._queue or not self._backlog:
+        if self._closed or self._replies.waiting or not self._backlog:
             return
         tid, unit, pdu = self._backlog.popleft()
         outcome, reply = self.endpoint.respond(unit, pdu)
@@ -193,7 +192,7 @@ class Session:
             self._write(framed)
         else:
             self._schedule(outcome, framed, time.monotonic() + outcome.delay)
-        if self._backlog and not self._queue:
+        if self._backlog and not self._replies.waiting:
             self._next = asyncio.get_running_loop().call_soon(self._serve_next)
 
     def _schedule(self, outcome: Outcome, frame: bytes | None, due: float) -> None:
@@ -201,172 +200,71 @@ class Session:
         replies."""
         if outcome.reset:
             if self._tcp:  # a serial line has no connection to reset: the reply is lost
-                self._push(time.monotonic(), _RESET)
+                self._replies.push_reset()
             return
         if frame is None:
             return
         if outcome.corruption is not None:
             frame = corrupt(frame, outcome.corruption, 7 if self._tcp else 0, self.endpoint.rng)
-        self._push(due, frame)
+        self._replies.push(due, frame)
 
-    def _push(self, due: float, frame: bytes) -> None:
-        if self._queue:
-            due = max(due, self._queue[-1][0])
-        elif due <= time.monotonic() and frame:
-            self._write(frame)
-            return
-        self._queue.append((due, frame))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush(), name=f"sim-reply:{self.endpoint.name}"
-            )
-
-    async def _flush(self) -> None:
-        while self._queue and not self._closed:
-            due, frame = self._queue[0]
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._queue.popleft()
-            if not frame:  # _RESET
-                self.close()
-                return
-            self._write(frame)
+    def _drained(self) -> None:
+        """Every queued reply is written: the next waiting request's turn."""
         if self._backlog and self._next is None and not self._closed:
-            self._serve_next()  # one at a time: the next request's turn
+            self._serve_next()
 
     def close(self) -> None:
         """Drop the connection at once (TCP: with an RST)."""
         self._closed = True
-        self._queue.clear()
+        self._replies.stop()
         self._backlog.clear()
         self._abort()
-        self._stop_flusher()
+        self._stop_next()
 
-    def _stop_flusher(self) -> None:
+    def _stop_next(self) -> None:
         if self._next is not None:
             self._next.cancel()
             self._next = None
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            try:
-                current = asyncio.current_task()
-            except RuntimeError:  # no running loop: nothing can be pending
-                current = None
-            if flusher is not current:
-                flusher.cancel()
 
     async def wait_closed(self) -> None:
         """Wait for a cancelled reply writer to finish (no task left behind)."""
-        if self._flusher is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await self._replies.wait_closed()
 
     def connection_lost(self) -> None:
+        if self._counted:
+            self.endpoint.connections -= 1
+            self._counted = False
         self._closed = True
-        self._queue.clear()
+        self._replies.stop()
         self._backlog.clear()
-        self._stop_flusher()
+        self._stop_next()
 
 
-class _StreamProtocol(asyncio.Protocol):
-    """A TCP connection (MBAP or RTU framing) driving one :class:`Session`."""
-
-    def __init__(self, endpoint: Endpoint, sessions: set[Session]) -> None:
-        self._endpoint = endpoint
-        self._sessions = sessions
-        self._session: Session | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def abort() -> None:
-            if sock is not None:  # linger 0: close sends an RST, as a crashed device does
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-
-        endpoint = self._endpoint
-        limit = endpoint.max_connections
-        if limit is not None and endpoint.connections >= limit:
-            # A device at its connection limit: accepted by the kernel, reset at once.
-            endpoint.refused += 1
-            log.info("%s: connection %d over the limit of %d: reset", endpoint.name,
-                     endpoint.connections + 1, limit)  # fmt: skip
-            abort()
-            return
-        endpoint.connections += 1
-        self._session = Session(endpoint, transport.write, abort)
-        self._sessions.add(self._session)
-
-    def data_received(self, data: bytes) -> None:
-        if self._session is not None:  # None: refused, being reset
-            self._session.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._session is not None:
-            self._endpoint.connections -= 1
-            self._session.connection_lost()
-            self._sessions.discard(self._session)
+def _accept(endpoint: Endpoint, transport: asyncio.Transport) -> Session | None:
+    """A TCP connection's session, or None: over the limit, reset at once."""
+    abort = reset_abort(transport)
+    limit = endpoint.max_connections
+    if limit is not None and endpoint.connections >= limit:
+        # A device at its connection limit: accepted by the kernel, reset at once.
+        endpoint.refused += 1
+        log.info("%s: connection %d over the limit of %d: reset", endpoint.name,
+                 endpoint.connections + 1, limit)  # fmt: skip
+        abort()
+        return None
+    endpoint.connections += 1
+    return Session(endpoint, transport.write, abort, counted=True)
 
 
 async def serve_tcp(
     endpoint: Endpoint, host: str, port: int, sessions: set[Session]
 ) -> asyncio.Server:
     """Listen for Modbus TCP (or RTU-over-TCP) clients on ``host:port``."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _StreamProtocol(endpoint, sessions), host, port, reuse_address=True
-    )
+    return await transport.serve_tcp(lambda tr: _accept(endpoint, tr), host, port, sessions)
 
 
-class _PtyReader(asyncio.Protocol):
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    def data_received(self, data: bytes) -> None:
-        self._session.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._session.connection_lost()
-
-
-class PtyBus:
+class PtyBus(PtyLine[Session]):
     """RTU over a pseudo-terminal pair: the gateway opens :attr:`path` with pyserial."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master, termios.TCSANOW)
-        tty.setraw(self._slave, termios.TCSANOW)
-        self.path = os.ttyname(self._slave)
-        self._read_transport: asyncio.ReadTransport | None = None
-        self._write_transport: asyncio.WriteTransport | None = None
-        self.session: Session | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        write_fd = os.dup(self._master)
-        wt, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(write_fd, "wb", buffering=0)
-        )
-        self._write_transport = wt
-        session = self.session = Session(self.endpoint, wt.write, lambda: None)
-        rt, _ = await loop.connect_read_pipe(
-            lambda: _PtyReader(session), os.fdopen(self._master, "rb", buffering=0)
-        )
-        self._read_transport = rt
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-        if self._read_transport is not None:
-            self._read_transport.close()
-        else:
-            os.close(self._master)
-        if self._write_transport is not None:
-            self._write_transport.close()
-        os.close(self._slave)
+        super().__init__(lambda write, abort: Session(endpoint, write, abort))

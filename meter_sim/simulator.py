@@ -8,21 +8,20 @@ or RTU over TCP) serves meters 1..N (N <= 247) as unit ids 1..N.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import logging
 import random
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from meter_sim.clock import Clock, ScaledClock
-from meter_sim.errors import ControlError, SetupError
-from meter_sim.faults import ALL, FaultKind, FaultSpec, FaultTable
+from meter_sim.errors import SetupError
+from meter_sim.faults import FaultSpec
 from meter_sim.pdu import SimMeter
-from meter_sim.physics import CustomerClass, MeterModel, Tamper
+from meter_sim.physics import CustomerClass, MeterModel
 from meter_sim.registers import MapLayout
 from meter_sim.server import DEFAULT_MAX_CONNECTIONS, Endpoint, PtyBus, Session, serve_tcp
+from meter_sim.sim_base import SimulatorBase
 from protocol.errors import MapError
 from protocol.regmap import RegisterMap, load_map
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 UNITS_PER_PORT = 247
 
 
-class Simulator:
+class Simulator(SimulatorBase[SimMeter, Session]):
     """A street of simulated meters behind Modbus endpoints, with controls."""
 
     def __init__(
@@ -48,27 +47,22 @@ class Simulator:
     ) -> None:
         if meters < 1:
             raise SetupError("at least one meter")
+        now = clock.now()
+        classes = classes or {}
+        super().__init__(
+            meters={
+                n: SimMeter(MeterModel(n, seed, now, classes.get(n))) for n in range(1, meters + 1)
+            },
+            clock=clock,
+            seed=seed,
+        )
         self.regmap = regmap
-        self.clock = clock
-        self.seed = seed
         self.baud = baud
         self.pipelining = pipelining
         self.max_connections = max_connections
         self.layout = MapLayout(regmap, seed)
-        now = clock.now()
-        classes = classes or {}
-        self.meters: dict[int, SimMeter] = {
-            n: SimMeter(MeterModel(n, seed, now, classes.get(n))) for n in range(1, meters + 1)
-        }
-        self.faults = FaultTable(seed, range(1, meters + 1))
         self.endpoints: list[Endpoint] = []
         self.tcp_addresses: list[tuple[str, int]] = []
-        self.rtu_tcp_address: tuple[str, int] | None = None
-        self.rtu_pty_path: str | None = None
-        self.control_address: tuple[str, int] | None = None
-        self._servers: list[asyncio.Server] = []
-        self._ptys: list[PtyBus] = []
-        self._sessions: set[Session] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,15 +148,7 @@ class Simulator:
         return ep
 
     async def _listen(self, ep: Endpoint, host: str, port: int) -> tuple[str, int]:
-        try:
-            server = await serve_tcp(ep, host, port, self._sessions)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise SetupError(f"{host}:{port} is already in use") from None
-            raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self._servers.append(server)
-        sockname = server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
+        return await self._serve(serve_tcp(ep, host, port, self._sessions), host, port)
 
     async def _open(
         self,
@@ -185,31 +171,8 @@ class Simulator:
             ep = self._endpoint("rtu-tcp", "rtu", 0, n)
             self.rtu_tcp_address = await self._listen(ep, host, rtu_tcp_port)
         if rtu_pty:
-            pty = PtyBus(self._endpoint("rtu-pty", "rtu", 0, n))
-            self._ptys.append(pty)
-            await pty.start()
-            self.rtu_pty_path = pty.path
-        if control_port is not None:
-            from meter_sim.control import serve_control  # noqa: PLC0415 - control needs us
-
-            server = await serve_control(self, control_host, control_port)
-            self._servers.append(server)
-            sockname = server.sockets[0].getsockname()
-            self.control_address = (str(sockname[0]), int(sockname[1]))
-
-    async def _close(self) -> None:
-        for server in self._servers:
-            server.close()
-        sessions = list(self._sessions)
-        for session in sessions:
-            session.close()
-        for pty in self._ptys:
-            pty.close()
-        for session in sessions + [pty.session for pty in self._ptys if pty.session]:
-            await session.wait_closed()
-        for server in self._servers:
-            await server.wait_closed()
-        await asyncio.sleep(0)  # let closed transports run their connection_lost
+            await self._open_pty(PtyBus(self._endpoint("rtu-pty", "rtu", 0, n)))
+        await self._open_control(control_host, control_port)
 
     # ------------------------------------------------------------------ addressing
 
@@ -232,70 +195,12 @@ class Simulator:
 
     # ------------------------------------------------------------------ controls
 
-    def _check(self, number: int) -> SimMeter:
-        meter = self.meters.get(number)
-        if meter is None:
-            raise ControlError(f"no meter {number} (meters are 1..{len(self.meters)})")
-        return meter
-
-    def meter(self, number: int) -> MeterModel:
-        """The meter's physics, advanced to now (read it; change it through the controls)."""
-        model = self._check(number).model
-        model.advance(self.clock.now())
-        return model
-
     def keypad(self, number: int, digits: str) -> int:
         """Type a complete 20-digit entry on the meter's keypad; returns the new keypad_seq."""
         return self._check(number).model.enter_keypad(digits, self.clock.now())
 
     def press_button(self, number: int) -> None:
         self._check(number).model.press_button(self.clock.now())
-
-    def set_tamper(self, number: int, tamper: Tamper | str, on: bool) -> None:
-        try:
-            kind = Tamper(tamper)
-        except ValueError:
-            raise ControlError(
-                f"unknown tamper {tamper!r}; one of {', '.join(t.value for t in Tamper)}"
-            ) from None
-        self._check(number).model.set_tamper(kind, on, self.clock.now())
-
-    def set_load(self, number: int, watts: int | None) -> None:
-        """Fix the meter's demand in W (None: back to its customer-class profile)."""
-        self._check(number).model.set_load(watts, self.clock.now())
-
-    def inject_fault(
-        self,
-        number: int | str,
-        kind: FaultKind | str,
-        probability: float = 1.0,
-        **options: float,
-    ) -> FaultSpec:
-        """Put a fault in force on meter ``number`` or on ``"all"`` (probability 0 clears)."""
-        from pydantic import ValidationError  # noqa: PLC0415 - only on this path
-
-        try:
-            spec = FaultSpec.model_validate(
-                {"unit": number, "kind": kind, "probability": probability, **options}
-            )
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ControlError(f"fault {where}: {err['msg']}") from None
-        self.faults.set(spec)
-        return spec
-
-    def clear_faults(self, number: int | str = ALL, kind: FaultKind | str | None = None) -> None:
-        """Clear one kind or every fault of a meter (``"all"``: the bus-wide ones)."""
-        if number != ALL:
-            if not isinstance(number, int):
-                raise ControlError(f"unit {number!r} is neither a meter number nor 'all'")
-            self._check(number)
-        try:
-            fault_kind = None if kind is None else FaultKind(kind)
-        except ValueError:
-            raise ControlError(f"unknown fault kind {kind!r}") from None
-        self.faults.clear(number, fault_kind)
 
     def state(self, number: int) -> dict[str, Any]:
         """The meter's whole state, JSON-ready, with its faults and served registers."""
@@ -305,9 +210,5 @@ class Simulator:
         out["meter"] = number
         out["map"] = self.regmap.name
         out["holding_written"] = {str(a): v for a, v in sorted(meter.stored.items())}
-        out["faults"] = [
-            spec.model_dump(mode="json")
-            for spec in self.faults.in_force()
-            if spec.unit in (number, ALL)
-        ]
+        out["faults"] = self._faults_of(number)
         return out

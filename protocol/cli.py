@@ -13,10 +13,12 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeAlias
 
 DISTRIBUTION = "prepaid-edge"
@@ -125,6 +127,67 @@ def survive_closed_stdout(run: Callable[[], int]) -> int:
             pass
         return ExitCode.FAILURE
     return code
+
+
+class Terminated(Exception):  # noqa: N818 (a signal, not an error)
+    """SIGTERM while the command has no handler of its own (a service installs one once
+    it runs; before that, and in a short command, this is how SIGTERM ends it)."""
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+#: Exception types a command's errors are of (``except`` takes a tuple of them).
+Errors: TypeAlias = tuple[type[Exception], ...]
+
+
+def run_main(
+    build_parser: Callable[[], CliParser],
+    argv: Sequence[str] | None,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    usage_errors: Errors = (),
+    failures: Errors = (),
+    terminated: str = "stopped by SIGTERM",
+) -> int:
+    """A console script with subcommands, from parsing to exit code: no command prints the
+    usage (exit 2); otherwise ``run(args)``. What ends it is one line on stderr naming the
+    command (``meter-sim serve``): one of ``usage_errors`` (exit 2) or ``failures`` (1) as
+    :func:`error_line`, Ctrl-C as ``interrupted by SIGINT`` (130), SIGTERM as
+    ``terminated`` (143); a closed standard output ends quietly
+    (:func:`survive_closed_stdout`). SIGTERM raises :class:`Terminated` from the main
+    thread only (the only one that may set a handler), and the handler before is put back
+    on return."""
+
+    def main() -> int:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            return parser.no_command()
+        prog = f"{parser.prog} {args.command}"
+        try:
+            return run(args)
+        except usage_errors as exc:
+            print(error_line(prog, exc), file=sys.stderr)
+            return ExitCode.USAGE
+        except failures as exc:
+            print(error_line(prog, exc), file=sys.stderr)
+            return ExitCode.FAILURE
+        except KeyboardInterrupt:  # before the command's own handlers are installed
+            print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except Terminated:
+            print(f"{prog}: {terminated}", file=sys.stderr)
+            return ExitCode.TERMINATED
+
+    if threading.current_thread() is not threading.main_thread():
+        return survive_closed_stdout(main)
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return survive_closed_stdout(main)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def error_line(prog: str, problem: object) -> str:
