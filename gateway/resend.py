@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError
 from gateway.mqtt_link import MqttLink, PublishRefusedError
 from gateway.store import RawOutboxRow
 from gateway.sync import outbox_message
@@ -62,7 +63,7 @@ class _Pending:
     left: int
 
 
-class ResendRateLimitedError(Exception):
+class ResendRateLimitedError(GatewayError):
     """A requester asked for more rows than its budget holds now."""
 
     def __init__(self, requester: str, cost: int, retry_after_s: float) -> None:
