@@ -117,7 +117,6 @@ class ResendQueue:
         self._ready = asyncio.Event()
         self._budgets: dict[str, _Budget] = {}
         self.resent = 0
-        self.rate_limited = 0
 
     def plan(self, meter_id: str, from_seq: int, requester: str) -> ResendPlan:
         """Queue a request (merged with the meter's waiting one, if any), paid from
@@ -145,7 +144,6 @@ class ResendQueue:
         budget = self._budgets.get(requester)
         left = REQUESTER_BURST if budget is None else self._left(budget, now)
         if left < cost:
-            self.rate_limited += 1
             raise ResendRateLimitedError(requester, cost, (cost - left) / REQUESTER_RATE)
         self._budgets[requester] = _Budget(left - cost, now)
 

@@ -121,6 +121,7 @@ class Topics:
         return f"{self.root}/meters/{meter_id}/{kind}"
 
     def meter_command(self, meter_id: str) -> str:
+        """Where a headend sends one meter's commands (``+``: every meter's)."""
         return f"{self.root}/meters/{meter_id}/cmd"
 
     @property
@@ -129,7 +130,7 @@ class Topics:
 
     @property
     def command_subscriptions(self) -> tuple[str, str]:
-        return self.gateway_command, f"{self.root}/meters/+/cmd"
+        return self.gateway_command, self.meter_command("+")
 
     @property
     def fallback_result(self) -> str:
