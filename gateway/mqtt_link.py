@@ -7,6 +7,7 @@ drops, :attr:`MqttLink.closed` completes and every pending publish fails with
 :class:`MqttError`; reconnection is a loop the caller writes (``gateway.sync``).
 The in-flight window is bounded here and paho's own queue is capped, so nothing
 piles up in RAM while disconnected: undelivered messages stay in the store's outbox.
+The futures awaiting acknowledgements live in ``gateway.mqtt_acks``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.inflight_window import InflightWindow
+from gateway.mqtt_acks import Acknowledgements
 from gateway.mqtt_terms import (
     BrokerEndpoint,
     IncomingMessage,
@@ -93,16 +95,13 @@ class MqttLink:
         self._client.max_queued_messages_set(max_inflight)
         self.max_inflight = max_inflight
         self.window = InflightWindow(max_inflight)
-        self._ack_sink: Callable[[int, bool], None] | None = None
-        self._ack_wake: asyncio.Event | None = None
+        self._acks = Acknowledgements(self._loop, self.window)
         if broker.tls is not None:
             self._client.tls_set_context(broker.tls)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._connack: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._publishes: dict[int, asyncio.Future[None]] = {}
-        self._subscribes: dict[int, asyncio.Future[None]] = {}
         self.incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue(incoming_limit)
         self._misc_task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -110,8 +109,8 @@ class MqttLink:
         c = self._client
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._acks.on_publish
+        c.on_subscribe = self._acks.on_subscribe
         c.on_message = self._on_message
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
@@ -182,45 +181,10 @@ class MqttLink:
         error = MqttError("disconnected", str(rc))
         if not self._connack.done():
             self._connack.set_exception(error)
-        for fut in [*self._publishes.values(), *self._subscribes.values()]:
-            if not fut.done():
-                fut.set_exception(error)
-        self._publishes.clear()
-        self._subscribes.clear()
+        self._acks.fail_all(error)
         if not self.closed.done():
             self.closed.set_result(None)
-        if self._ack_wake is not None:
-            self._ack_wake.set()
-
-    def _on_publish(
-        self, _c: paho.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        fut = self._publishes.pop(mid, None)
-        if fut is None:
-            if self._ack_sink is not None:
-                self.window.give()
-                self._ack_sink(mid, not rc.is_failure)
-                if self._ack_wake is not None:
-                    self._ack_wake.set()
-            return
-        if fut.done():
-            return
-        if rc.is_failure:
-            fut.set_exception(PublishRefusedError("publish refused", str(rc)))
-        else:
-            fut.set_result(None)
-
-    def _on_subscribe(
-        self, _c: paho.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        fut = self._subscribes.pop(mid, None)
-        if fut is None or fut.done():
-            return
-        failed = [str(rc) for rc in rcs if rc.is_failure]
-        if failed:
-            fut.set_exception(MqttError("subscribe refused", ", ".join(failed)))
-        else:
-            fut.set_result(None)
+        self._acks.wake()
 
     def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
@@ -359,28 +323,22 @@ class MqttLink:
             mid = self._send(topic, payload, qos, retain, props)
             if qos == 0:
                 return True
-            fut = self._publishes.get(mid)
-            if fut is None:
-                fut = self._loop.create_future()
-                self._publishes[mid] = fut
-            await fut
+            await self._acks.puback(mid)
             return True
         finally:
             self.window.give()
-            if self._ack_wake is not None:
-                self._ack_wake.set()  # a slot is free: the drain may be waiting for one
+            self._acks.wake()  # a slot is free: the drain may be waiting for one
 
     def attach_acks(self, sink: Callable[[int, bool], None], wake: asyncio.Event) -> None:
         """Where the PUBACKs of :meth:`publish_nowait` go: ``sink(mid, ok)`` on the loop
         thread, then ``wake`` is set (also when the session closes)."""
-        self._ack_sink = sink
-        self._ack_wake = wake
+        self._acks.attach(sink, wake)
 
     def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """A QoS 1 publish in a free window slot, without a future or a task (the outbox
         drain's path, at thousands a second); ``None`` when the window is full. The PUBACK
         goes to the sink given to :meth:`attach_acks`. Its message id is returned."""
-        if self._ack_sink is None:
+        if not self._acks.attached:
             raise RuntimeError("attach_acks first")
         if self.closed.done():
             raise MqttError("not connected")
@@ -415,6 +373,4 @@ class MqttLink:
         rc, mid = self._client.subscribe([(topic, qos) for topic in topics])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise MqttError(f"subscribe to {', '.join(topics)} failed", paho.error_string(rc))
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._subscribes[mid] = fut
-        await fut
+        await self._acks.suback(mid)

@@ -4,7 +4,7 @@
 
 This module builds the meters' runtimes from the config and the store, turns what the
 pollers see into core items, sends the clock's ticks and adapts each meter's poll interval
-to its forecast.
+to its forecast (when to do those two: gateway/meter_timing.py).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from gateway.actuator import MeterTarget, RelayTarget, parse_relay_output
 from gateway.config import GatewayConfig, RtuBus, TcpBus
 from gateway.core.commands import Command, TopUpDecision
 from gateway.core.events import (
-    ClockTick,
     CommunicationLost,
     CommunicationRestored,
     Event,
@@ -29,16 +28,15 @@ from gateway.core.events import (
     PollFailed,
     ReadingReceived,
 )
-from gateway.core.meter_state import forecast, next_deadline
-from gateway.core.states import CreditState
 from gateway.core.token_intake import KeypadEntry, KeypadGuard, OnlineTopUp, TokenOutcome
 from gateway.core_task import CoreTask
 from gateway.dlt645_bus import Dlt645BusRuntime
 from gateway.meter_actions import LEASE_POINT, MeterActions
 from gateway.meter_driver import MeterDriver, Relay
 from gateway.meter_io import MeterIO, MeterSnapshot
+from gateway.meter_timing import CUT_OFF as CUT_OFF  # noqa: PLC0414 (re-export)
+from gateway.meter_timing import adapt_interval, tick_at_deadlines
 from gateway.modbus_port import MeterIOError, ModbusPort, RtuPort, TcpPort
-from gateway.poll_schedule import interval_for
 from gateway.poller import BusPoller, PolledMeter
 from gateway.runtime import CoreItem, Counters, MeterRuntime, StepResult, utc_now
 from gateway.store import MeterRecord, Store, StoredMeter
@@ -51,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed polls before a meter is reported as not communicating.
 COMM_LOST_AFTER = 3
-#: Credit states in which the supply is cut: polled at ``polling.cut_off_s``.
-CUT_OFF = frozenset({CreditState.DISCONNECTED, CreditState.REMOTE_DISCONNECTED})
 
 
 @dataclass
@@ -120,7 +116,7 @@ class Gateway:
         dlt645 = self.dlt645.get(rt.stored.record.bus)
         if dlt645 is not None:
             dlt645.after_step(rt)
-        self._adapt_interval(rt, now)
+        adapt_interval(rt, now, self.config.polling, self.speed)
         if outcome is not None and rt.meter_id in rt.poller.meters:
             # A top-up: read the meter at once (a cut-off one is read only now and then).
             rt.poller.poll_now(rt.meter_id)
@@ -266,7 +262,7 @@ class Gateway:
             if dlt645 is not None:
                 dlt645.attach(runtime)
             poller.add(polled)
-            self._adapt_interval(runtime, self.clock())
+            adapt_interval(runtime, self.clock(), polling, self.speed)
             started.append(rec.meter_id)
         return started
 
@@ -359,45 +355,10 @@ class Gateway:
 
     # ------------------------------------------------------------------ time
 
-    def _adapt_interval(self, rt: MeterRuntime, now: datetime) -> None:
-        polling = self.config.polling
-        exhaustion = forecast(rt.state, now)
-        left = None
-        if exhaustion is not None:
-            left = timedelta(seconds=(exhaustion - now).total_seconds() / self.speed)
-        rt.poller.set_interval(
-            rt.meter_id,
-            interval_for(
-                left,
-                normal=polling.interval_s,
-                minimum=polling.min_interval_s,
-                maximum=polling.max_interval_s,
-                cut_off=polling.cut_off_s if rt.state.credit in CUT_OFF else None,
-            ),
-        )
-
     async def run_clock(self, period: float = 30.0) -> None:
         """Send each meter a ClockTick when its next deadline (midnight, window edge,
         tariff activation) has passed."""
-        deadlines: dict[str, datetime] = {}
-        while True:
-            now = self.clock()
-            for meter_id in self.meters.keys() - deadlines.keys():  # at start, or reloaded
-                deadlines[meter_id] = self._deadline(meter_id, now)
-            for meter_id, due in list(deadlines.items()):
-                if due <= now:
-                    await self.queue.put(CoreItem(ClockTick(meter_id, now)))
-                    deadlines[meter_id] = self._deadline(meter_id, now)
-            await asyncio.sleep(period)
-
-    def _deadline(self, meter_id: str, now: datetime) -> datetime:
-        """The meter's next deadline; a state the core cannot place in time (a fault
-        logged here) is asked again in an hour, never ending the clock for the others."""
-        try:
-            return next_deadline(self.meters[meter_id].state, now)
-        except Exception:
-            log.exception("meter %s: its next deadline could not be worked out", meter_id)
-            return now + timedelta(hours=1)
+        await tick_at_deadlines(self.meters, self.queue.put, self.clock, period)
 
     async def run_pollers(self) -> None:
         async with asyncio.TaskGroup() as tg:

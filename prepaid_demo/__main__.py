@@ -6,8 +6,9 @@ store, then shows a live view fed by the gateway's MQTT topics, as a headend see
 On a terminal the view is redrawn twice a second and on every resize, laid out for the
 terminal's size (prepaid_demo.screen); otherwise (CI, a pipe) the story is printed as
 plain lines. Ctrl-C, SIGTERM, a closed terminal (SIGHUP) or the end of ``--duration``
-stops every child, removes the temporary site folder and exits 0; a child that dies on
-its own makes the demo exit 1 (also with the folder removed and nothing left running).
+stops every child, removes the temporary site folder and exits 0 (the signals' handlers:
+prepaid_demo.stops); a child that dies on its own makes the demo exit 1 (also with the
+folder removed and nothing left running).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from prepaid_demo.children import (
     wait_for_port,
 )
 from prepaid_demo.screen import Status, compose
+from prepaid_demo.stops import STOP_SIGNALS, StopRequested, Stops
 from prepaid_demo.story import Director, Phase
 from prepaid_demo.terminal import ENTER_VIEW, LEAVE_VIEW, Console, redraw
 from prepaid_demo.view import ViewModel
@@ -67,18 +69,6 @@ STARTUP_TIMEOUT_S = 30.0
 
 class DemoError(Exception):
     """The demo cannot run (a bad flag, a missing broker, a child that died)."""
-
-
-class StopRequested(Exception):  # noqa: N818 (a request, not an error)
-    """A stop (Ctrl-C, SIGTERM, SIGHUP) came while the site was still starting."""
-
-
-#: The signals that stop the demo, and how its last line names them.
-STOP_SIGNALS = {
-    signal.SIGINT: "Ctrl-C",
-    signal.SIGTERM: "SIGTERM",
-    signal.SIGHUP: "terminal closed (SIGHUP)",
-}
 
 
 # --------------------------------------------------------------------------- the shell
@@ -336,37 +326,9 @@ def _read_status(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-class _Stops:
-    """The stop signals' handlers, installed before anything is created: whatever arrives
-    from then on is a request to the demo, never the default action that would end the
-    process with its folder and children left behind."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.demo: Demo | None = None
-        self.early: str | None = None  # a stop that came before the demo existed
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig, reason in STOP_SIGNALS.items():
-            loop.add_signal_handler(sig, self.on_signal, sig, reason)
-        loop.add_signal_handler(signal.SIGWINCH, self.on_resize)
-
-    def on_signal(self, sig: signal.Signals, reason: str) -> None:
-        if sig is signal.SIGHUP:
-            self.console.hung_up()
-        if self.demo is None:
-            self.early = self.early or reason
-        else:
-            self.demo.request_stop(reason)
-
-    def on_resize(self) -> None:
-        if self.demo is not None:
-            self.demo.wake.set()
-
-
 async def _main(args: argparse.Namespace, live: bool) -> int:
     console = Console()
-    stops = _Stops(console)
+    stops = Stops(console)
     stops.install(asyncio.get_running_loop())
     if args.workdir is not None:
         make_private_dir(args.workdir)  # it holds the store: owner-only
@@ -378,7 +340,7 @@ async def _main(args: argparse.Namespace, live: bool) -> int:
 
 
 async def _run_demo(
-    args: argparse.Namespace, folder: Path, console: Console, live: bool, stops: _Stops
+    args: argparse.Namespace, folder: Path, console: Console, live: bool, stops: Stops
 ) -> int:
     demo = Demo(args, folder, console, live)
     stops.demo = demo

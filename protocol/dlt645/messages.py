@@ -3,7 +3,8 @@
 Each message turns into a :class:`~protocol.dlt645.frame.Frame` (``to_frame``) and bytes
 (``to_bytes``), and back (``from_frame``, ``from_bytes``); :func:`decode_request` and
 :func:`decode_reply` pick the message a frame holds. A frame whose data does not fit its
-message raises :class:`PayloadError` with the frame's bytes.
+message raises :class:`PayloadError` with the frame's bytes. What every message shares
+(the bytes round trip, the control-code checks) is in protocol/dlt645/message_base.py.
 
 Data identifiers (DI) are written ``DI3 DI2 DI1 DI0`` (``00010000`` is forward active
 energy) and sent ``DI0`` first. Passwords are ``PA P0 P1 P2`` (PA the level), operator
@@ -21,66 +22,22 @@ from protocol.dlt645.frame import (
     BROADCAST,
     ERROR,
     FOLLOWS,
-    PREAMBLE,
     REPLY,
     WILDCARD,
     Address,
     Frame,
     Function,
 )
-from protocol.dlt645.terms import DI_SIZE, ControlCommand, ErrorWord, di_bytes
+from protocol.dlt645.message_base import MessageBase, di_of, expect_control, expect_reply
+from protocol.dlt645.message_base import PayloadError as PayloadError  # noqa: PLC0414 (re-export)
+from protocol.dlt645.terms import ControlCommand, ErrorWord, di_bytes
 from protocol.errors import DecodeError, EncodeError
-
-
-class PayloadError(DecodeError):
-    """A valid frame whose data does not fit the message it claims (the peer's fault)."""
-
-
-def _di_of(frame: Frame, data: bytes) -> int:
-    if len(data) < DI_SIZE:
-        raise PayloadError("data shorter than a data identifier", frame.to_bytes())
-    return int.from_bytes(data[:DI_SIZE], "little")
-
-
-class _Message:
-    """Shared ``to_bytes``/``from_bytes`` of the messages below."""
-
-    __slots__ = ()
-
-    def to_frame(self) -> Frame:
-        raise NotImplementedError
-
-    @classmethod
-    def from_frame(cls, frame: Frame) -> Self:
-        raise NotImplementedError
-
-    def to_bytes(self, preamble: int = PREAMBLE) -> bytes:
-        return self.to_frame().to_bytes(preamble)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Self:
-        return cls.from_frame(Frame.from_bytes(raw))
-
-
-def _expect(frame: Frame, control: int, what: str) -> None:
-    if frame.control != control:
-        raise PayloadError(
-            f"control code {frame.control:02X} is not a {what} ({control:02X})", frame.to_bytes()
-        )
-
-
-def _expect_reply(frame: Frame, function: Function, what: str, *, follows: bool = False) -> None:
-    """A normal reply to ``function``; with the follow-up bit only where ``follows``."""
-    allowed = {REPLY | function} | ({REPLY | FOLLOWS | function} if follows else set())
-    if frame.control not in allowed:
-        raise PayloadError(f"control code {frame.control:02X} is not a {what}", frame.to_bytes())
-
 
 # ------------------------------------------------------------------------- requests
 
 
 @dataclass(frozen=True, slots=True)
-class ReadRequest(_Message):
+class ReadRequest(MessageBase):
     """11H: read one data identifier (``params``: the block count and time some load-record
     identifiers take after the DI)."""
 
@@ -93,14 +50,14 @@ class ReadRequest(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.READ, "read request")
+        expect_control(frame, Function.READ, "read request")
         if len(frame.data) not in (4, 5, 10):
             raise PayloadError(f"read request of {len(frame.data)} data bytes", frame.to_bytes())
-        return cls(frame.address, _di_of(frame, frame.data), frame.data[4:])
+        return cls(frame.address, di_of(frame, frame.data), frame.data[4:])
 
 
 @dataclass(frozen=True, slots=True)
-class ReadFollowUpRequest(_Message):
+class ReadFollowUpRequest(MessageBase):
     """12H: the next frame (``seq`` 1, 2, ...) of a reply that said more follows."""
 
     address: Address
@@ -114,16 +71,16 @@ class ReadFollowUpRequest(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.READ_FOLLOW_UP, "follow-up request")
+        expect_control(frame, Function.READ_FOLLOW_UP, "follow-up request")
         if len(frame.data) != 5:
             raise PayloadError(
                 f"follow-up request of {len(frame.data)} data bytes", frame.to_bytes()
             )
-        return cls(frame.address, _di_of(frame, frame.data), frame.data[4])
+        return cls(frame.address, di_of(frame, frame.data), frame.data[4])
 
 
 @dataclass(frozen=True, slots=True)
-class ReadAddressRequest(_Message):
+class ReadAddressRequest(MessageBase):
     """13H to the wildcard address: on a point-to-point link the meter answers its address."""
 
     address: Address = WILDCARD
@@ -133,14 +90,14 @@ class ReadAddressRequest(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.READ_ADDRESS, "read-address request")
+        expect_control(frame, Function.READ_ADDRESS, "read-address request")
         if frame.data:
             raise PayloadError("read-address request with data", frame.to_bytes())
         return cls(frame.address)
 
 
 @dataclass(frozen=True, slots=True)
-class WriteRequest(_Message):
+class WriteRequest(MessageBase):
     """14H: write one data identifier with a password and operator code."""
 
     address: Address
@@ -155,13 +112,13 @@ class WriteRequest(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.WRITE, "write request")
+        expect_control(frame, Function.WRITE, "write request")
         data = frame.data
         if len(data) < 12:
             raise PayloadError(f"write request of {len(data)} data bytes", frame.to_bytes())
         return cls(
             frame.address,
-            _di_of(frame, data),
+            di_of(frame, data),
             Password.from_bytes(data[4:8]),
             OperatorCode(data[8:12]),
             data[12:],
@@ -169,7 +126,7 @@ class WriteRequest(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BroadcastTime(_Message):
+class BroadcastTime(MessageBase):
     """08H to every meter (address 99..99): set the clock; no meter replies."""
 
     when: MeterTime
@@ -180,7 +137,7 @@ class BroadcastTime(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.BROADCAST_TIME, "broadcast time")
+        expect_control(frame, Function.BROADCAST_TIME, "broadcast time")
         try:
             when = MeterTime.from_bytes(frame.data)
         except DecodeError as exc:
@@ -189,7 +146,7 @@ class BroadcastTime(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ControlRequest(_Message):
+class ControlRequest(MessageBase):
     """1CH: trip, allow close, close, alarm, protect (N1), valid until a meter time (N3..N8)."""
 
     address: Address
@@ -211,7 +168,7 @@ class ControlRequest(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect(frame, Function.CONTROL, "control request")
+        expect_control(frame, Function.CONTROL, "control request")
         data = frame.data
         if len(data) != cls.SIZE:
             raise PayloadError(
@@ -270,7 +227,7 @@ def decode_request(frame: Frame) -> Request:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadReply(_Message):
+class ReadReply(MessageBase):
     """91H (B1H when ``follows``): the identifier read and its data bytes."""
 
     address: Address
@@ -284,12 +241,12 @@ class ReadReply(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect_reply(frame, Function.READ, "read reply", follows=True)
-        return cls(frame.address, _di_of(frame, frame.data), frame.data[4:], frame.follows)
+        expect_reply(frame, Function.READ, "read reply", follows=True)
+        return cls(frame.address, di_of(frame, frame.data), frame.data[4:], frame.follows)
 
 
 @dataclass(frozen=True, slots=True)
-class ReadFollowUpReply(_Message):
+class ReadFollowUpReply(MessageBase):
     """92H (B2H when ``follows``): more data of an identifier, then the frame's ``seq``."""
 
     address: Address
@@ -304,15 +261,15 @@ class ReadFollowUpReply(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect_reply(frame, Function.READ_FOLLOW_UP, "follow-up reply", follows=True)
+        expect_reply(frame, Function.READ_FOLLOW_UP, "follow-up reply", follows=True)
         if len(frame.data) < 5:
             raise PayloadError("follow-up reply without a sequence number", frame.to_bytes())
         data = frame.data
-        return cls(frame.address, _di_of(frame, data), data[4:-1], data[-1], frame.follows)
+        return cls(frame.address, di_of(frame, data), data[4:-1], data[-1], frame.follows)
 
 
 @dataclass(frozen=True, slots=True)
-class ReadAddressReply(_Message):
+class ReadAddressReply(MessageBase):
     """93H: the meter's address (in the frame's address field and in its data)."""
 
     address: Address
@@ -322,7 +279,7 @@ class ReadAddressReply(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect_reply(frame, Function.READ_ADDRESS, "read-address reply")
+        expect_reply(frame, Function.READ_ADDRESS, "read-address reply")
         if len(frame.data) != 6:
             raise PayloadError("read-address reply without 6 address bytes", frame.to_bytes())
         if frame.data != frame.address.raw:
@@ -333,7 +290,7 @@ class ReadAddressReply(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class WriteReply(_Message):
+class WriteReply(MessageBase):
     """94H: the write was carried out."""
 
     address: Address
@@ -343,14 +300,14 @@ class WriteReply(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect_reply(frame, Function.WRITE, "write reply")
+        expect_reply(frame, Function.WRITE, "write reply")
         if frame.data:
             raise PayloadError("write reply with data (it has none)", frame.to_bytes())
         return cls(frame.address)
 
 
 @dataclass(frozen=True, slots=True)
-class ControlReply(_Message):
+class ControlReply(MessageBase):
     """9CH: the control command was accepted."""
 
     address: Address
@@ -360,14 +317,14 @@ class ControlReply(_Message):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
-        _expect_reply(frame, Function.CONTROL, "control reply")
+        expect_reply(frame, Function.CONTROL, "control reply")
         if frame.data:
             raise PayloadError("control reply with data (it has none)", frame.to_bytes())
         return cls(frame.address)
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorReply(_Message):
+class ErrorReply(MessageBase):
     """C0H | function (D1H, D4H, DCH, ...): the meter refused, ``error`` says why."""
 
     address: Address
