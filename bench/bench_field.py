@@ -304,6 +304,9 @@ def run_modpoll(a: Any, work: Path, mqtt: int, tcp: list[tuple[str, int]], meter
             args = [a.modpoll, "-d", "-f", str(cfg), "--tcp", host, "--tcp-port", str(port)]
             args += ["--rate", "0", "--interval", "0", "--mqtt-host", "127.0.0.1"]
             args += ["--mqtt-port", str(mqtt), "--mqtt-qos", "1", "--mqtt-version", "5.0"]
+            # one client id each: with modpoll's default, the five sessions take each
+            # other over at the broker and their readings are lost while they reconnect
+            args += ["--mqtt-clientid", f"modpoll-{k}"]
             args += ["--loglevel", "WARNING"]
             procs.append(
                 subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
