@@ -1,8 +1,7 @@
 """Names vulture reports as unused that are used on purpose, by group, with the reason.
 
-`make lint` runs vulture at 80% confidence (pyproject's [tool.vulture]: unused imports and
-variables, unreachable code); `.venv/bin/vulture --min-confidence 60` also reports unused
-functions, methods, classes and attributes, and this list covers those too. Add a name
+`make lint` runs vulture at 60% confidence (pyproject's [tool.vulture]): unused imports,
+variables, functions, methods, classes and attributes, and unreachable code. Add a name
 here only with its reason; code that nothing but tests uses goes (what the tests need
 moves into tests/support)."""
 
