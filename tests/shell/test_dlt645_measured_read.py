@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 import pytest
 
-from gateway.config import RtuBus
-from gateway.dlt645_bus import Dlt645BusRuntime
 from gateway.dlt645_io import Dlt645MeterIO
 from gateway.dlt645_port import Dlt645Port
-from gateway.runtime import CoreItem
 from gateway.store import MeterRecord
-from meter_sim.dlt645_simulator import Dlt645Simulator
 from meter_sim.registers import quantities
 from protocol.dlt645.bcd import BitsFormat, NumberFormat
 from protocol.dlt645.frame import Address, Frame
 from protocol.dlt645.messages import ReadReply, ReadRequest
 from protocol.dlt645.meter_map import load_dlt645_map
 from tests.shell.test_dlt645_port import peer, simulated
+from tests.support.dlt645_runtime import bus_runtime
 
 pytestmark = pytest.mark.asyncio
 
@@ -84,33 +80,12 @@ async def test_a_measured_point_that_times_out_keeps_the_reading() -> None:
     assert snap.voltage_v is None
 
 
-def _runtime(sim: Dlt645Simulator, **dlt645: object) -> Dlt645BusRuntime:
-    assert sim.rtu_tcp_address is not None
-    bus = RtuBus.model_validate(
-        {
-            "name": "dlt-1",
-            "kind": "rtu",
-            "protocol": "dlt645",
-            "device": "socket://{}:{}".format(*sim.rtu_tcp_address),
-            "baud": 9600,
-            "parity": "E",
-            "timeout_s": 0.15,
-            "dlt645": dlt645,
-        }
-    )
-
-    async def enqueue(item: CoreItem) -> None:
-        raise AssertionError(f"no notice expected: {item}")
-
-    return Dlt645BusRuntime(bus, lambda: datetime.now(UTC), enqueue)
-
-
 async def test_the_bus_reads_them_every_nth_poll_and_a_refused_one_never_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "gateway.dlt645_bus")
     async with simulated() as (sim, _):
-        runtime = _runtime(sim, measured=["voltage", "voltage_l2"], measured_every=2)
+        runtime = bus_runtime(sim, measured=["voltage", "voltage_l2"], measured_every=2)
         try:
             # A three-phase model on a single-phase meter: phase B's voltage is refused.
             driver, _ = runtime.add(MeterRecord("DLT-1", "dlt-1", 1, "dlt645_three_phase", b"k"))
@@ -131,7 +106,7 @@ async def test_the_bus_reads_them_every_nth_poll_and_a_refused_one_never_again(
 
 async def test_the_meters_of_a_bus_take_turns() -> None:
     async with simulated(meters=4) as (sim, _):
-        runtime = _runtime(sim, measured=["voltage", "frequency"], measured_every=3)
+        runtime = bus_runtime(sim, measured=["voltage", "frequency"], measured_every=3)
         try:
             drivers = [
                 runtime.add(MeterRecord(f"DLT-{n}", "dlt-1", n, "dlt645_single_phase", b"k"))[0]

@@ -9,14 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.config import RtuBus
 from gateway.core.events import MeterNotice
-from gateway.dlt645_bus import Dlt645BusRuntime
 from gateway.runtime import CoreItem
 from gateway.store import MeterRecord
 from meter_sim.clock import ScaledClock
 from meter_sim.dlt645_simulator import Dlt645Simulator
 from protocol.dlt645.frame import Address
+from tests.support.dlt645_runtime import bus_runtime
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,20 +63,9 @@ async def test_the_time_is_synced_again_every_period(caplog: pytest.LogCaptureFi
 
     # The simulated meters keep real UTC, as the runtime's clock: only meter 1 is off.
     async with Dlt645Simulator.start(meters=2, clock=ScaledClock(), baud=None) as sim:
-        assert sim.rtu_tcp_address is not None
-        bus = RtuBus.model_validate(
-            {
-                "name": "dlt-1",
-                "kind": "rtu",
-                "protocol": "dlt645",
-                "device": "socket://{}:{}".format(*sim.rtu_tcp_address),
-                "baud": 9600,
-                "parity": "E",
-                "timeout_s": 0.5,
-                "dlt645": {"time_sync_h": SYNC_H, "clock_drift_max_s": BOUND_S},
-            }
+        runtime = bus_runtime(
+            sim, timeout_s=0.5, enqueue=enqueue, time_sync_h=SYNC_H, clock_drift_max_s=BOUND_S
         )
-        runtime = Dlt645BusRuntime(bus, lambda: datetime.now(UTC), enqueue)
         for n in (1, 2):
             runtime.add(MeterRecord(f"DLT-{n}", "dlt-1", n, "dlt645_single_phase", b"k"))
         link = runtime.meters[1]
